@@ -1,0 +1,3 @@
+from experiments.toy2d.main import main
+
+main()

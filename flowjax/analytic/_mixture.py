@@ -1,0 +1,113 @@
+r"""Exact marginal fields of an affine Gaussian path towards a Gaussian mixture.
+
+With source :math:`x_0 \sim \mathcal N(0, I)` independent of the data
+:math:`x_1 \sim \sum_k w_k \mathcal N(\mu_k, \Sigma_k)`, the marginal of
+:math:`x_t = \alpha x_1 + \bar\sigma \varepsilon` is the mixture
+
+.. math:: p_t = \sum_k w_k\, \mathcal N(\alpha\mu_k,\ C_k),\qquad C_k = \alpha^2\Sigma_k + \bar\sigma^2 I,
+
+and, with responsibilities :math:`r_k(x) \propto w_k \mathcal N(x; \alpha\mu_k, C_k)`,
+
+.. math::
+    E[x_1 | x, k] = \mu_k + \alpha\Sigma_k C_k^{-1}(x - \alpha\mu_k),\quad
+    E[\varepsilon | x, k] = \bar\sigma C_k^{-1}(x - \alpha\mu_k),
+
+    v^*(x, t) = \sum_k r_k\big(\dot\alpha E[x_1|x,k] + \dot{\bar\sigma} E[\varepsilon|x,k]\big),\quad
+    \nabla\log p_t(x) = -\sum_k r_k C_k^{-1}(x - \alpha\mu_k).
+
+(Lipman et al. 2023, Thm. 1: the marginal velocity is the posterior mean of
+the conditional one.) Covariances must be positive definite for t = 1.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from flowjax._checks import check_array, check_time
+
+
+@struct.dataclass
+class GaussianMixture:
+    """A Gaussian mixture: `means [K, d]`, `covs [K, d, d]`, `weights [K]` (summing to 1)."""
+
+    means: jax.Array
+    covs: jax.Array
+    weights: jax.Array
+
+    @classmethod
+    def create(cls, means, covs, weights=None):
+        means = jnp.asarray(means)
+        covs = jnp.asarray(covs, dtype=means.dtype)
+        check_array("means", means, rank=2)
+        k, d = means.shape
+        if covs.shape != (k, d, d):
+            raise ValueError(f"`covs` must have shape {(k, d, d)}, got {tuple(covs.shape)}.")
+        weights = (jnp.full((k,), 1.0 / k, means.dtype) if weights is None
+                   else jnp.asarray(weights, means.dtype))
+        if weights.shape != (k,):
+            raise ValueError(f"`weights` must have shape {(k,)}, got {tuple(weights.shape)}.")
+        return cls(means, covs, weights / jnp.sum(weights))
+
+    def sample(self, key, n: int):
+        """Draws `[n, d]` samples."""
+        kc, kz = jax.random.split(key)
+        comp = jax.random.choice(kc, self.weights.shape[0], (n,), p=self.weights)
+        chol = jnp.linalg.cholesky(self.covs)
+        z = jax.random.normal(kz, (n, self.means.shape[1]), self.means.dtype)
+        return self.means[comp] + jnp.einsum("nij,nj->ni", chol[comp], z)
+
+
+def _per_point(path, mix, x, t):
+    """Responsibilities, E[x1|x,k], E[eps|x,k], C_k^{-1}(x - a mu_k) and log p for one x."""
+    a, s = path.alpha(t), path.sigma_total(t)
+    d = x.shape[-1]
+    cov = a ** 2 * mix.covs + s ** 2 * jnp.eye(d, dtype=x.dtype)
+    chol = jnp.linalg.cholesky(cov)
+    diff = x[None, :] - a * mix.means
+    sol = jax.vmap(lambda c, r: jax.scipy.linalg.cho_solve((c, True), r))(chol, diff)
+    logdet = 2.0 * jnp.sum(jnp.log(jnp.diagonal(chol, axis1=-2, axis2=-1)), -1)
+    logn = -0.5 * (jnp.sum(diff * sol, -1) + logdet + d * jnp.log(2.0 * jnp.pi))
+    logits = jnp.log(mix.weights) + logn
+    resp = jax.nn.softmax(logits)
+    ex1 = mix.means + a * jnp.einsum("kij,kj->ki", mix.covs, sol)
+    eeps = s * sol
+    return resp, ex1, eeps, sol, jax.scipy.special.logsumexp(logits)
+
+
+def _batched(fn, path, mix, x, t):
+    check_array("x", x, rank=2)
+    t = check_time(t, x.shape[0])
+    t = jnp.broadcast_to(t, x.shape[:1]).astype(x.dtype)
+    return jax.vmap(lambda xi, ti: fn(path, mix, xi, ti))(x, t)
+
+
+def mixture_velocity(path, mixture: GaussianMixture, x, t):
+    """The exact marginal velocity `v*(x, t)` `[B, d]` for an `N(0, I)` source."""
+
+    def one(path, mix, xi, ti):
+        resp, ex1, eeps, _, _ = _per_point(path, mix, xi, ti)
+        v = path.d_alpha(ti) * ex1 + path.d_sigma_total(ti) * eeps
+        return resp @ v
+
+    return _batched(one, path, mixture, x, t)
+
+
+def mixture_score(path, mixture: GaussianMixture, x, t):
+    """The exact score `grad log p_t(x)` `[B, d]`."""
+
+    def one(path, mix, xi, ti):
+        resp, _, _, sol, _ = _per_point(path, mix, xi, ti)
+        return -(resp @ sol)
+
+    return _batched(one, path, mixture, x, t)
+
+
+def mixture_log_prob(path, mixture: GaussianMixture, x, t):
+    """The exact log-density `log p_t(x)` `[B]`."""
+
+    def one(path, mix, xi, ti):
+        return _per_point(path, mix, xi, ti)[-1]
+
+    return _batched(one, path, mixture, x, t)

@@ -1,0 +1,162 @@
+r"""Minibatch couplings: `coupling(key, x0, x1) -> ((x0, x1), aux)`.
+
+Every coupling returns the batch re-paired and an `aux` dict with the
+transport cost of the returned pairs, `aux["cost"]` = mean of
+:math:`\|x_0^{(i)} - x_1^{(i)}\|^2` (what OT minimises). All of them are
+jittable and keep `x1` in place: only `x0` is re-indexed, so labels or other
+conditions that travel with `x1` stay aligned without being passed in.
+
+Tong et al. 2023, "Improving and generalizing flow-based generative models
+with minibatch optimal transport"; Pooladian et al. 2023, "Multisample flow
+matching".
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+from flowjax._checks import check_array, check_same_shape
+
+
+def _flat(x):
+    return x.reshape(x.shape[0], -1)
+
+
+def _check_pair(x0, x1):
+    check_array("x0", x0)
+    check_array("x1", x1)
+    check_same_shape("x0", x0, "x1", x1)
+
+
+def _pair_cost(x0, x1):
+    return jnp.mean(jnp.sum((_flat(x0) - _flat(x1)) ** 2, axis=-1))
+
+
+def sq_distances(x0, x1):
+    """Squared Euclidean cost matrix `[B0, B1]` of two batches `[B, *dims]`."""
+    a, b = _flat(x0), _flat(x1)
+    d = (jnp.sum(a ** 2, -1)[:, None] + jnp.sum(b ** 2, -1)[None, :]
+         - 2.0 * a @ b.T)
+    return jnp.maximum(d, 0.0)
+
+
+def independent():
+    """The independent coupling: returns the batch unchanged."""
+
+    def coupling(key, x0, x1):
+        del key
+        _check_pair(x0, x1)
+        return (x0, x1), {"cost": _pair_cost(x0, x1)}
+
+    return coupling
+
+
+def _assignment_host(x0, x1):
+    """For each column j of the squared-distance cost, the row assigned to it (SciPy)."""
+    a = np.asarray(x0, dtype=np.float64).reshape(x0.shape[0], -1)
+    b = np.asarray(x1, dtype=np.float64).reshape(x1.shape[0], -1)
+    cost = (a ** 2).sum(1)[:, None] + (b ** 2).sum(1)[None, :] - 2.0 * a @ b.T
+    rows, cols = linear_sum_assignment(cost)
+    perm = np.empty_like(rows)
+    perm[cols] = rows
+    return perm.astype(np.int32)
+
+
+def exact_ot():
+    r"""Exact minibatch OT for the squared Euclidean cost (OT-CFM).
+
+    Solves the assignment problem :math:`\min_\pi \sum_i \|x_0^{\pi(i)} - x_1^{(i)}\|^2`
+    with SciPy's `linear_sum_assignment` (Jonker–Volgenant) on the host,
+    through `jax.pure_callback`, so it is jittable and exact; the returned
+    `x0` is the permuted batch. It runs on the CPU of the host whatever the
+    accelerator: at 256 points in 2D it takes about 10 ms here.
+    """
+
+    def coupling(key, x0, x1):
+        del key
+        _check_pair(x0, x1)
+        out = jax.ShapeDtypeStruct((x1.shape[0],), jnp.int32)
+        perm = jax.pure_callback(_assignment_host, out, x0, x1,
+                                 vmap_method="sequential")
+        x0 = x0[perm]
+        return (x0, x1), {"cost": _pair_cost(x0, x1)}
+
+    return coupling
+
+
+def sinkhorn_plan(x0, x1, *, epsilon: float, threshold: float = 1e-3,
+                  max_iterations: int = 2000):
+    """The entropic OT plan `[B, B]` (summing to 1) of two batches, with ott-jax.
+
+    Args:
+      x0, x1: batches `[B, *dims]`.
+      epsilon: absolute entropic regularization for the squared Euclidean cost.
+      threshold: Sinkhorn's marginal-error tolerance.
+      max_iterations: iteration cap.
+
+    Returns:
+      `(plan, converged)`.
+    """
+    # ott is imported here: its import costs ~1 s and pulls in jaxopt.
+    from ott.geometry import pointcloud
+    from ott.problems.linear import linear_problem
+    from ott.solvers.linear import sinkhorn
+
+    geom = pointcloud.PointCloud(_flat(x0), _flat(x1), epsilon=epsilon)
+    solver = sinkhorn.Sinkhorn(threshold=threshold, max_iterations=max_iterations)
+    out = solver(linear_problem.LinearProblem(geom))
+    return out.matrix, out.converged
+
+
+def sinkhorn(epsilon: float = 0.05, *, threshold: float = 1e-3,
+             max_iterations: int = 2000, sample: bool = True):
+    r"""Entropic minibatch OT with ott-jax's Sinkhorn.
+
+    Args:
+      epsilon: absolute entropic regularization (in units of the squared
+        Euclidean cost; scale it with your data).
+      threshold: Sinkhorn's tolerance on the marginals.
+      max_iterations: iteration cap.
+      sample: if True, each `x1[j]` gets a partner drawn from the plan's column
+        :math:`P_{\cdot j}/\sum_i P_{ij}` with the given key (pairs follow the
+        plan exactly, `x0` is drawn with replacement); if False, its argmax
+        partner (deterministic; not a permutation in general).
+
+    `aux` holds `cost` (of the returned pairs), `plan_cost`
+    (:math:`\langle P, C\rangle`) and `converged`.
+    """
+    if not epsilon > 0:
+        raise ValueError(f"`epsilon` must be positive, got {epsilon!r}.")
+
+    def coupling(key, x0, x1):
+        _check_pair(x0, x1)
+        plan, converged = sinkhorn_plan(x0, x1, epsilon=epsilon, threshold=threshold,
+                                        max_iterations=max_iterations)
+        if sample:
+            logits = jnp.log(jnp.maximum(plan.T, jnp.finfo(plan.dtype).tiny))
+            idx = jax.random.categorical(key, logits, axis=-1)
+        else:
+            idx = jnp.argmax(plan, axis=0)
+        aux = {"plan_cost": jnp.sum(plan * sq_distances(x0, x1)),
+               "converged": converged}
+        x0 = x0[idx]
+        return (x0, x1), {"cost": _pair_cost(x0, x1), **aux}
+
+    return coupling
+
+
+def schrodinger_bridge(sigma: float, **kwargs):
+    r"""Schrödinger-bridge coupling: the entropic plan with :math:`\varepsilon = 2\sigma^2`.
+
+    The static SB between the two minibatch measures with Brownian reference
+    of variance :math:`\sigma^2` (Tong et al. 2024, "Simulation-free
+    Schrödinger bridges via score and flow matching"), pairs drawn from the
+    plan; pair it with `RectifiedFlow(noise=BridgeNoise(sigma))` for SB-CFM.
+    `kwargs` go to :func:`sinkhorn`.
+    """
+    if not sigma > 0:
+        raise ValueError(f"`sigma` must be positive, got {sigma!r}.")
+    return sinkhorn(epsilon=2.0 * sigma ** 2, **kwargs)

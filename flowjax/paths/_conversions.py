@@ -1,0 +1,125 @@
+r"""Exact conversions between velocity, data, noise and score predictions.
+
+For an affine path with an independent Gaussian source the marginal point is
+:math:`x_t = \alpha x_1 + \bar\sigma \varepsilon` (:math:`\bar\sigma` is
+:meth:`AffinePath.sigma_total`, which folds any extra noise in), and every
+prediction a model can make is an affine function of the posterior means
+:math:`\hat x_1 = E[x_1 | x_t]` and :math:`\hat\varepsilon = E[\varepsilon | x_t]`:
+
+.. math::
+    x_t = \alpha \hat x_1 + \bar\sigma \hat\varepsilon,\qquad
+    v = \dot\alpha \hat x_1 + \dot{\bar\sigma} \hat\varepsilon,\qquad
+    \nabla \log p_t(x_t) = -\hat\varepsilon / \bar\sigma.
+
+(Lipman et al. 2024, "Flow Matching Guide and Code", Sec. 4.8; Kingma et al.
+2021.) :func:`convert` solves this 2x2 system, so conversions are exact
+inverses of each other. Their determinant is
+:math:`\Delta = \alpha\dot{\bar\sigma} - \bar\sigma\dot\alpha`, which is
+negative on every path of this module (-1 for rectified flow, -pi/2 for cosine).
+
+Safety at the ends: the schedule is evaluated at the true `t`, and only the
+denominators are floored: :math:`\alpha` by :math:`\alpha(t_{clip})` (it is 0 at
+t = 0 on most paths) and :math:`\bar\sigma` by :math:`\bar\sigma(1 - t_{clip})` (0
+at t = 1); :math:`\Delta` is floored in magnitude at the dtype's machine epsilon (it
+vanishes only where the velocity carries no information, e.g. at t = 0 on
+:math:`t^n` paths with n > 1). So a conversion is exact wherever its
+denominator is above the floor (e.g. data -> velocity at t = 0 on rectified
+flow), and finite everywhere; where a floor acts the problem itself is
+ill-posed (data cannot be read off pure noise) and errors are amplified by
+at most the inverse of the floor.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from flowjax._checks import broadcast_time, check_array, check_same_shape, check_time
+
+
+class Prediction(enum.Enum):
+    """What a model predicts; the loss target and the input of :func:`convert`."""
+
+    VELOCITY = "velocity"  #: the marginal velocity v(x, t)
+    DATA = "data"  #: x1, E[x1 | x_t]
+    NOISE = "noise"  #: the standardized noise E[eps | x_t] (x0 for a Gaussian source)
+    SCORE = "score"  #: grad_x log p_t(x)
+
+
+class _Coeffs(NamedTuple):
+    a: jax.Array  # alpha
+    da: jax.Array
+    s: jax.Array  # sigma_total
+    ds: jax.Array
+    det: jax.Array  # a * ds - s * da, floored away from 0
+    a_div: jax.Array  # alpha floored, for divisions
+    s_div: jax.Array  # sigma_total floored, for divisions
+
+
+def _coeffs(path, t, t_clip) -> _Coeffs:
+    a, da = path.alpha(t), path.d_alpha(t)
+    s, ds = path.sigma_total(t), path.d_sigma_total(t)
+    tiny = jnp.finfo(jnp.result_type(a)).tiny
+    det = a * ds - s * da
+    eps = jnp.finfo(jnp.result_type(a)).eps
+    det = jnp.where(jnp.abs(det) < eps, jnp.where(det > 0, eps, -eps), det)
+    a_floor = path.alpha(jnp.asarray(t_clip, jnp.result_type(a)))
+    s_floor = path.sigma_total(jnp.asarray(1.0 - t_clip, jnp.result_type(a)))
+    a_div = jnp.maximum(a, jnp.maximum(a_floor, tiny))
+    s_div = jnp.maximum(s, jnp.maximum(s_floor, tiny))
+    return _Coeffs(a, da, s, ds, det, a_div, s_div)
+
+
+def convert(path, x_t, t, value, *, given: Prediction, to: Prediction,
+            t_clip: float = 1e-5):
+    r"""Converts a prediction `value` of kind `given` at `(x_t, t)` to kind `to`.
+
+    Args:
+      path: an :class:`AffinePath`.
+      x_t: points `[B, *dims]`.
+      t: times, a scalar or `[B]`, in [0, 1].
+      value: the prediction, shaped like `x_t`.
+      given: the kind of `value` (a :class:`Prediction`).
+      to: the kind wanted.
+      t_clip: sets the floors of the denominators, alpha(t_clip) and
+        sigma_total(1 - t_clip) (see the module docstring).
+
+    Returns:
+      The prediction of kind `to`, shaped like `x_t`.
+
+    Example: a data-prediction model used as a velocity field,
+    `v = convert(path, x, t, x1_hat, given=Prediction.DATA, to=Prediction.VELOCITY)`.
+    """
+    for name, kind in (("given", given), ("to", to)):
+        if not isinstance(kind, Prediction):
+            raise TypeError(f"`{name}` must be a flowjax.paths.Prediction, got {kind!r}.")
+    check_array("x_t", x_t)
+    check_same_shape("value", value, "x_t", x_t)
+    t = broadcast_time(check_time(t, x_t.shape[0]), x_t)
+    if given == to:
+        return value
+    c = _coeffs(path, t, t_clip)
+
+    if given == Prediction.DATA:
+        x1 = value
+        eps = (x_t - c.a * x1) / c.s_div
+    elif given == Prediction.NOISE:
+        eps = value
+        x1 = (x_t - c.s * eps) / c.a_div
+    elif given == Prediction.SCORE:
+        eps = -c.s * value
+        x1 = (x_t - c.s * eps) / c.a_div
+    else:  # VELOCITY
+        x1 = (c.ds * x_t - c.s * value) / c.det
+        eps = (c.a * value - c.da * x_t) / c.det
+
+    if to == Prediction.DATA:
+        return x1
+    if to == Prediction.NOISE:
+        return eps
+    if to == Prediction.SCORE:
+        return -eps / c.s_div
+    return c.da * x1 + c.ds * eps

@@ -1,0 +1,108 @@
+r"""Time samplers: factories that return `sampler(key, shape) -> t` in [0, 1].
+
+All densities are written in flowjax's convention (t = 0 source/noise,
+t = 1 data). SD3 (Esser et al. 2024, "Scaling rectified flow transformers")
+runs time the other way, :math:`t_{SD3} = 1 - t`; each docstring says how its
+parameters map.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+from flowjax._checks import check_time
+
+
+def _check_positive(name, value):
+    if not (isinstance(value, (int, float)) and value > 0 and math.isfinite(value)):
+        raise ValueError(f"`{name}` must be a positive finite number, got {value!r}.")
+
+
+def uniform():
+    """The uniform density on [0, 1]."""
+
+    def sample(key, shape):
+        return jax.random.uniform(key, shape)
+
+    return sample
+
+
+def logit_normal(loc: float = 0.0, scale: float = 1.0):
+    r"""Logit-normal: :math:`t = \mathrm{sigmoid}(m + s n),\ n \sim \mathcal N(0, 1)`.
+
+    .. math:: \pi(t) = \frac{1}{s\sqrt{2\pi}}\frac{1}{t(1 - t)}
+              \exp\Big(-\frac{(\mathrm{logit}\,t - m)^2}{2 s^2}\Big)
+
+    SD3, Eq. 19. SD3's `m` becomes `-m` here (time flip); its best
+    setting, m = 0, s = 1, is the same in both conventions.
+    """
+    _check_positive("scale", scale)
+
+    def sample(key, shape):
+        return jax.nn.sigmoid(loc + scale * jax.random.normal(key, shape))
+
+    return sample
+
+
+def mode(scale: float = 1.29):
+    r"""SD3's mode sampling with heavy tails.
+
+    .. math:: t = u + s\,(\cos^2(\pi u/2) - 1 + u),\quad u \sim U[0, 1],
+
+    which is SD3's :math:`f_{mode}` (Eq. 20) after the flip :math:`t = 1 - f`;
+    the density is symmetric about 1/2, so `scale` means the same in both
+    conventions. `scale` must lie in [-1, 2/(pi - 2)] for the map to be
+    monotone; s = 0 is uniform.
+    """
+    if not (-1.0 <= scale <= 2.0 / (math.pi - 2.0)):
+        raise ValueError(f"`scale` must lie in [-1, 2/(pi-2)] = [-1, 1.752], got {scale!r}.")
+
+    def sample(key, shape):
+        u = jax.random.uniform(key, shape)
+        return jnp.clip(u + scale * (jnp.cos(0.5 * math.pi * u) ** 2 - 1.0 + u), 0.0, 1.0)
+
+    return sample
+
+
+def beta(a: float, b: float):
+    """The Beta(a, b) density on [0, 1]."""
+    _check_positive("a", a)
+    _check_positive("b", b)
+
+    def sample(key, shape):
+        return jax.random.beta(key, a, b, shape)
+
+    return sample
+
+
+def shift_time(t, shift: float):
+    r"""SD3's resolution-dependent timestep shift, written in flow time.
+
+    SD3 (Eq. 23) maps :math:`\tau \mapsto s\tau / (1 + (s - 1)\tau)` with
+    :math:`\tau = 1 - t`; in flowjax's time this is
+
+    .. math:: t \mapsto \frac{t}{s - (s - 1)\,t},
+
+    which moves time towards the noise (t = 0) for `shift > 1` and keeps
+    0 and 1 fixed.
+
+    Args:
+      t: times in [0, 1], any shape.
+      shift: the factor s > 0.
+    """
+    _check_positive("shift", shift)
+    t = check_time(jnp.ravel(jnp.asarray(t))).reshape(jnp.shape(t))
+    return t / (shift - (shift - 1.0) * t)
+
+
+def shifted(sampler, shift: float):
+    """Wraps a time sampler with :func:`shift_time`."""
+    _check_positive("shift", shift)
+
+    def sample(key, shape):
+        return shift_time(sampler(key, shape), shift)
+
+    return sample

@@ -1,0 +1,123 @@
+"""Couplings: exact OT equals SciPy, Sinkhorn tends to exact, shared signature, jittable."""
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy.optimize import linear_sum_assignment
+
+from flowjax import couplings
+
+
+def _clouds(n=64, d=2, seed=0):
+    k0, k1 = jax.random.split(jax.random.PRNGKey(seed))
+    x0 = jax.random.normal(k0, (n, d))
+    x1 = jax.random.normal(k1, (n, d)) * 0.5 + jnp.array([3.0] + [0.0] * (d - 1))
+    return x0, x1
+
+
+def _scipy_cost(x0, x1):
+    a, b = np.asarray(x0, np.float64), np.asarray(x1, np.float64)
+    c = ((a[:, None] - b[None]) ** 2).sum(-1)
+    r, k = linear_sum_assignment(c)
+    return c[r, k].mean()
+
+
+@pytest.mark.parametrize("n, d", [(8, 2), (64, 2), (128, 5)])
+def test_exact_ot_equals_scipy(n, d):
+    x0, x1 = _clouds(n, d)
+    (y0, y1), aux = jax.jit(couplings.exact_ot())(jax.random.PRNGKey(0), x0, x1)
+    np.testing.assert_array_equal(y1, x1)  # x1 stays in place
+    # y0 is a permutation of x0.
+    np.testing.assert_allclose(np.sort(np.asarray(y0), 0), np.sort(np.asarray(x0), 0))
+    cost = float(np.mean(np.sum((np.asarray(y0) - np.asarray(y1)) ** 2, -1)))
+    assert cost == pytest.approx(_scipy_cost(x0, x1), rel=1e-5)
+    assert float(aux["cost"]) == pytest.approx(cost, rel=1e-5)
+
+
+def test_exact_ot_beats_every_permutation_small():
+    x0, x1 = _clouds(6, 2, seed=3)
+    (y0, _), aux = couplings.exact_ot()(None, x0, x1)
+    a, b = np.asarray(x0), np.asarray(x1)
+    best = min(((a[list(p)] - b) ** 2).sum(-1).mean() for p in itertools.permutations(range(6)))
+    assert float(aux["cost"]) == pytest.approx(best, rel=1e-5)
+
+
+def test_exact_ot_works_on_images_and_under_vmap():
+    k = jax.random.split(jax.random.PRNGKey(0), 3)
+    x0 = jax.random.normal(k[0], (3, 16, 4, 4, 1))
+    x1 = jax.random.normal(k[1], (3, 16, 4, 4, 1))
+    (y0, y1), aux = jax.vmap(couplings.exact_ot())(k, x0, x1)
+    for i in range(3):
+        assert float(aux["cost"][i]) == pytest.approx(
+            _scipy_cost(x0[i].reshape(16, -1), x1[i].reshape(16, -1)), rel=1e-5)
+
+
+def test_sinkhorn_cost_tends_to_exact():
+    x0, x1 = _clouds(128, 2)
+    exact = _scipy_cost(x0, x1)
+    gaps = []
+    for eps in (1.0, 0.1, 0.01):
+        c = couplings.sinkhorn(eps, threshold=1e-4, max_iterations=20_000)
+        _, aux = jax.jit(c)(jax.random.PRNGKey(0), x0, x1)
+        assert bool(aux["converged"])
+        gaps.append(float(aux["plan_cost"]) - exact)
+    assert gaps[0] > gaps[1] > gaps[2] >= -1e-3 * exact
+    assert gaps[2] < 2e-3 * exact
+
+
+def test_sinkhorn_sampled_pairs_follow_the_plan():
+    x0, x1 = _clouds(64, 2)
+    c = couplings.sinkhorn(0.05, threshold=1e-4)
+    plan, _ = couplings.sinkhorn_plan(x0, x1, epsilon=0.05, threshold=1e-4)
+    keys = jax.random.split(jax.random.PRNGKey(1), 200)
+    costs = jax.vmap(lambda k: jax.jit(c)(k, x0, x1)[1]["cost"])(keys)
+    # E[cost of the sampled pairs] = <P, C> * n (each column j is drawn from P[:, j] / b_j).
+    expected = float(jnp.sum(plan * couplings.sq_distances(x0, x1)))
+    assert float(costs.mean()) == pytest.approx(expected, rel=0.02)
+    (_, y1), aux = c(jax.random.PRNGKey(0), x0, x1)
+    np.testing.assert_array_equal(y1, x1)
+
+
+def test_sinkhorn_argmax_is_deterministic():
+    x0, x1 = _clouds(32, 2)
+    c = couplings.sinkhorn(0.01, sample=False, threshold=1e-5, max_iterations=10_000)
+    (a, _), _ = c(jax.random.PRNGKey(0), x0, x1)
+    (b, _), aux = c(jax.random.PRNGKey(1), x0, x1)
+    np.testing.assert_array_equal(a, b)
+    assert float(aux["cost"]) < 1.05 * _scipy_cost(x0, x1)
+
+
+def test_schrodinger_bridge_uses_eps_two_sigma_squared():
+    x0, x1 = _clouds(32, 2)
+    sb = couplings.schrodinger_bridge(0.5, threshold=1e-5)
+    sk = couplings.sinkhorn(0.5, threshold=1e-5)
+    key = jax.random.PRNGKey(2)
+    np.testing.assert_allclose(sb(key, x0, x1)[1]["plan_cost"],
+                               sk(key, x0, x1)[1]["plan_cost"], rtol=1e-6)
+
+
+def test_independent_is_identity():
+    x0, x1 = _clouds(16, 2)
+    (y0, y1), aux = couplings.independent()(None, x0, x1)
+    np.testing.assert_array_equal(y0, x0)
+    assert float(aux["cost"]) == pytest.approx(float(jnp.mean(jnp.sum((x0 - x1) ** 2, -1))))
+
+
+@pytest.mark.parametrize("make", [couplings.independent, couplings.exact_ot,
+                                  lambda: couplings.sinkhorn(0.1)])
+def test_bad_inputs(make):
+    c = make()
+    with pytest.raises(ValueError, match="`x0` and `x1`"):
+        c(jax.random.PRNGKey(0), jnp.ones((4, 2)), jnp.ones((5, 2)))
+    with pytest.raises(ValueError, match="`x0` must have rank"):
+        c(jax.random.PRNGKey(0), jnp.ones(()), jnp.ones(()))
+
+
+def test_bad_parameters():
+    with pytest.raises(ValueError, match="`epsilon`"):
+        couplings.sinkhorn(0.0)
+    with pytest.raises(ValueError, match="`sigma`"):
+        couplings.schrodinger_bridge(-1.0)

@@ -1,0 +1,160 @@
+"""CFM loss: its gradient is the marginal FM gradient; prediction targets and weightings agree."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from flowjax import analytic, couplings, losses, paths
+from flowjax.paths import Prediction
+
+
+def linear_field(params, x, t, cond=None):
+    """A small model with enough freedom to have a non-trivial gradient."""
+    del cond
+    t = t[:, None]
+    return x @ params["w"] + t * (x @ params["u"]) + params["b"] + t * params["c"]
+
+
+def _params(key, d=2):
+    k = jax.random.split(key, 4)
+    return {"w": 0.3 * jax.random.normal(k[0], (d, d)), "u": 0.3 * jax.random.normal(k[1], (d, d)),
+            "b": jax.random.normal(k[2], (d,)), "c": jax.random.normal(k[3], (d,))}
+
+
+def _mixture():
+    means = jnp.array([[2.0, 0.0], [-1.0, 1.5], [0.0, -2.0]])
+    a = jnp.array([[[0.3, 0.1], [0.1, 0.2]], [[0.2, -0.05], [-0.05, 0.4]],
+                   [[0.1, 0.0], [0.0, 0.1]]])
+    return analytic.GaussianMixture.create(means, a, jnp.array([0.5, 0.3, 0.2]))
+
+
+def _grad_stats(grad_fn, keys):
+    flat = jnp.stack([jax.flatten_util.ravel_pytree(grad_fn(k))[0] for k in keys])
+    return flat.mean(0), flat.std(0) / np.sqrt(len(keys))
+
+
+@pytest.mark.parametrize("path", [paths.RectifiedFlow(), paths.Cosine(),
+                                  paths.RectifiedFlow(noise=paths.BridgeNoise(0.5))],
+                         ids=["rf", "cosine", "rf+bridge"])
+def test_cfm_gradient_equals_marginal_fm_gradient(x64, path):
+    """Lipman et al. 2023, Thm. 2, to Monte Carlo tolerance (4 standard errors)."""
+    mix, params, n = _mixture(), _params(jax.random.PRNGKey(0)), 4096
+    keys = jax.random.split(jax.random.PRNGKey(1), 24)
+    loss = functools.partial(losses.cfm_loss, apply_fn=linear_field, path=path)
+
+    @jax.jit
+    def cfm_grad(key):
+        kd, kl = jax.random.split(key)
+        return jax.grad(lambda p: loss(p, kl, {"x1": mix.sample(kd, n)})[0])(params)
+
+    @jax.jit
+    def fm_grad(key):
+        kd, k0, kt = jax.random.split(key, 3)
+        x1, x0 = mix.sample(kd, n), jax.random.normal(k0, (n, 2))
+        t = jax.random.uniform(kt, (n,))
+        x_t = path.alpha(t)[:, None] * x1 + path.sigma_total(t)[:, None] * x0
+        target = analytic.mixture_velocity(path, mix, x_t, t)
+        return jax.grad(lambda p: jnp.mean((linear_field(p, x_t, t) - target) ** 2))(params)
+
+    g_cfm, se_cfm = _grad_stats(cfm_grad, keys)
+    g_fm, se_fm = _grad_stats(fm_grad, jax.random.split(jax.random.PRNGKey(2), 24))
+    se = np.sqrt(se_cfm ** 2 + se_fm ** 2)
+    assert np.all(np.abs(g_cfm - g_fm) < 4 * se + 1e-9), (g_cfm, g_fm, se)
+    assert float(jnp.linalg.norm(g_cfm - g_fm) / jnp.linalg.norm(g_fm)) < 0.05
+    # Power: a wrong marginal field (the mixture shifted by 0.3) is detected.
+    shifted = analytic.GaussianMixture.create(mix.means + 0.3, mix.covs, mix.weights)
+
+    @jax.jit
+    def wrong_grad(key):
+        kd, k0, kt = jax.random.split(key, 3)
+        x1, x0 = mix.sample(kd, n), jax.random.normal(k0, (n, 2))
+        t = jax.random.uniform(kt, (n,))
+        x_t = path.alpha(t)[:, None] * x1 + path.sigma_total(t)[:, None] * x0
+        target = analytic.mixture_velocity(path, shifted, x_t, t)
+        return jax.grad(lambda p: jnp.mean((linear_field(p, x_t, t) - target) ** 2))(params)
+
+    g_wrong, _ = _grad_stats(wrong_grad, keys[:8])
+    assert np.max(np.abs(g_cfm - g_wrong) / se) > 10
+
+
+def test_exact_field_has_zero_loss_for_a_single_data_point(x64):
+    """For x1 = c the marginal velocity of rectified flow is (c - x) / (1 - t)."""
+    c = jnp.array([1.5, -0.5])
+
+    def exact(params, x, t, cond=None):
+        return (c - x) / (1.0 - t)[:, None]
+
+    loss, aux = losses.cfm_loss(None, jax.random.PRNGKey(0), {"x1": jnp.tile(c, (512, 1))},
+                                apply_fn=exact, path=paths.RectifiedFlow())
+    assert float(loss) < 1e-20
+    assert float(aux["mse"]) < 1e-20
+
+
+@pytest.mark.parametrize("prediction", [Prediction.DATA, Prediction.NOISE])
+@pytest.mark.parametrize("path", [paths.RectifiedFlow(), paths.Cosine(), paths.VP()],
+                         ids=["rf", "cosine", "vp"])
+def test_velocity_weighting_makes_losses_equal(x64, prediction, path):
+    """A data/noise model with `velocity_weighting` has the loss of its velocity conversion."""
+    params = _params(jax.random.PRNGKey(3))
+    x1 = jax.random.normal(jax.random.PRNGKey(4), (256, 2)) + 1.0
+    sampler = lambda k, s: jax.random.uniform(k, s, minval=0.05, maxval=0.95)  # noqa: E731
+
+    def as_prediction(p, x, t, cond=None):
+        v = linear_field(p, x, t)
+        return paths.convert(path, x, t, v, given=Prediction.VELOCITY, to=prediction)
+
+    key = jax.random.PRNGKey(5)
+    lv, _ = losses.cfm_loss(params, key, {"x1": x1}, apply_fn=linear_field, path=path,
+                            time_sampler=sampler)
+    lp, _ = losses.cfm_loss(params, key, {"x1": x1}, apply_fn=as_prediction, path=path,
+                            time_sampler=sampler, prediction=prediction,
+                            weighting=losses.velocity_weighting(path, prediction))
+    assert float(lp) == pytest.approx(float(lv), rel=1e-8)
+    lu, _ = losses.cfm_loss(params, key, {"x1": x1}, apply_fn=as_prediction, path=path,
+                            time_sampler=sampler, prediction=prediction)
+    assert abs(float(lu) - float(lv)) > 1e-3 * float(lv)  # the weighting matters
+
+
+def test_loss_is_jittable_with_every_coupling():
+    params = _params(jax.random.PRNGKey(0))
+    x1 = jax.random.normal(jax.random.PRNGKey(1), (64, 2))
+    for coupling in (couplings.independent(), couplings.exact_ot(), couplings.sinkhorn(0.1),
+                     couplings.schrodinger_bridge(0.5)):
+        loss = functools.partial(losses.cfm_loss, apply_fn=linear_field,
+                                 path=paths.RectifiedFlow(noise=paths.BridgeNoise(0.5)),
+                                 coupling=coupling)
+        (val, aux), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(
+            params, jax.random.PRNGKey(2), {"x1": x1})
+        assert np.isfinite(float(val)) and float(aux["coupling_cost"]) > 0
+        assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))
+
+
+def test_ot_coupling_lowers_the_pair_cost():
+    params = _params(jax.random.PRNGKey(0))
+    x1 = jax.random.normal(jax.random.PRNGKey(1), (128, 2)) * 0.3
+    costs = {}
+    for name, c in (("ind", couplings.independent()), ("ot", couplings.exact_ot())):
+        _, aux = losses.cfm_loss(params, jax.random.PRNGKey(2), {"x1": x1},
+                                 apply_fn=linear_field, path=paths.RectifiedFlow(), coupling=c)
+        costs[name] = float(aux["coupling_cost"])
+    assert costs["ot"] < 0.9 * costs["ind"]
+
+
+def test_bad_inputs():
+    params = _params(jax.random.PRNGKey(0))
+    loss = functools.partial(losses.cfm_loss, apply_fn=linear_field, path=paths.RectifiedFlow())
+    key = jax.random.PRNGKey(0)
+    with pytest.raises(ValueError, match="'x1'"):
+        loss(params, key, {"data": jnp.ones((4, 2))})
+    with pytest.raises(ValueError, match=r"`batch\['x0'\]` and `batch\['x1'\]`"):
+        loss(params, key, {"x1": jnp.ones((4, 2)), "x0": jnp.ones((3, 2))})
+    with pytest.raises(ValueError, match="`prediction`"):
+        loss(params, key, {"x1": jnp.ones((4, 2))}, prediction=Prediction.SCORE)
+    with pytest.raises(ValueError, match="`apply_fn` returned shape"):
+        losses.cfm_loss(params, key, {"x1": jnp.ones((4, 2))}, path=paths.RectifiedFlow(),
+                        apply_fn=lambda p, x, t, c: x[:, :1])
+    with pytest.raises(TypeError, match="`prediction`"):
+        losses.velocity_weighting(paths.RectifiedFlow(), "data")

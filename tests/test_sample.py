@@ -1,0 +1,128 @@
+"""ODE sampling: NFE is counted right, orders of convergence, exactness, reverse direction."""
+
+import diffrax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from flowjax import paths, sample
+from flowjax.paths import Prediction
+
+
+def decay(x, t, args):
+    """dx/dt = -cos(t) x, so x(t) = x(0) exp(-sin t)."""
+    del args
+    return -jnp.cos(t)[:, None] * x
+
+
+FIXED = [(diffrax.Euler(), 1), (diffrax.Midpoint(), 2), (diffrax.Heun(), 2), (sample.RK4(), 4)]
+
+
+@pytest.mark.parametrize("solver, per_step", FIXED + [(diffrax.Dopri5(), None),
+                                                      (diffrax.Tsit5(), None)])
+def test_nfe_equals_counted_evaluations(solver, per_step):
+    count = [0]
+
+    def counted(x, t, args):
+        jax.debug.callback(lambda: count.__setitem__(0, count[0] + 1))
+        return decay(x, t, args)
+
+    num_steps = 7 if per_step is not None else None
+    sol = sample.solve_ode(counted, jnp.ones((3, 2)), solver=solver, num_steps=num_steps)
+    jax.block_until_ready(sol.samples)
+    assert int(sol.nfe) == count[0]
+    if per_step is not None:
+        assert int(sol.nfe) == per_step * 7
+
+
+@pytest.mark.parametrize("solver, order", [(s, o) for (s, _), o in zip(FIXED, (1, 2, 2, 4))])
+def test_convergence_order(x64, solver, order):
+    """The slope of log(error) against log(step) is the solver's order."""
+    x0 = jnp.ones((2, 1))
+    exact = np.exp(-np.sin(1.0))
+    steps = np.array([8, 16, 32, 64])
+    errs = [abs(float(sample.solve_ode(decay, x0, solver=solver, num_steps=int(n)).samples[0, 0])
+                - exact) for n in steps]
+    slope = np.polyfit(np.log(1.0 / steps), np.log(errs), 1)[0]
+    assert order - 0.25 < slope < order + 0.35, (slope, errs)
+
+
+def test_adaptive_meets_tolerance(x64):
+    exact = np.exp(-np.sin(1.0))
+    for tol in (1e-4, 1e-8):
+        sol = sample.solve_ode(decay, jnp.ones((2, 1)), solver=diffrax.Dopri5(), rtol=tol,
+                               atol=tol)
+        assert abs(float(sol.samples[0, 0]) - exact) < 20 * tol
+    loose = sample.solve_ode(decay, jnp.ones((2, 1)), rtol=1e-3, atol=1e-3)
+    assert int(loose.nfe) < int(sol.nfe)
+
+
+def test_one_euler_step_is_exact_for_single_point_rectified_flow(x64):
+    """Rectified flow towards one point c has v(x, t) = (c - x)/(1 - t): straight lines."""
+    c = jnp.array([2.0, -1.0])
+    path = paths.RectifiedFlow()
+
+    def data_model(x, t, args):  # predicts x1 = c; converted to a velocity
+        return paths.convert(path, x, t, jnp.broadcast_to(c, x.shape),
+                             given=Prediction.DATA, to=Prediction.VELOCITY)
+
+    x0 = jax.random.normal(jax.random.PRNGKey(0), (16, 2))
+    sol = sample.solve_ode(data_model, x0, solver=diffrax.Euler(), num_steps=1)
+    np.testing.assert_allclose(sol.samples, jnp.broadcast_to(c, x0.shape), atol=1e-12)
+    assert int(sol.nfe) == 1
+
+
+def test_reverse_solve_inverts_forward(x64):
+    x0 = jax.random.normal(jax.random.PRNGKey(1), (8, 2))
+    fwd = sample.solve_ode(decay, x0, rtol=1e-9, atol=1e-9)
+    back = sample.solve_ode(decay, fwd.samples, t0=1.0, t1=0.0, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(back.samples, x0, rtol=1e-7, atol=1e-7)
+    grid = sample.solve_ode(decay, fwd.samples, solver=sample.RK4(), num_steps=50, t0=1.0, t1=0.0,
+                            save_trajectory=True)
+    assert grid.trajectory.shape == (51, 8, 2)
+    np.testing.assert_allclose(grid.ts[0], 1.0)
+    np.testing.assert_allclose(grid.trajectory[-1], x0, rtol=1e-6, atol=1e-6)
+
+
+def test_trajectory_and_user_grid(x64):
+    x0 = jnp.ones((4, 2))
+    sol = sample.solve_ode(decay, x0, save_trajectory=True, num_save=11)
+    assert sol.trajectory.shape == (11, 4, 2)
+    np.testing.assert_allclose(sol.trajectory[:, 0, 0], np.exp(-np.sin(np.linspace(0, 1, 11))),
+                               rtol=1e-4)
+    ts = jnp.array([0.0, 0.1, 0.5, 1.0])
+    grid = sample.solve_ode(decay, x0, solver=diffrax.Euler(), ts=ts, save_trajectory=True)
+    np.testing.assert_allclose(grid.ts, ts)
+    assert int(grid.nfe) == 3
+
+
+def test_model_velocity_converts_predictions(x64):
+    path = paths.Cosine()
+    x = jax.random.normal(jax.random.PRNGKey(0), (5, 2))
+    t = jnp.full((5,), 0.3)
+
+    def apply_fn(params, x, t, cond):
+        return params * x
+
+    v = sample.model_velocity(apply_fn, path=path, prediction=Prediction.DATA)(x, t, (2.0, None))
+    np.testing.assert_allclose(
+        v, paths.convert(path, x, t, 2.0 * x, given=Prediction.DATA, to=Prediction.VELOCITY))
+    with pytest.raises(ValueError, match="`path`"):
+        sample.model_velocity(apply_fn, prediction=Prediction.DATA)
+
+
+def test_bad_inputs():
+    x0 = jnp.ones((4, 2))
+    with pytest.raises(ValueError, match="`num_steps`"):
+        sample.solve_ode(decay, x0, solver=diffrax.Euler(), num_steps=0)
+    with pytest.raises(ValueError, match="adaptive solves"):
+        sample.solve_ode(decay, x0, solver=diffrax.Euler())
+    with pytest.raises(ValueError, match="`t0` and `t1`"):
+        sample.solve_ode(decay, x0, t0=0.0, t1=1.5)
+    with pytest.raises(ValueError, match="`x0` contains non-finite"):
+        sample.solve_ode(decay, x0.at[0, 0].set(jnp.nan), num_steps=2, solver=diffrax.Euler())
+    with pytest.raises(ValueError, match="`ts` must be"):
+        sample.solve_ode(decay, x0, solver=diffrax.Euler(), ts=jnp.array([0.0, 0.6, 0.4, 1.0]))
+    with pytest.raises(TypeError, match="`solver`"):
+        sample.solve_ode(decay, x0, solver="euler", num_steps=2)

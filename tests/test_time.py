@@ -1,0 +1,83 @@
+"""Time samplers match their densities (KS tests against SciPy); the SD3 shift in our time."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import optimize, stats
+
+from flowjax import time as ftime
+
+N = 20_000
+
+
+def _draw(sampler, seed=0):
+    return np.asarray(jax.jit(lambda k: sampler(k, (N,)))(jax.random.PRNGKey(seed)), np.float64)
+
+
+def _mode_cdf(scale):
+    def g(u):
+        return u + scale * (math.cos(0.5 * math.pi * u) ** 2 - 1.0 + u)
+
+    def cdf(t):
+        t = np.atleast_1d(t)
+        out = [0.0 if ti <= 0 else 1.0 if ti >= 1 else
+               optimize.brentq(lambda u: g(u) - ti, 0.0, 1.0, xtol=1e-12) for ti in t]
+        return np.array(out)
+
+    return cdf
+
+
+@pytest.mark.parametrize("name, sampler, cdf", [
+    ("uniform", ftime.uniform(), stats.uniform().cdf),
+    ("logit_normal(0,1)", ftime.logit_normal(0.0, 1.0),
+     lambda t: stats.norm(0.0, 1.0).cdf(np.log(t) - np.log1p(-t))),
+    ("logit_normal(0.5,0.7)", ftime.logit_normal(0.5, 0.7),
+     lambda t: stats.norm(0.5, 0.7).cdf(np.log(t) - np.log1p(-t))),
+    ("beta(2,5)", ftime.beta(2.0, 5.0), stats.beta(2.0, 5.0).cdf),
+    ("mode(1.29)", ftime.mode(1.29), _mode_cdf(1.29)),
+    ("mode(-0.5)", ftime.mode(-0.5), _mode_cdf(-0.5)),
+])
+def test_sampler_matches_density(name, sampler, cdf):
+    t = _draw(sampler)
+    assert t.min() >= 0.0 and t.max() <= 1.0
+    res = stats.kstest(t, cdf)
+    assert res.pvalue > 1e-3, (name, res)
+
+
+def test_ks_test_has_power():
+    """The same test rejects a wrong density (so the tests above can fail)."""
+    t = _draw(ftime.logit_normal(0.5, 0.7))
+    assert stats.kstest(t, lambda s: stats.norm(0.0, 1.0).cdf(np.log(s) - np.log1p(-s))).pvalue < 1e-6
+
+
+def test_shift_matches_sd3_in_flipped_time(x64):
+    t = jnp.linspace(0.0, 1.0, 101)
+    for s in (0.5, 1.0, 3.0):
+        tau = 1.0 - t
+        sd3 = s * tau / (1.0 + (s - 1.0) * tau)  # SD3 Eq. 23 in their time
+        np.testing.assert_allclose(ftime.shift_time(t, s), 1.0 - sd3, atol=1e-12)
+    assert float(ftime.shift_time(0.5, 3.0)) == pytest.approx(0.25)
+
+
+def test_shifted_sampler_density():
+    """If t ~ U, the shifted t has CDF F(x) = inverse shift: x s / (1 + (s-1) x)."""
+    s = 3.0
+    t = _draw(ftime.shifted(ftime.uniform(), s))
+    res = stats.kstest(t, lambda x: s * x / (1.0 + (s - 1.0) * x))
+    assert res.pvalue > 1e-3
+
+
+def test_bad_parameters():
+    with pytest.raises(ValueError, match="`scale`"):
+        ftime.logit_normal(0.0, -1.0)
+    with pytest.raises(ValueError, match="`scale`"):
+        ftime.mode(3.0)
+    with pytest.raises(ValueError, match="`a`"):
+        ftime.beta(0.0, 1.0)
+    with pytest.raises(ValueError, match="`shift`"):
+        ftime.shift_time(0.5, 0.0)
+    with pytest.raises(ValueError, match="`t` must lie in"):
+        ftime.shift_time(jnp.array([0.5, 1.2]), 2.0)
