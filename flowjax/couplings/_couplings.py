@@ -13,6 +13,10 @@ matching".
 
 from __future__ import annotations
 
+import functools
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -65,22 +69,48 @@ def _assignment_host(x0, x1):
     return perm.astype(np.int32)
 
 
+_POOL = None
+
+
+def _pool():
+    """One process-wide thread pool: SciPy's assignment releases the GIL."""
+    global _POOL
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(max_workers=os.cpu_count() or 1,
+                                   thread_name_prefix="flowjax-ot")
+    return _POOL
+
+
+def _batched_assignment_host(event_ndim, x0, x1):
+    """`_assignment_host` over any leading (vmapped) axes, the problems solved in parallel."""
+    lead = x0.shape[:x0.ndim - event_ndim]
+    a = np.asarray(x0).reshape((-1,) + x0.shape[len(lead):])
+    b = np.asarray(x1).reshape((-1,) + x1.shape[len(lead):])
+    if a.shape[0] == 1:
+        perms = [_assignment_host(a[0], b[0])]
+    else:
+        perms = list(_pool().map(_assignment_host, a, b))
+    return np.stack(perms).reshape(lead + (x0.shape[-event_ndim],))
+
+
 def exact_ot():
     r"""Exact minibatch OT for the squared Euclidean cost (OT-CFM).
 
     Solves the assignment problem :math:`\min_\pi \sum_i \|x_0^{\pi(i)} - x_1^{(i)}\|^2`
     with SciPy's `linear_sum_assignment` (Jonker–Volgenant) on the host,
     through `jax.pure_callback`, so it is jittable and exact; the returned
-    `x0` is the permuted batch. It runs on the CPU of the host whatever the
-    accelerator: at 256 points in 2D it takes about 10 ms here.
+    `x0` is the permuted batch. It runs on the host CPU whatever the
+    accelerator: at 256 points in 2D about 10 ms. Under `jax.vmap` the
+    problems of the batch go to the host in one call and are solved in
+    parallel threads (one per core).
     """
 
     def coupling(key, x0, x1):
         del key
         _check_pair(x0, x1)
         out = jax.ShapeDtypeStruct((x1.shape[0],), jnp.int32)
-        perm = jax.pure_callback(_assignment_host, out, x0, x1,
-                                 vmap_method="sequential")
+        host = functools.partial(_batched_assignment_host, x0.ndim)
+        perm = jax.pure_callback(host, out, x0, x1, vmap_method="broadcast_all")
         x0 = x0[perm]
         return (x0, x1), {"cost": _pair_cost(x0, x1)}
 
