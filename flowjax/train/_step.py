@@ -39,10 +39,6 @@ def create_train_state(key, params, optimizer: optax.GradientTransformation) -> 
                       key=key)
 
 
-def _tree_norm(tree):
-    return optax.global_norm(tree)
-
-
 def _check_decay(ema_decay):
     if not 0.0 <= ema_decay < 1.0:
         raise ValueError(f"`ema_decay` must lie in [0, 1), got {ema_decay!r}.")
@@ -55,8 +51,8 @@ def _update(loss_fn, optimizer, ema_decay, state: TrainState, batch):
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     ema = optax.incremental_update(params, state.ema_params, step_size=1.0 - ema_decay)
-    metrics = {"loss": loss, "grad_norm": _tree_norm(grads),
-               "update_norm": _tree_norm(updates), "param_norm": _tree_norm(params), **aux}
+    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads),
+               "update_norm": optax.tree.norm(updates), "param_norm": optax.tree.norm(params), **aux}
     new = state.replace(params=params, ema_params=ema, opt_state=opt_state,
                         step=state.step + 1)
     return new, metrics

@@ -1,0 +1,98 @@
+"""The toy2d experiment end to end (tiny config), its resume, and its command line."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from experiments.toy2d import train as toy2d
+from experiments.toy2d.configs import tiny
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("toy2d"))
+    config = tiny.get_config()
+    rows = toy2d.train_and_evaluate(config, workdir)
+    return config, workdir, rows
+
+
+def test_writes_the_run_files(tiny_run):
+    config, workdir, rows = tiny_run
+    for name in ("config.json", "metrics.jsonl", "results.json", "samples.png",
+                 "trajectories.png", "loss.png"):
+        assert os.path.getsize(os.path.join(workdir, name)) > 0, name
+    with open(os.path.join(workdir, "results.json")) as f:
+        saved = json.load(f)
+    assert saved == rows
+    solvers = [f"euler-{n}" for n in config.eval.euler_steps] + ["dopri5"]
+    assert len(rows) == len(config.methods) * len(config.sources) * len(solvers)
+    for r in rows:
+        assert tuple(r) == toy2d.RESULT_FIELDS
+        assert r["w2"] > 0 and r["w2_floor"] > 0 and r["npe"] >= 0 and r["straightness"] >= 0
+    euler = {r["solver"]: r["nfe"] for r in rows if r["method"] == "icfm"}
+    assert euler["euler-1"] == 1 and euler["euler-4"] == 4 and euler["dopri5"] > 10
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        lines = [json.loads(line) for line in f]
+    steps = config.num_train_steps // config.steps_per_call
+    assert len(lines) == steps * len(config.methods) * len(config.sources)
+    assert {"step", "method", "source", "loss", "grad_norm", "coupling_cost"} <= set(lines[0])
+
+
+def test_ot_pairs_cost_less_than_independent_pairs(tiny_run):
+    _, workdir, _ = tiny_run
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        lines = [json.loads(line) for line in f]
+    cost = {m: sum(r["coupling_cost"] for r in lines if r["method"] == m) for m in
+            ("icfm", "otcfm")}
+    assert cost["otcfm"] < 0.5 * cost["icfm"]
+
+
+def test_rerun_resumes_from_checkpoints(tiny_run):
+    config, workdir, rows = tiny_run
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        before = f.read()
+    again = toy2d.train_and_evaluate(config, workdir)
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        assert f.read() == before  # nothing was trained again
+    assert [r["w2"] for r in again] == [r["w2"] for r in rows]
+
+
+def test_config_errors_name_the_field():
+    config = tiny.get_config()
+    config.methods = ("icfm", "nope")
+    with pytest.raises(ValueError, match="config.methods: unknown method 'nope'"):
+        toy2d.validate_config(config)
+    config = tiny.get_config()
+    config.target = "mars"
+    with pytest.raises(ValueError, match="config.target"):
+        toy2d.validate_config(config)
+    config = tiny.get_config()
+    config.eval.num_samples = 5000
+    with pytest.raises(ValueError, match="config.eval.num_samples"):
+        toy2d.validate_config(config)
+
+
+TINY = "--config=experiments/toy2d/configs/tiny.py"
+
+
+@pytest.mark.parametrize("args, expected", [
+    ([TINY, "--config.no_such_key=1"], "unknown config key 'no_such_key'"),
+    ([TINY, "--config.eval.nokey=1"], "unknown config key 'nokey'"),
+    ([TINY, "--config.methods=('icfm','bogus')"], "config.methods"),
+    ([TINY, "--config.num_train_steps=abc"], "num_train_steps"),
+    (["--config=experiments/toy2d/configs/missing.py"], "--config: cannot load"),
+    ([TINY, "--workdir=/proc/forbidden"], "--workdir: cannot write"),
+])
+def test_cli_bad_command_line_exits_2_with_one_line(tmp_path, args, expected):
+    if not any(a.startswith("--workdir") for a in args):
+        args = args + [f"--workdir={tmp_path}"]
+    proc = subprocess.run([sys.executable, "-m", "experiments.toy2d", *args],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and expected in errors[0], proc.stderr
