@@ -153,6 +153,8 @@ def test_bad_inputs():
         loss(params, key, {"x1": jnp.ones((4, 2)), "x0": jnp.ones((3, 2))})
     with pytest.raises(ValueError, match="`prediction`"):
         loss(params, key, {"x1": jnp.ones((4, 2))}, prediction=Prediction.SCORE)
+    with pytest.raises(ValueError, match=r"`batch\['x1'\]` contains non-finite"):
+        loss(params, key, {"x1": jnp.ones((4, 2)).at[1, 1].set(jnp.inf)})
     with pytest.raises(ValueError, match="`apply_fn` returned shape"):
         losses.cfm_loss(params, key, {"x1": jnp.ones((4, 2))}, path=paths.RectifiedFlow(),
                         apply_fn=lambda p, x, t, c: x[:, :1])

@@ -62,6 +62,21 @@ def test_rerun_resumes_from_checkpoints(tiny_run):
     assert [r["w2"] for r in again] == [r["w2"] for r in rows]
 
 
+def test_every_method_trains_and_samples(tmp_path):
+    """All methods of the config run end to end (a few steps each)."""
+    config = tiny.get_config()
+    config.methods = toy2d.METHODS
+    config.num_train_steps = config.steps_per_call = config.checkpoint_every = 10
+    config.eval.num_samples = 100
+    config.eval.euler_steps = (2,)
+    config.plot = False
+    rows = toy2d.train_and_evaluate(config, str(tmp_path))
+    assert sorted({r["method"] for r in rows}) == sorted(toy2d.METHODS)
+    for r in rows:
+        assert all(isinstance(r[f], (int, float)) and r[f] == r[f] for f in
+                   ("nfe", "w2", "w2_floor", "npe", "straightness")), r
+
+
 def test_config_errors_name_the_field():
     config = tiny.get_config()
     config.methods = ("icfm", "nope")

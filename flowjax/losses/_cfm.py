@@ -18,7 +18,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from flowjax._checks import check_array, check_same_shape
+from flowjax._checks import check_array, check_finite, check_same_shape
 from flowjax.couplings import independent
 from flowjax.paths import Prediction
 from flowjax.paths._conversions import _coeffs
@@ -83,6 +83,7 @@ def cfm_loss(params, key, batch, *, apply_fn, path, coupling=None,
         raise ValueError("`batch` must be a dict with key 'x1' (and optionally 'x0', 'cond').")
     x1 = batch["x1"]
     check_array("batch['x1']", x1)
+    check_finite("batch['x1']", x1)  # only outside jit: a traced batch is not inspected
     coupling = independent() if coupling is None else coupling
     time_sampler = uniform() if time_sampler is None else time_sampler
 
@@ -92,6 +93,7 @@ def cfm_loss(params, key, batch, *, apply_fn, path, coupling=None,
         x0 = jax.random.normal(k_x0, x1.shape, x1.dtype)
     else:
         check_same_shape("batch['x0']", x0, "batch['x1']", x1)
+        check_finite("batch['x0']", x0)
     (x0, x1), pair_aux = coupling(k_pair, x0, x1)
     t = time_sampler(k_t, (x1.shape[0],)).astype(x1.dtype)
     z = None if path.noise is None else jax.random.normal(k_z, x1.shape, x1.dtype)
