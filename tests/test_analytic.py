@@ -64,3 +64,51 @@ def test_bad_mixture():
         analytic.GaussianMixture.create(jnp.zeros((2, 2)), jnp.zeros((3, 2, 2)))
     with pytest.raises(ValueError, match="`weights` must have shape"):
         analytic.GaussianMixture.create(jnp.zeros((2, 2)), jnp.ones((2, 2, 2)), jnp.ones(3))
+
+
+@pytest.mark.parametrize("path", [paths.RectifiedFlow(), paths.VP()],
+                         ids=lambda p: type(p).__name__)
+def test_exact_velocity_is_the_posterior_mean_of_the_conditional_velocity(x64, path):
+    """v*(x, t) = E[u_t(x | x0, x1) | x_t = x], by self-normalized importance sampling over x1."""
+    mix, n = _mixture(), 400_000
+    x1 = mix.sample(jax.random.PRNGKey(5), n)
+    for x, t in ((jnp.array([0.5, 0.4]), 0.3), (jnp.array([1.8, 0.1]), 0.8)):
+        a, s = path.alpha(t), path.sigma(t)
+        x0 = (x[None] - a * x1) / s  # the source that lands on x given x1
+        logw = -0.5 * jnp.sum(x0 ** 2, -1)  # p(x_t = x | x1) up to a constant
+        w = jax.nn.softmax(logw)
+        u = path.d_alpha(t) * x1 + path.d_sigma(t) * x0
+        mc = w @ u
+        se = jnp.sqrt(w @ (u - mc) ** 2 / (1.0 / jnp.sum(w ** 2)))  # effective sample size
+        exact = analytic.mixture_velocity(path, mix, x[None], t)[0]
+        assert np.all(np.abs(mc - exact) < 4 * se + 1e-6), (mc, exact, se)
+
+
+def test_ode_samples_match_the_closed_form_gaussian_flow_map(x64):
+    mean = jnp.array([1.0, -2.0, 0.5])
+    b = jnp.array([[1.0, 0.3, 0.0], [0.0, 0.5, 0.2], [0.1, 0.0, 0.2]])
+    cov = b @ b.T
+    target = analytic.GaussianMixture.gaussian(mean, cov)
+    x0 = jax.random.normal(jax.random.PRNGKey(0), (64, 3))
+    # VP's sigma-dot ~ (1 - t)^(-1/2) is evaluated at t <= 1 - EDGE, which moves the end
+    # point by ~5e-6; elsewhere the solve matches the map to ~1e-9.
+    for path, tol in ((paths.RectifiedFlow(), 1e-7), (paths.Cosine(), 1e-7), (paths.VP(), 2e-5)):
+        start = analytic.gaussian_flow_map(path, mean, cov, x0, 0.0)  # VP: alpha(0) > 0
+        sol = sample.solve_ode(lambda x, t, m: analytic.mixture_velocity(path, m, x, t), start,
+                               target, rtol=1e-10, atol=1e-10, save_trajectory=True, num_save=5)
+        for i, t in enumerate(sol.ts):
+            np.testing.assert_allclose(sol.trajectory[i],
+                                       analytic.gaussian_flow_map(path, mean, cov, x0, t),
+                                       rtol=0, atol=tol)
+
+
+def test_empirical_measure_is_finite_at_the_ends(x64):
+    data = jax.random.normal(jax.random.PRNGKey(0), (50, 2))
+    emp = analytic.GaussianMixture.empirical(data)
+    x = jax.random.normal(jax.random.PRNGKey(1), (8, 2))
+    for t in (0.0, 1e-7, 0.5, 1 - 1e-7, 1.0):
+        for f in (analytic.mixture_velocity, analytic.mixture_score, analytic.mixture_log_prob):
+            assert np.all(np.isfinite(f(paths.RectifiedFlow(), emp, x, t)))
+    # Away from t = 1 the velocity points at the posterior mean of the data points.
+    v = analytic.mixture_velocity(paths.RectifiedFlow(), emp, data[:1] * 0.5, 0.5)
+    assert np.all(np.isfinite(v))

@@ -16,7 +16,13 @@ and, with responsibilities :math:`r_k(x) \propto w_k \mathcal N(x; \alpha\mu_k, 
     \nabla\log p_t(x) = -\sum_k r_k C_k^{-1}(x - \alpha\mu_k).
 
 (Lipman et al. 2023, Thm. 1: the marginal velocity is the posterior mean of
-the conditional one.) Covariances must be positive definite for t = 1.
+the conditional one.) A Gaussian is the one-component case and a finite data
+set (the empirical measure) the case of zero covariances.
+
+Near t = 1 with singular covariances (the empirical measure) the fields are
+truly singular (the velocity grows like 1/(1 - t)); to stay finite, the noise
+variance in :math:`C_k` is floored at :math:`\bar\sigma(1 - t_{clip})^2`, which
+changes nothing for t <= 1 - t_clip.
 """
 
 from __future__ import annotations
@@ -50,6 +56,20 @@ class GaussianMixture:
             raise ValueError(f"`weights` must have shape {(k,)}, got {tuple(weights.shape)}.")
         return cls(means, covs, weights / jnp.sum(weights))
 
+    @classmethod
+    def gaussian(cls, mean, cov):
+        """A single Gaussian `N(mean [d], cov [d, d])`."""
+        mean = jnp.asarray(mean)
+        return cls.create(mean[None], jnp.asarray(cov, mean.dtype)[None])
+
+    @classmethod
+    def empirical(cls, points, weights=None):
+        """The empirical measure of a finite data set `points [n, d]` (zero covariances)."""
+        points = jnp.asarray(points)
+        check_array("points", points, rank=2)
+        d = points.shape[1]
+        return cls.create(points, jnp.zeros((points.shape[0], d, d), points.dtype), weights)
+
     def sample(self, key, n: int):
         """Draws `[n, d]` samples."""
         kc, kz = jax.random.split(key)
@@ -59,11 +79,21 @@ class GaussianMixture:
         return self.means[comp] + jnp.einsum("nij,nj->ni", chol[comp], z)
 
 
+T_CLIP = 1e-5
+
+
+def _noise_var(path, t):
+    """sigma_total(t)^2, floored at sigma_total(1 - T_CLIP)^2 (see the module docstring)."""
+    floor = path.sigma_total(jnp.asarray(1.0 - T_CLIP, jnp.result_type(t)))
+    return jnp.maximum(path.sigma_total(t), floor) ** 2
+
+
 def _per_point(path, mix, x, t):
     """Responsibilities, E[x1|x,k], E[eps|x,k], C_k^{-1}(x - a mu_k) and log p for one x."""
-    a, s = path.alpha(t), path.sigma_total(t)
+    a, var = path.alpha(t), _noise_var(path, t)
+    s = jnp.sqrt(var)
     d = x.shape[-1]
-    cov = a ** 2 * mix.covs + s ** 2 * jnp.eye(d, dtype=x.dtype)
+    cov = a ** 2 * mix.covs + var * jnp.eye(d, dtype=x.dtype)
     chol = jnp.linalg.cholesky(cov)
     diff = x[None, :] - a * mix.means
     sol = jax.vmap(lambda c, r: jax.scipy.linalg.cho_solve((c, True), r))(chol, diff)
@@ -111,3 +141,40 @@ def mixture_log_prob(path, mixture: GaussianMixture, x, t):
         return _per_point(path, mix, xi, ti)[-1]
 
     return _batched(one, path, mixture, x, t)
+
+
+def gaussian_flow_map(path, mean, cov, x0, t):
+    r"""The closed-form ODE flow map from `N(0, I)` to `N(mean, cov)` along an affine path.
+
+    The marginals :math:`\mathcal N(\alpha\mu, C_t)`, :math:`C_t = \alpha^2\Sigma + \bar\sigma^2 I`,
+    have commuting covariances, so the flow of the marginal velocity is
+
+    .. math:: \psi_t(x_0) = \alpha(t)\mu + C_t^{1/2} x_0,
+
+    with the symmetric square root (from the eigendecomposition of :math:`\Sigma`):
+    :math:`\frac{d}{dt}\psi_t = \dot\alpha\mu + \tfrac12\dot C_t C_t^{-1}(\psi_t - \alpha\mu)`,
+    which is :func:`mixture_velocity` for one component.
+
+    Args:
+      path: an affine path.
+      mean: `[d]`; cov: `[d, d]` (symmetric positive semi-definite).
+      x0: sources `[B, d]`.
+      t: a scalar or `[B]` time.
+
+    Returns:
+      `[B, d]`, the points :math:`\psi_t(x_0)`.
+    """
+    check_array("x0", x0, rank=2)
+    t = check_time(t, x0.shape[0])
+    mean = jnp.asarray(mean, x0.dtype)
+    cov = jnp.asarray(cov, x0.dtype)
+    d = x0.shape[1]
+    if mean.shape != (d,) or cov.shape != (d, d):
+        raise ValueError(f"`mean` and `cov` must have shapes {(d,)} and {(d, d)}, "
+                         f"got {mean.shape} and {cov.shape}.")
+    lam, u = jnp.linalg.eigh(cov)
+    t = jnp.broadcast_to(t, x0.shape[:1]).astype(x0.dtype)
+    a = path.alpha(t)[:, None]
+    s2 = path.sigma_total(t)[:, None] ** 2
+    root = jnp.sqrt(jnp.maximum(a ** 2 * lam[None] + s2, 0.0))  # [B, d] in the eigenbasis
+    return a * mean + ((x0 @ u) * root) @ u.T
