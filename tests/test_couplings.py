@@ -121,3 +121,14 @@ def test_bad_parameters():
         couplings.sinkhorn(0.0)
     with pytest.raises(ValueError, match="`sigma`"):
         couplings.schrodinger_bridge(-1.0)
+
+
+def test_scale_free_epsilon_is_invariant_to_scaling():
+    """With scale_free=True, scaling the data by c leaves the plan unchanged."""
+    x0, x1 = _clouds(64, 2)
+    c = couplings.sinkhorn(0.05, scale_free=True, sample=False, threshold=1e-4)
+    (a, _), aux = c(jax.random.PRNGKey(0), x0, x1)
+    (b, _), aux10 = c(jax.random.PRNGKey(0), 10.0 * x0, 10.0 * x1)
+    np.testing.assert_allclose(10.0 * a, b, rtol=1e-5, atol=1e-5)
+    assert float(aux10["plan_cost"]) == pytest.approx(100.0 * float(aux["plan_cost"]), rel=1e-3)
+    assert float(aux["plan_cost"]) < 1.05 * _scipy_cost(x0, x1)

@@ -126,3 +126,63 @@ def test_bad_inputs():
         sample.solve_ode(decay, x0, solver=diffrax.Euler(), ts=jnp.array([0.0, 0.6, 0.4, 1.0]))
     with pytest.raises(TypeError, match="`solver`"):
         sample.solve_ode(decay, x0, solver="euler", num_steps=2)
+
+
+# --- DPM-Solver++(2M) -------------------------------------------------------------------
+
+from flowjax import analytic  # noqa: E402
+from flowjax import time as ftime  # noqa: E402
+
+
+def _mixture2d():
+    return analytic.GaussianMixture.create(
+        jnp.array([[2.0, 0.0], [-1.0, 1.5], [0.0, -2.0]]),
+        jnp.array([[[0.3, 0.1], [0.1, 0.2]], [[0.2, -0.05], [-0.05, 0.4]],
+                   [[0.1, 0.0], [0.0, 0.1]]]), jnp.array([0.5, 0.3, 0.2]))
+
+
+@pytest.mark.parametrize("path", [paths.RectifiedFlow(), paths.Cosine(), paths.VP()],
+                         ids=lambda p: type(p).__name__)
+@pytest.mark.parametrize("num_steps", [1, 3])
+def test_dpm_solver_is_exact_for_a_point_target(x64, path, num_steps):
+    """The data prediction is constant for a point target, so the integrator is exact."""
+    c = jnp.array([[1.5, -0.5]])
+    target = analytic.GaussianMixture.create(c, jnp.zeros((1, 2, 2)))
+    x0 = jax.random.normal(jax.random.PRNGKey(0), (16, 2))
+    out, nfe = sample.dpm_solver_2m(lambda x, t, m: analytic.mixture_velocity(path, m, x, t),
+                                    x0, target, path=path, ts=ftime.uniform_grid(num_steps))
+    np.testing.assert_allclose(out, jnp.broadcast_to(c, x0.shape), atol=1e-8)
+    assert nfe == num_steps
+
+
+def test_dpm_solver_depends_on_the_path_only_through_its_snr(x64):
+    """On EDM grids (equal noise ratios), rectified flow and cosine give the same samples."""
+    mix = _mixture2d()
+    x0 = jax.random.normal(jax.random.PRNGKey(1), (64, 2))
+    outs = []
+    for path in (paths.RectifiedFlow(), paths.Cosine()):
+        out, _ = sample.dpm_solver_2m(lambda x, t, m: analytic.mixture_velocity(path, m, x, t),
+                                      x0, mix, path=path, ts=ftime.edm_grid(12, path))
+        outs.append(out)
+    np.testing.assert_allclose(outs[0], outs[1], rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("corrector", [False, True])
+def test_dpm_solver_converges_at_second_order(x64, corrector):
+    mix, path = _mixture2d(), paths.RectifiedFlow()
+    field = lambda x, t, m: analytic.mixture_velocity(path, m, x, t)  # noqa: E731
+    x0 = jax.random.normal(jax.random.PRNGKey(2), (64, 2))
+    ref = sample.solve_ode(field, x0, mix, solver=diffrax.Dopri8(), rtol=1e-11,
+                           atol=1e-11).samples
+    steps = np.array([32, 64, 128, 256])
+    errs = [float(jnp.sqrt(jnp.mean((sample.dpm_solver_2m(
+        field, x0, mix, path=path, ts=ftime.edm_grid(int(n), path), corrector=corrector)[0]
+        - ref) ** 2))) for n in steps]
+    slope = np.polyfit(np.log(1.0 / steps), np.log(errs), 1)[0]
+    assert 1.7 < slope < 3.3, (slope, errs)
+
+
+def test_dpm_solver_bad_grid():
+    with pytest.raises(ValueError, match="`ts` must be an increasing grid"):
+        sample.dpm_solver_2m(decay, jnp.ones((2, 2)), path=paths.RectifiedFlow(),
+                             ts=jnp.array([0.0, 0.5, 0.4, 1.0]))

@@ -81,3 +81,25 @@ def test_bad_parameters():
         ftime.shift_time(0.5, 0.0)
     with pytest.raises(ValueError, match="`t` must lie in"):
         ftime.shift_time(jnp.array([0.5, 1.2]), 2.0)
+
+
+def test_grids(x64):
+    from flowjax import paths
+
+    np.testing.assert_allclose(ftime.uniform_grid(4), [0, 0.25, 0.5, 0.75, 1.0])
+    np.testing.assert_allclose(ftime.shifted_grid(4, 3.0), ftime.shift_time(
+        ftime.uniform_grid(4), 3.0))
+    rf = paths.RectifiedFlow()
+    sig = jnp.array([80.0, 1.0, 0.002])
+    np.testing.assert_allclose(ftime.time_of_noise_ratio(rf, sig), 1.0 / (1.0 + sig), rtol=1e-12)
+    for path in (rf, paths.Cosine(), paths.VP()):
+        grid = ftime.edm_grid(10, path)
+        assert grid.shape == (11,) and grid[0] == 0.0 and grid[-1] == 1.0
+        assert np.all(np.diff(grid) > 0)
+        # Interior points hit EDM's sigmas: sigma_1 of the rho = 7 schedule, and sigma_min.
+        ratio = path.sigma_total(grid[1:-1]) / path.alpha(grid[1:-1])
+        i = np.arange(10) / 9
+        sig = (80 ** (1 / 7) + i * (0.002 ** (1 / 7) - 80 ** (1 / 7))) ** 7
+        np.testing.assert_allclose(ratio, sig[1:], rtol=1e-9)
+    with pytest.raises(ValueError, match="`num_steps`"):
+        ftime.uniform_grid(0)

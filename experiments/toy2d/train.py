@@ -59,8 +59,8 @@ def make_method(name: str, config):
     if name == "otcfm":
         return paths.RectifiedFlow(noise=noise), couplings.exact_ot(), True
     if name == "otcfm_sinkhorn":
-        return (paths.RectifiedFlow(noise=noise), couplings.sinkhorn(config.sinkhorn_epsilon),
-                False)
+        return (paths.RectifiedFlow(noise=noise),
+                couplings.sinkhorn(config.sinkhorn_epsilon, scale_free=True), False)
     if name == "sbcfm":
         return (paths.RectifiedFlow(noise=paths.BridgeNoise(config.sb_sigma)),
                 couplings.schrodinger_bridge(config.sb_sigma), False)

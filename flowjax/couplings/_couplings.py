@@ -118,14 +118,16 @@ def exact_ot():
 
 
 def sinkhorn_plan(x0, x1, *, epsilon: float, threshold: float = 1e-3,
-                  max_iterations: int = 2000):
+                  max_iterations: int = 2000, scale_free: bool = False):
     """The entropic OT plan `[B, B]` (summing to 1) of two batches, with ott-jax.
 
     Args:
       x0, x1: batches `[B, *dims]`.
-      epsilon: absolute entropic regularization for the squared Euclidean cost.
+      epsilon: entropic regularization for the squared Euclidean cost.
       threshold: Sinkhorn's marginal-error tolerance.
       max_iterations: iteration cap.
+      scale_free: if True, `epsilon` is a fraction of the standard deviation
+        of the cost matrix (ott's `relative_epsilon="std"`), else absolute.
 
     Returns:
       `(plan, converged)`.
@@ -135,25 +137,29 @@ def sinkhorn_plan(x0, x1, *, epsilon: float, threshold: float = 1e-3,
     from ott.problems.linear import linear_problem
     from ott.solvers.linear import sinkhorn
 
-    geom = pointcloud.PointCloud(_flat(x0), _flat(x1), epsilon=epsilon)
+    geom = pointcloud.PointCloud(_flat(x0), _flat(x1), epsilon=epsilon,
+                                 relative_epsilon="std" if scale_free else None)
     solver = sinkhorn.Sinkhorn(threshold=threshold, max_iterations=max_iterations)
     out = solver(linear_problem.LinearProblem(geom))
     return out.matrix, out.converged
 
 
 def sinkhorn(epsilon: float = 0.05, *, threshold: float = 1e-3,
-             max_iterations: int = 2000, sample: bool = True):
+             max_iterations: int = 2000, sample: bool = True, scale_free: bool = False):
     r"""Entropic minibatch OT with ott-jax's Sinkhorn.
 
     Args:
-      epsilon: absolute entropic regularization (in units of the squared
-        Euclidean cost; scale it with your data).
+      epsilon: entropic regularization, absolute (in units of the squared
+        Euclidean cost), or with `scale_free=True` a fraction of the standard
+        deviation of the batch's cost matrix (0.05 gives a plan cost within
+        about 3% of exact OT in 2D).
       threshold: Sinkhorn's tolerance on the marginals.
       max_iterations: iteration cap.
       sample: if True, each `x1[j]` gets a partner drawn from the plan's column
         :math:`P_{\cdot j}/\sum_i P_{ij}` with the given key (pairs follow the
         plan exactly, `x0` is drawn with replacement); if False, its argmax
         partner (deterministic; not a permutation in general).
+      scale_free: see `epsilon`.
 
     `aux` holds `cost` (of the returned pairs), `plan_cost`
     (:math:`\langle P, C\rangle`) and `converged`.
@@ -164,7 +170,7 @@ def sinkhorn(epsilon: float = 0.05, *, threshold: float = 1e-3,
     def coupling(key, x0, x1):
         _check_pair(x0, x1)
         plan, converged = sinkhorn_plan(x0, x1, epsilon=epsilon, threshold=threshold,
-                                        max_iterations=max_iterations)
+                                        max_iterations=max_iterations, scale_free=scale_free)
         if sample:
             logits = jnp.log(jnp.maximum(plan.T, jnp.finfo(plan.dtype).tiny))
             idx = jax.random.categorical(key, logits, axis=-1)

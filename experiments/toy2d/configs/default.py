@@ -37,7 +37,7 @@ def get_config():
     # Method options.
     config.sigma = 0.0  # TorchCFM's constant sigma for icfm / otcfm
     config.sb_sigma = 1.0  # SB-CFM (TorchCFM's default): bridge noise, entropic eps = 2 sigma^2
-    config.sinkhorn_epsilon = 0.1  # otcfm_sinkhorn (absolute, squared-distance units)
+    config.sinkhorn_epsilon = 0.05  # otcfm_sinkhorn: a fraction of the cost matrix's std
     config.sigma_min = 0.01  # Lipman's FM path
 
     # Evaluation.

@@ -1,0 +1,83 @@
+r"""Time grids `[N + 1]` from t = 0 to t = 1 for fixed-step solvers.
+
+Pass any of them, or your own monotone grid, as `ts=` to
+:func:`flowjax.sample.solve_ode` or :func:`flowjax.sample.dpm_solver_2m`.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from flowjax.time._samplers import shift_time
+
+
+def _check_steps(num_steps):
+    if not isinstance(num_steps, int) or num_steps < 1:
+        raise ValueError(f"`num_steps` must be a positive int, got {num_steps!r}.")
+
+
+def uniform_grid(num_steps: int):
+    """`num_steps + 1` equally spaced times from 0 to 1."""
+    _check_steps(num_steps)
+    return jnp.linspace(0.0, 1.0, num_steps + 1)
+
+
+def shifted_grid(num_steps: int, shift: float):
+    """The uniform grid warped by SD3's shift (:func:`flowjax.time.shift_time`);
+    `shift > 1` puts more steps near the noise (t = 0)."""
+    return shift_time(uniform_grid(num_steps), shift)
+
+
+def time_of_noise_ratio(path, ratio, *, iterations: int = 60):
+    r"""The flow time t at which the path's noise-to-signal ratio :math:`\bar\sigma(t)/\alpha(t)` is `ratio`.
+
+    That ratio is EDM's :math:`\sigma` (Karras et al. 2022 write every
+    diffusion as :math:`x = x_1 + \sigma\varepsilon` up to scaling); it
+    decreases from :math:`\infty` (or a large value) at t = 0 to 0 (or
+    :math:`\sigma_{min}`) at t = 1 on every path here, so bisection finds t
+    to float precision. Rectified flow has the closed form t = 1/(1 + ratio).
+    """
+    ratio = jnp.asarray(ratio, jnp.result_type(float))
+
+    def noise_ratio(t):
+        return path.sigma_total(t) / jnp.maximum(path.alpha(t), jnp.finfo(t.dtype).tiny)
+
+    def body(_, bounds):
+        lo, hi = bounds
+        mid = 0.5 * (lo + hi)
+        above = noise_ratio(mid) > ratio  # still too noisy: the answer is later
+        return jnp.where(above, mid, lo), jnp.where(above, hi, mid)
+
+    lo, hi = jax.lax.fori_loop(0, iterations, body,
+                               (jnp.zeros_like(ratio), jnp.ones_like(ratio)))
+    return 0.5 * (lo + hi)
+
+
+def edm_grid(num_steps: int, path, *, sigma_min: float = 0.002, sigma_max: float = 80.0,
+             rho: float = 7.0):
+    r"""EDM's :math:`\rho`-schedule (Karras et al. 2022, Eq. 5) mapped to flow time.
+
+    .. math:: \sigma_i = \big(\sigma_{max}^{1/\rho} + \tfrac{i}{N-1}
+              (\sigma_{min}^{1/\rho} - \sigma_{max}^{1/\rho})\big)^\rho,\quad i < N,
+
+    each :math:`\sigma_i` mapped to the t where the path's noise-to-signal
+    ratio equals it (:func:`time_of_noise_ratio`); the first point is then
+    moved to t = 0 (a source sample is the state at :math:`\sigma = \infty`,
+    and :math:`\sigma_{max} = 80` is t = 0.012 on rectified flow) and t = 1
+    is appended (:math:`\sigma_N = 0`). Steps are dense near the data.
+
+    Args:
+      num_steps: N, the number of steps (N + 1 times).
+      path: the affine path that gives the time mapping.
+      sigma_min, sigma_max, rho: EDM's parameters (defaults from the paper).
+    """
+    _check_steps(num_steps)
+    if not 0 < sigma_min < sigma_max:
+        raise ValueError(f"need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}.")
+    if num_steps == 1:
+        return jnp.array([0.0, 1.0])
+    i = jnp.arange(num_steps) / (num_steps - 1)
+    sig = (sigma_max ** (1 / rho) + i * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
+    ts = time_of_noise_ratio(path, sig)
+    return jnp.concatenate([jnp.zeros(1, ts.dtype), ts[1:], jnp.ones(1, ts.dtype)])
