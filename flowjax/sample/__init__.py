@@ -1,4 +1,4 @@
-"""ODE samplers on diffrax: fixed-step and adaptive solves with NFE, forward and reverse."""
+"""Samplers: diffrax ODE solves with NFE, DPM-Solver++(2M), likelihoods through the divergence ODE."""
 
 from flowjax.sample._ode import RK4 as RK4
 from flowjax.sample._ode import ODESolution as ODESolution
@@ -6,3 +6,7 @@ from flowjax.sample._ode import evaluations_per_step as evaluations_per_step
 from flowjax.sample._ode import model_velocity as model_velocity
 from flowjax.sample._ode import solve_ode as solve_ode
 from flowjax.sample._multistep import dpm_solver_2m as dpm_solver_2m
+from flowjax.sample._likelihood import Probe as Probe
+from flowjax.sample._likelihood import bits_per_dim as bits_per_dim
+from flowjax.sample._likelihood import log_likelihood as log_likelihood
+from flowjax.sample._likelihood import standard_normal_log_prob as standard_normal_log_prob
