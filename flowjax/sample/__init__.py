@@ -10,3 +10,8 @@ from flowjax.sample._likelihood import Probe as Probe
 from flowjax.sample._likelihood import bits_per_dim as bits_per_dim
 from flowjax.sample._likelihood import log_likelihood as log_likelihood
 from flowjax.sample._likelihood import standard_normal_log_prob as standard_normal_log_prob
+from flowjax.sample._sde import SDESolution as SDESolution
+from flowjax.sample._sde import constant_diffusion as constant_diffusion
+from flowjax.sample._sde import sigma_diffusion as sigma_diffusion
+from flowjax.sample._sde import solve_sde as solve_sde
+from flowjax.sample._sde import vanishing_diffusion as vanishing_diffusion
