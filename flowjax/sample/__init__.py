@@ -15,3 +15,5 @@ from flowjax.sample._sde import constant_diffusion as constant_diffusion
 from flowjax.sample._sde import sigma_diffusion as sigma_diffusion
 from flowjax.sample._sde import solve_sde as solve_sde
 from flowjax.sample._sde import vanishing_diffusion as vanishing_diffusion
+from flowjax.sample._guidance import classifier_free_guidance as classifier_free_guidance
+from flowjax.sample._guidance import guided_model_velocity as guided_model_velocity
