@@ -60,7 +60,7 @@ def _hutchinson_divergence(velocity_fn, x, t, args, probes):
 def log_likelihood(velocity_fn, x1, args=None, *, key=None, num_probes: int | None = None,
                    probe: Probe = Probe.RADEMACHER, source_log_prob=standard_normal_log_prob,
                    solver=None, rtol: float = 1e-5, atol: float = 1e-5,
-                   num_steps: int | None = None, max_steps: int = 4096):
+                   num_steps: int | None = None, ts=None, max_steps: int = 4096):
     r"""`log p_1(x1)` of the flow of `velocity_fn`, through the reverse divergence ODE.
 
     Args:
@@ -74,6 +74,8 @@ def log_likelihood(velocity_fn, x1, args=None, *, key=None, num_probes: int | No
       source_log_prob: `log p_0`, per sample; standard normal by default.
       solver, rtol, atol, num_steps, max_steps: as in :func:`solve_ode`
         (Dopri5 adaptive by default).
+      ts: an increasing grid `[N + 1]` from 0 to 1 (e.g. from :mod:`flowjax.time`),
+        walked backwards from 1 to 0; overrides `num_steps`.
 
     Returns:
       `(log_prob [B], nfe)`; nfe counts evaluations of the augmented field
@@ -101,7 +103,10 @@ def log_likelihood(velocity_fn, x1, args=None, *, key=None, num_probes: int | No
             v, div = _hutchinson_divergence(velocity_fn, x, tb, args, probes)
         return v, div
 
-    if num_steps is not None:
+    if ts is not None:
+        grid = jnp.asarray(ts, x1.dtype)[::-1]
+        controller, dt0, cap = diffrax.StepTo(ts=grid), None, int(grid.shape[0])
+    elif num_steps is not None:
         controller, dt0 = diffrax.ConstantStepSize(), -1.0 / num_steps
         cap = num_steps
     else:
