@@ -186,3 +186,23 @@ def test_dpm_solver_bad_grid():
     with pytest.raises(ValueError, match="`ts` must be an increasing grid"):
         sample.dpm_solver_2m(decay, jnp.ones((2, 2)), path=paths.RectifiedFlow(),
                              ts=jnp.array([0.0, 0.5, 0.4, 1.0]))
+
+
+@pytest.mark.parametrize("solver, order, steps", [
+    (diffrax.Euler(), 1, [512, 1024, 2048, 4096]),  # pre-asymptotic below ~500 steps
+    (diffrax.Midpoint(), 2, [64, 128, 256, 512]),
+    (diffrax.Heun(), 2, [64, 128, 256, 512]),
+    (sample.RK4(), 4, [8, 16, 32, 64]),  # above the 1e-8 floor of the t = 1 variance floor
+], ids=["euler", "midpoint", "heun", "rk4"])
+def test_convergence_order_on_the_exact_mixture_flow(x64, solver, order, steps):
+    """Issue 3, acceptance 1: slope of log endpoint error vs log step within 0.3 of the order."""
+    mix, path = _mixture2d(), paths.RectifiedFlow()
+    field = lambda x, t, m: analytic.mixture_velocity(path, m, x, t)  # noqa: E731
+    x0 = jax.random.normal(jax.random.PRNGKey(2), (64, 2))
+    ref = sample.solve_ode(field, x0, mix, solver=diffrax.Dopri8(), rtol=1e-12,
+                           atol=1e-12).samples
+    errs = [float(jnp.sqrt(jnp.mean((sample.solve_ode(field, x0, mix, solver=solver,
+                                                      num_steps=n).samples - ref) ** 2)))
+            for n in steps]
+    slope = np.polyfit(np.log(1.0 / np.array(steps)), np.log(errs), 1)[0]
+    assert abs(slope - order) < 0.3, (slope, errs)
