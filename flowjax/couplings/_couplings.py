@@ -58,12 +58,16 @@ def independent():
     return coupling
 
 
-def _assignment_host(x0, x1):
-    """For each column j of the squared-distance cost, the row assigned to it (SciPy)."""
+def host_sq_cost(x0, x1):
+    """The squared-distance matrix of two batches `[B, *dims]`, in float64 NumPy on the host."""
     a = np.asarray(x0, dtype=np.float64).reshape(x0.shape[0], -1)
     b = np.asarray(x1, dtype=np.float64).reshape(x1.shape[0], -1)
-    cost = (a ** 2).sum(1)[:, None] + (b ** 2).sum(1)[None, :] - 2.0 * a @ b.T
-    rows, cols = linear_sum_assignment(cost)
+    return np.maximum((a ** 2).sum(1)[:, None] + (b ** 2).sum(1)[None, :] - 2.0 * a @ b.T, 0.0)
+
+
+def _assignment_host(x0, x1):
+    """For each column j of the squared-distance cost, the row assigned to it (SciPy)."""
+    rows, cols = linear_sum_assignment(host_sq_cost(x0, x1))
     perm = np.empty_like(rows)
     perm[cols] = rows
     return perm.astype(np.int32)

@@ -7,6 +7,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from flowjax._checks import check_array, check_finite
+from flowjax.couplings._couplings import host_sq_cost
 
 #: Above this many points the exact assignment gets too slow (O(n^3)).
 MAX_W2_POINTS = 4000
@@ -33,9 +34,7 @@ def w2(x, y) -> float:
         raise ValueError(f"`x` and `y` must have the same shape, got {x.shape} and {y.shape}.")
     if x.shape[0] > MAX_W2_POINTS:
         raise ValueError(f"`x` has {x.shape[0]} points; exact W2 is limited to {MAX_W2_POINTS}.")
-    a = np.asarray(x, np.float64).reshape(x.shape[0], -1)
-    b = np.asarray(y, np.float64).reshape(y.shape[0], -1)
-    cost = np.maximum((a ** 2).sum(1)[:, None] + (b ** 2).sum(1)[None, :] - 2.0 * a @ b.T, 0.0)
+    cost = host_sq_cost(x, y)
     rows, cols = linear_sum_assignment(cost)
     return float(np.sqrt(cost[rows, cols].mean()))
 
