@@ -178,3 +178,41 @@ def gaussian_flow_map(path, mean, cov, x0, t):
     s2 = path.sigma_total(t)[:, None] ** 2
     root = jnp.sqrt(jnp.maximum(a ** 2 * lam[None] + s2, 0.0))  # [B, d] in the eigenbasis
     return a * mean + ((x0 @ u) * root) @ u.T
+
+
+def gaussian_average_velocity(path, mean, cov, x, r, t):
+    r"""The exact average velocity (flow map) from `N(0, I)` to `N(mean, cov)`: MeanFlow's target.
+
+    With :math:`\psi` from :func:`gaussian_flow_map`, the map from time `r`
+    to time `t` is :math:`\Phi_{r\to t}(x) = \alpha_t\mu + C_t^{1/2}C_r^{-1/2}(x - \alpha_r\mu)`
+    and the average velocity :math:`u(x, r, t) = (\Phi_{r\to t}(x) - x)/(t - r)`;
+    at `r = t` it is the marginal velocity
+    :math:`\dot\alpha\mu + \tfrac12\dot C_t C_t^{-1}(x - \alpha\mu)`.
+    Smooth in `(x, r, t)`, so `jax.jvp` through it is exact.
+
+    Args:
+      path: an affine path.
+      mean: `[d]`; cov: `[d, d]`.
+      x: states at time `r`, `[B, d]`.
+      r, t: start and end times (scalars or `[B]`), `r <= t`.
+
+    Returns:
+      `[B, d]`.
+    """
+    check_array("x", x, rank=2)
+    mean = jnp.asarray(mean, x.dtype)
+    lam, u = jnp.linalg.eigh(jnp.asarray(cov, x.dtype))
+    r = jnp.broadcast_to(jnp.asarray(r, x.dtype), x.shape[:1])[:, None]
+    t = jnp.broadcast_to(jnp.asarray(t, x.dtype), x.shape[:1])[:, None]
+
+    def var(s):  # eigenvalues of C_s, [B, d]
+        return path.alpha(s) ** 2 * lam[None] + path.sigma_total(s) ** 2
+
+    y = (x - path.alpha(r) * mean) @ u  # centred state in the eigenbasis
+    jump = path.alpha(t) * mean + (y * jnp.sqrt(var(t) / var(r))) @ u.T
+    equal = t == r
+    average = (jump - x) / jnp.where(equal, 1.0, t - r)
+    d_var = 2 * path.alpha(r) * path.d_alpha(r) * lam[None] \
+        + 2 * path.sigma_total(r) * path.d_sigma_total(r)
+    velocity = path.d_alpha(r) * mean + (0.5 * d_var / var(r) * y) @ u.T
+    return jnp.where(equal, velocity, average)

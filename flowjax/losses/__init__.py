@@ -2,3 +2,7 @@
 
 from flowjax.losses._cfm import cfm_loss as cfm_loss
 from flowjax.losses._cfm import velocity_weighting as velocity_weighting
+from flowjax.losses._fewstep import meanflow_loss as meanflow_loss
+from flowjax.losses._fewstep import meanflow_target as meanflow_target
+from flowjax.losses._fewstep import reflow_loss as reflow_loss
+from flowjax.losses._fewstep import shortcut_loss as shortcut_loss

@@ -25,6 +25,33 @@ from flowjax.paths._conversions import _coeffs
 from flowjax.time import uniform
 
 
+def paired_batch(k_x0, k_pair, batch, coupling=None):
+    """Checks a batch, draws `x0 ~ N(0, I)` (key `k_x0`) if it has none, and applies the coupling.
+
+    The prologue shared by every loss. Returns `(x0, x1, coupling_aux)`.
+    """
+    if not isinstance(batch, dict) or "x1" not in batch:
+        raise ValueError("`batch` must be a dict with key 'x1' (and optionally 'x0', 'cond').")
+    x1 = batch["x1"]
+    check_array("batch['x1']", x1)
+    check_finite("batch['x1']", x1)  # only outside jit: a traced batch is not inspected
+    x0 = batch.get("x0")
+    if x0 is None:
+        x0 = jax.random.normal(k_x0, x1.shape, x1.dtype)
+    else:
+        check_same_shape("batch['x0']", x0, "batch['x1']", x1)
+        check_finite("batch['x0']", x0)
+    coupling = independent() if coupling is None else coupling
+    (x0, x1), pair_aux = coupling(k_pair, x0, x1)
+    return x0, x1, pair_aux
+
+
+def check_output(out, target, name="apply_fn"):
+    if out.shape != target.shape:
+        raise ValueError(
+            f"`{name}` returned shape {tuple(out.shape)}, expected {tuple(target.shape)}.")
+
+
 def velocity_weighting(path, prediction: Prediction, *, t_clip: float = 1e-5):
     r"""The weight w(t) that makes a data- or noise-prediction loss a velocity loss.
 
@@ -79,22 +106,9 @@ def cfm_loss(params, key, batch, *, apply_fn, path, coupling=None,
     if prediction not in (Prediction.VELOCITY, Prediction.DATA, Prediction.NOISE):
         raise ValueError(
             f"`prediction` must be Prediction.VELOCITY, DATA or NOISE, got {prediction!r}.")
-    if not isinstance(batch, dict) or "x1" not in batch:
-        raise ValueError("`batch` must be a dict with key 'x1' (and optionally 'x0', 'cond').")
-    x1 = batch["x1"]
-    check_array("batch['x1']", x1)
-    check_finite("batch['x1']", x1)  # only outside jit: a traced batch is not inspected
-    coupling = independent() if coupling is None else coupling
     time_sampler = uniform() if time_sampler is None else time_sampler
-
     k_x0, k_pair, k_t, k_z = jax.random.split(key, 4)
-    x0 = batch.get("x0")
-    if x0 is None:
-        x0 = jax.random.normal(k_x0, x1.shape, x1.dtype)
-    else:
-        check_same_shape("batch['x0']", x0, "batch['x1']", x1)
-        check_finite("batch['x0']", x0)
-    (x0, x1), pair_aux = coupling(k_pair, x0, x1)
+    x0, x1, pair_aux = paired_batch(k_x0, k_pair, batch, coupling)
     t = time_sampler(k_t, (x1.shape[0],)).astype(x1.dtype)
     z = None if path.noise is None else jax.random.normal(k_z, x1.shape, x1.dtype)
 
@@ -107,9 +121,7 @@ def cfm_loss(params, key, batch, *, apply_fn, path, coupling=None,
         target = path.noise_target(x0, t, z)
 
     out = apply_fn(params, x_t, t, batch.get("cond"))
-    if out.shape != target.shape:
-        raise ValueError(
-            f"`apply_fn` returned shape {tuple(out.shape)}, expected {tuple(target.shape)}.")
+    check_output(out, target)
     err = jnp.mean(((out - target) ** 2).reshape(x1.shape[0], -1), axis=-1)
     mse = jnp.mean(err)
     loss = mse if weighting is None else jnp.mean(weighting(t) * err)

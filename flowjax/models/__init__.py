@@ -1,5 +1,6 @@
 """Flax modules for velocity fields; only experiments and tests import them."""
 
 from flowjax.models._mlp import MLP as MLP
+from flowjax.models._mlp import average_model_fn as average_model_fn
 from flowjax.models._mlp import model_fn as model_fn
 from flowjax.models._mlp import sinusoidal_embedding as sinusoidal_embedding

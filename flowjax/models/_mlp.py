@@ -27,6 +27,11 @@ def sinusoidal_embedding(t, dim: int, *, max_period: float = 10_000.0, scale: fl
 class MLP(nn.Module):
     """MLP velocity field `f(x, t, cond) -> [B, *dims]` for flat or small inputs.
 
+    With `two_times=True` it is an average-velocity (flow-map) model: the call
+    takes the duration `h` of the jump as well, `f(x, t, cond, h=h)`, and
+    embeds `(t, h)` as MeanFlow does with `(t, t - r)` (Geng et al. 2025);
+    :func:`average_model_fn` exposes it as `apply_fn(params, x, r, t, cond)`.
+
     Attributes:
       hidden: widths of the hidden layers.
       time_dim: size of the sinusoidal time embedding.
@@ -34,29 +39,42 @@ class MLP(nn.Module):
         extra index `num_classes` is the "no label" token for classifier-free
         guidance.
       activation: the nonlinearity.
+      time_scale: the factor applied to t before the sinusoidal embedding
+        (DDPM's 1000 by default; lower values give a field that varies more
+        slowly in t, which fixed-step solvers and `jax.jvp` targets prefer).
+      two_times: also embed the jump duration `h`.
     """
 
     hidden: Sequence[int] = (256, 256, 256)
     time_dim: int = 64
     num_classes: int | None = None
     activation: Callable = nn.silu
+    time_scale: float = 1000.0
+    two_times: bool = False
 
     @nn.compact
-    def __call__(self, x, t, cond=None):
+    def __call__(self, x, t, cond=None, h=None):
         shape = x.shape
-        h = x.reshape(shape[0], -1)
-        t = jnp.broadcast_to(jnp.asarray(t, h.dtype), shape[:1])
-        emb = sinusoidal_embedding(t, self.time_dim)
-        emb = nn.Dense(self.time_dim)(emb)
+        feats = x.reshape(shape[0], -1)
+        t = jnp.broadcast_to(jnp.asarray(t, feats.dtype), shape[:1])
+        emb = nn.Dense(self.time_dim)(sinusoidal_embedding(t, self.time_dim,
+                                                           scale=self.time_scale))
+        if self.two_times:
+            h = jnp.zeros_like(t) if h is None else jnp.broadcast_to(
+                jnp.asarray(h, feats.dtype), shape[:1])
+            emb = emb + nn.Dense(self.time_dim)(
+                sinusoidal_embedding(h, self.time_dim, scale=self.time_scale))
+        elif h is not None:
+            raise ValueError("`h` is only accepted by an MLP with two_times=True.")
         if self.num_classes is not None:
             if cond is None:
                 cond = jnp.full(shape[:1], self.num_classes, jnp.int32)
             emb = emb + nn.Embed(self.num_classes + 1, self.time_dim)(cond)
         emb = self.activation(emb)
-        h = jnp.concatenate([h, emb.astype(h.dtype)], axis=-1)
+        feats = jnp.concatenate([feats, emb.astype(feats.dtype)], axis=-1)
         for width in self.hidden:
-            h = self.activation(nn.Dense(width)(h))
-        out = nn.Dense(math.prod(shape[1:]), kernel_init=nn.initializers.zeros)(h)
+            feats = self.activation(nn.Dense(width)(feats))
+        out = nn.Dense(math.prod(shape[1:]), kernel_init=nn.initializers.zeros)(feats)
         return out.reshape(shape)
 
 
@@ -65,5 +83,22 @@ def model_fn(module: nn.Module):
 
     def apply_fn(params, x, t, cond=None):
         return module.apply({"params": params}, x, t, cond)
+
+    return apply_fn
+
+
+def average_model_fn(module: nn.Module):
+    """Turns a two-time module into `apply_fn(params, x, r, t, cond)`, an average-velocity model.
+
+    `x` is the state at time `r` and the output the average velocity to time
+    `t >= r`, so that `x_t = x + (t - r) * apply_fn(params, x, r, t, cond)`
+    (see :func:`flowjax.losses.meanflow_loss`). The module sees the state
+    time `r` and the duration `t - r`.
+    """
+    if not getattr(module, "two_times", False):
+        raise ValueError("`module` must take two times (e.g. MLP(two_times=True)).")
+
+    def apply_fn(params, x, r, t, cond=None):
+        return module.apply({"params": params}, x, r, cond, t - r)
 
     return apply_fn

@@ -1,4 +1,4 @@
-"""Samplers: diffrax ODE solves with NFE, DPM-Solver++(2M), likelihoods through the divergence ODE."""
+"""Samplers: diffrax ODE/SDE solves with NFE, DPM-Solver++(2M), flow maps, likelihoods."""
 
 from flowjax.sample._ode import RK4 as RK4
 from flowjax.sample._ode import ODESolution as ODESolution
@@ -17,3 +17,6 @@ from flowjax.sample._sde import solve_sde as solve_sde
 from flowjax.sample._sde import vanishing_diffusion as vanishing_diffusion
 from flowjax.sample._guidance import classifier_free_guidance as classifier_free_guidance
 from flowjax.sample._guidance import guided_model_velocity as guided_model_velocity
+from flowjax.sample._fewstep import model_average_velocity as model_average_velocity
+from flowjax.sample._fewstep import reflow_pairs as reflow_pairs
+from flowjax.sample._fewstep import solve_flow_map as solve_flow_map

@@ -106,3 +106,34 @@ def shifted(sampler, shift: float):
         return shift_time(sampler(key, shape), shift)
 
     return sample
+
+
+def ordered_pairs(sampler=None, *, equal_fraction: float = 0.75):
+    r"""Pairs of times `(r, t)` with `r <= t` for average-velocity (MeanFlow) training.
+
+    Two times are drawn from `sampler` and sorted; then a fraction
+    `equal_fraction` of the pairs is set to `r = t` (those train the
+    instantaneous velocity, i.e. plain flow matching). MeanFlow (Geng et al.
+    2025, Table 1) draws both from a logit-normal and keeps 25% of pairs
+    with `r != t` (`equal_fraction=0.75`); its logit-normal `(-0.4, 1.0)`
+    in the flipped time is `logit_normal(0.4, 1.0)` here.
+
+    Args:
+      sampler: a time sampler `(key, shape) -> t`; uniform by default.
+      equal_fraction: probability of `r = t`, in [0, 1].
+
+    Returns:
+      `sample(key, shape) -> (r, t)`.
+    """
+    if not (isinstance(equal_fraction, (int, float)) and 0.0 <= equal_fraction <= 1.0):
+        raise ValueError(f"`equal_fraction` must lie in [0, 1], got {equal_fraction!r}.")
+    sampler = uniform() if sampler is None else sampler
+
+    def sample(key, shape):
+        k_a, k_b, k_eq = jax.random.split(key, 3)
+        a, b = sampler(k_a, shape), sampler(k_b, shape)
+        r, t = jnp.minimum(a, b), jnp.maximum(a, b)
+        r = jnp.where(jax.random.uniform(k_eq, shape) < equal_fraction, t, r)
+        return r, t
+
+    return sample
