@@ -10,15 +10,24 @@ import numpy as np  # noqa: E402
 
 
 def plot_samples(filename, samples, x_test):
-    """Grid: one row per (source, method), one column per solver, plus the test set."""
+    """Grid: one row per (source, method), one column per solver, plus the test set.
+
+    Methods with different solvers (Euler steps, flow-map jumps) share the
+    grid; a solver a method lacks leaves its cell empty.
+    """
     keys = list(samples)
-    solvers = list(samples[keys[0]])
+    solvers = list(dict.fromkeys(s for key in keys for s in samples[key]))
     fig, axes = plt.subplots(len(keys), len(solvers) + 1, squeeze=False,
                              figsize=(2.2 * (len(solvers) + 1), 2.2 * len(keys)))
     lim = np.abs(x_test).max() * 1.4
     for i, key in enumerate(keys):
         for j, solver in enumerate(solvers + ["data"]):
             ax = axes[i, j]
+            if i == 0:
+                ax.set_title(solver, fontsize=9)
+            if solver != "data" and solver not in samples[key]:
+                ax.axis("off")
+                continue
             pts = x_test if solver == "data" else samples[key][solver]
             ax.scatter(pts[:, 0], pts[:, 1], s=1, alpha=0.5,
                        color="gray" if solver == "data" else "C0")
@@ -26,8 +35,6 @@ def plot_samples(filename, samples, x_test):
             ax.set_ylim(-lim, lim)
             ax.set_xticks([])
             ax.set_yticks([])
-            if i == 0:
-                ax.set_title(solver, fontsize=9)
             if j == 0:
                 ax.set_ylabel(f"{key[0]}\n{key[1]}", fontsize=9)
     fig.tight_layout()

@@ -1,11 +1,13 @@
-"""Train and evaluate flow-matching methods on 2D toy problems.
+"""Train and evaluate flow-matching and few-step methods on 2D toy problems.
 
-`train_and_evaluate(config, workdir)` trains one velocity field per
-(source, method), evaluates each with Euler at several step counts and with
-adaptive Dopri5, and writes `config.json`, `metrics.jsonl`, `results.json`,
-plots and orbax checkpoints into `workdir`. Starting again on the same
-workdir resumes: finished runs are restored from their checkpoints and
-unfinished ones continue from their latest checkpoint.
+`train_and_evaluate(config, workdir)` trains one model per (source, run),
+evaluates each, and writes `config.json`, `metrics.jsonl`, `results.json`,
+plots and orbax checkpoints into `workdir`. Velocity fields (the CFM methods
+and the k-rectified flows of `reflow`) are sampled with Euler at several step
+counts and with adaptive Dopri5; flow maps (`meanflow`, `shortcut`) with
+`K` jumps (`meanflow-K`, `shortcut-K`) and with Dopri5 on their instantaneous
+field. Starting again on the same workdir resumes: finished runs are restored
+from their checkpoints and unfinished ones continue from their latest one.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import optax
 import orbax.checkpoint as ocp
 from tqdm import tqdm
 
-from flowjax import couplings, data, losses, metrics, models, paths, sample, train
+from flowjax import couplings, data, losses, metrics, models, paths, sample, time, train
 
 SOURCES = {
     "normal": data.standard_normal,
@@ -39,7 +41,10 @@ TARGETS = {
     "2spirals": data.two_spirals,
     "checkerboard": data.checkerboard,
 }
-METHODS = ("icfm", "otcfm", "otcfm_sinkhorn", "sbcfm", "fm", "vp", "cosine")
+CFM_METHODS = ("icfm", "otcfm", "otcfm_sinkhorn", "sbcfm", "fm", "vp", "cosine")
+FLOW_MAP_METHODS = ("meanflow", "shortcut")
+METHODS = CFM_METHODS + FLOW_MAP_METHODS + ("reflow",)
+COUPLINGS = ("independent", "exact_ot", "sinkhorn")
 RESULT_FIELDS = ("method", "source", "target", "solver", "nfe", "w2", "w2_floor", "npe",
                  "straightness")
 
@@ -70,7 +75,70 @@ def make_method(name: str, config):
         return paths.VP(), couplings.independent(), False
     if name == "cosine":
         return paths.Cosine(), couplings.independent(), False
-    raise ValueError(f"config.methods: unknown method {name!r}; choose from {METHODS}.")
+    raise ValueError(f"config.methods: unknown method {name!r}; choose from {CFM_METHODS}.")
+
+
+def runs_of(method: str, config) -> tuple[str, ...]:
+    """The runs a method name trains: `reflow` is 2-RF, ..., k-RF and the distilled 2-RF."""
+    if method != "reflow":
+        return (method,)
+    runs = tuple(f"reflow-{k}" for k in range(2, config.reflow.rounds + 1))
+    return runs + (("reflow-2-distill",) if config.reflow.distill else ())
+
+
+def _teacher(run: str) -> str:
+    """The run whose ODE pairs (and, warm-started, weights) a reflow run trains on."""
+    if run == "reflow-2-distill":
+        return "reflow-2"
+    k = int(run.split("-")[1])
+    return "icfm" if k == 2 else f"reflow-{k - 1}"
+
+
+def _named_coupling(name: str, config):
+    """(coupling, pair_ahead) for the couplings the flow-map methods can use."""
+    if name == "independent":
+        return couplings.independent(), False
+    if name == "exact_ot":
+        return couplings.exact_ot(), True
+    if name == "sinkhorn":
+        return couplings.sinkhorn(config.sinkhorn_epsilon, scale_free=True), False
+    raise ValueError(f"unknown coupling {name!r}; choose from {COUPLINGS}.")
+
+
+def make_loss(run: str, config, apply_fn):
+    """The loss of a run, and the coupling to apply to whole calls ahead of it (or None)."""
+    if run in CFM_METHODS:
+        path, coupling, ahead = make_method(run, config)
+        loss = functools.partial(losses.cfm_loss, apply_fn=apply_fn, path=path)
+    elif run == "meanflow":
+        mf = config.meanflow
+        coupling, ahead = _named_coupling(mf.coupling, config)
+        times = (time.logit_normal(mf.logit_loc, mf.logit_scale) if mf.times == "logit_normal"
+                 else time.uniform())
+        loss = functools.partial(
+            losses.meanflow_loss, apply_fn=apply_fn,
+            time_sampler=time.ordered_pairs(times, equal_fraction=mf.equal_fraction),
+            weight_power=mf.weight_power, weight_eps=mf.weight_eps)
+    elif run == "shortcut":
+        coupling, ahead = _named_coupling(config.shortcut.coupling, config)
+        loss = functools.partial(losses.shortcut_loss, apply_fn=apply_fn,
+                                 max_steps=config.shortcut.max_steps,
+                                 bootstrap_fraction=config.shortcut.bootstrap_fraction)
+    else:  # reflow-k and reflow-2-distill: fixed pairs, no coupling
+        return functools.partial(losses.reflow_loss, apply_fn=apply_fn,
+                                 distill=run.endswith("distill")), None
+    if ahead:
+        return functools.partial(loss, coupling=couplings.independent()), coupling
+    return functools.partial(loss, coupling=coupling), None
+
+
+def make_module(run: str, config):
+    """The MLP of a run: two-time for flow maps, with the method's time-embedding scale."""
+    if run in FLOW_MAP_METHODS:
+        return models.MLP(hidden=tuple(config.hidden), time_dim=config.time_dim, two_times=True,
+                          time_scale=config[run].time_scale)
+    return models.MLP(hidden=tuple(config.hidden), time_dim=config.time_dim,
+                      time_scale=config.time_scale)
 
 
 def validate_config(config):
@@ -94,6 +162,17 @@ def validate_config(config):
         raise ValueError("config.num_train_steps must be a multiple of config.steps_per_call.")
     if config.checkpoint_every % config.steps_per_call:
         raise ValueError("config.checkpoint_every must be a multiple of config.steps_per_call.")
+    for name in ("meanflow", "shortcut"):
+        if config[name].coupling not in COUPLINGS:
+            raise ValueError(f"config.{name}.coupling: unknown coupling "
+                             f"{config[name].coupling!r}; choose from {COUPLINGS}.")
+    if config.meanflow.times not in ("uniform", "logit_normal"):
+        raise ValueError("config.meanflow.times must be 'uniform' or 'logit_normal'.")
+    if int(config.reflow.rounds) < 2:
+        raise ValueError(f"config.reflow.rounds must be >= 2, got {config.reflow.rounds}.")
+    for k in config.eval.flow_map_steps:
+        if int(k) < 1:
+            raise ValueError(f"config.eval.flow_map_steps must be positive, got {k}.")
     n = config.eval.num_samples
     if not 1 < n <= metrics.MAX_W2_POINTS:
         raise ValueError(f"config.eval.num_samples must lie in [2, {metrics.MAX_W2_POINTS}].")
@@ -114,26 +193,18 @@ def _optimizer(config):
 
 
 @functools.lru_cache(maxsize=None)
-def _compiled_steps(config_json: str, method: str, apply_fn):
-    """The jitted K-step function of a method, shared by its runs (one compilation)."""
+def _compiled_steps(config_json: str, run: str, apply_fn):
+    """The jitted K-step function of a run, shared by its sources (one compilation)."""
     import ml_collections
 
     config = ml_collections.ConfigDict(json.loads(config_json))
-    path, coupling, pair_ahead = make_method(method, config)
-    loss_fn = functools.partial(losses.cfm_loss, apply_fn=apply_fn, path=path,
-                                coupling=couplings.independent() if pair_ahead else coupling)
+    loss_fn, _ = make_loss(run, config, apply_fn)
     optimizer = _optimizer(config)
     return optimizer, train.make_multi_step(loss_fn, optimizer, ema_decay=config.ema_decay)
 
 
-def train_one(config, workdir: str, source: str, method: str, writer, apply_fn, init_params):
-    """Trains one (source, method) run, resuming from its checkpoints; returns the state."""
-    _, coupling, pair_ahead = make_method(method, config)
-    optimizer, multi_step = _compiled_steps(config.to_json(), method, apply_fn)
-    key = _run_key(config.seed, source, method)
-    init_key, data_key = jax.random.split(key)
-    state = train.create_train_state(init_key, init_params, optimizer)
-
+def sampled_batches(config, source: str, coupling_ahead=None):
+    """`make_batches(key) -> {x0, x1}` of K fresh batches, paired ahead if a coupling is given."""
     src, tgt = SOURCES[source], TARGETS[config.target]
     k, b = config.steps_per_call, config.batch_size
 
@@ -142,30 +213,59 @@ def train_one(config, workdir: str, source: str, method: str, writer, apply_fn, 
         ks, kt, kp = jax.random.split(call_key, 3)
         x0 = src(ks, k * b).reshape(k, b, 2)
         x1 = tgt(kt, k * b).reshape(k, b, 2)
-        if pair_ahead:
-            (x0, x1), _ = jax.vmap(coupling)(jax.random.split(kp, k), x0, x1)
+        if coupling_ahead is not None:
+            (x0, x1), _ = jax.vmap(coupling_ahead)(jax.random.split(kp, k), x0, x1)
         return {"x0": x0, "x1": x1}
 
-    ckpt_dir = os.path.abspath(os.path.join(workdir, "checkpoints", f"{source}_{method}"))
+    return make_batches
+
+
+def pool_batches(config, x0_pool, x1_pool):
+    """`make_batches(key) -> {x0, x1}` of K batches drawn (with replacement) from fixed pairs."""
+    k, b = config.steps_per_call, config.batch_size
+
+    @jax.jit
+    def make_batches(call_key):
+        idx = jax.random.randint(call_key, (k, b), 0, x0_pool.shape[0])
+        return {"x0": x0_pool[idx], "x1": x1_pool[idx]}
+
+    return make_batches
+
+
+def train_one(config, workdir: str, source: str, run: str, writer, apply_fn, init_params,
+              batches_factory):
+    """Trains one (source, run), resuming from its checkpoints; returns the state.
+
+    `batches_factory()` returns `make_batches(key)`; it is called only when
+    steps remain, so a finished run costs no data (e.g. no reflow pairs).
+    """
+    optimizer, multi_step = _compiled_steps(config.to_json(), run, apply_fn)
+    key = _run_key(config.seed, source, run)
+    init_key, data_key = jax.random.split(key)
+    state = train.create_train_state(init_key, init_params, optimizer)
+    k = config.steps_per_call
+
+    ckpt_dir = os.path.abspath(os.path.join(workdir, "checkpoints", f"{source}_{run}"))
     manager = ocp.CheckpointManager(ckpt_dir, options=ocp.CheckpointManagerOptions(max_to_keep=1))
     if manager.latest_step() is not None:
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
         state = manager.restore(manager.latest_step(), args=ocp.args.StandardRestore(abstract))
     start = int(state.step)
+    make_batches = batches_factory() if start < config.num_train_steps else None
     bar = tqdm(total=config.num_train_steps, initial=start, desc=f"{source}->{config.target} "
-               f"{method}", leave=False, dynamic_ncols=True)
+               f"{run}", leave=False, dynamic_ncols=True)
     prev = None
     for step in range(start, config.num_train_steps, k):
         batches = make_batches(jax.random.fold_in(data_key, step))
         state, m = multi_step(state, batches)
         if prev is not None:  # log the previous call's metrics: no host sync on this one
-            writer.write(prev[0], prev[1], method=method, source=source)
+            writer.write(prev[0], prev[1], method=run, source=source)
         prev = (step + k, jax.tree.map(jnp.mean, m))
         bar.update(k)
         if (step + k) % config.checkpoint_every == 0 or step + k == config.num_train_steps:
             manager.save(step + k, args=ocp.args.StandardSave(state))
     if prev is not None:
-        writer.write(prev[0], prev[1], method=method, source=source)
+        writer.write(prev[0], prev[1], method=run, source=source)
     manager.wait_until_finished()
     manager.close()
     bar.close()
@@ -177,10 +277,14 @@ def _velocity_along(velocity_fn, args, trajectory, ts):
         trajectory, ts)
 
 
-def evaluate(config, velocity_fn, args, x0, x_test):
-    """Samples with every solver; returns per-solver samples and NFE, and path metrics."""
+def evaluate(config, velocity_fn, args, x0, euler_steps):
+    """Samples with Euler at `euler_steps` and adaptive Dopri5.
+
+    Returns `(runs, trajectory, velocities, ts)`: per-solver (samples, NFE),
+    and the Dopri5 trajectory with the field along it (for NPE and straightness).
+    """
     runs = {}
-    for n in config.eval.euler_steps:
+    for n in euler_steps:
         sol = sample.solve_ode(velocity_fn, x0, args, solver=diffrax.Euler(), num_steps=int(n))
         runs[f"euler-{n}"] = (np.asarray(sol.samples), int(sol.nfe))
     sol = sample.solve_ode(velocity_fn, x0, args, solver=diffrax.Dopri5(),
@@ -191,6 +295,97 @@ def evaluate(config, velocity_fn, args, x0, x_test):
     return runs, sol.trajectory, vel, sol.ts
 
 
+def evaluate_flow_map(config, run, apply_fn, args, x0):
+    """A flow map sampled with K jumps (`<run>-K`), and Dopri5 on its instantaneous field.
+
+    The instantaneous field is `u(x, t, t)` for MeanFlow and the finest
+    trained step `u(x, t, t + 1/M)` for a shortcut model.
+    """
+    if run == "shortcut":
+        m = config.shortcut.max_steps
+        steps, delta = [2 ** i for i in range(int(np.log2(m)) + 1)], 1.0 / m
+    else:
+        steps, delta = list(config.eval.flow_map_steps), 0.0
+    average_fn = sample.model_average_velocity(apply_fn)
+
+    def velocity_fn(x, t, a):
+        return average_fn(x, t, t + delta, a)
+
+    runs, traj, vel, ts = evaluate(config, velocity_fn, args, x0, euler_steps=())
+    for k in steps:
+        sol = sample.solve_flow_map(average_fn, x0, args, num_steps=int(k))
+        runs[f"{run}-{k}"] = (np.asarray(sol.samples), int(sol.nfe))
+    runs = {name: runs[name] for name in [f"{run}-{k}" for k in steps] + ["dopri5"]}
+    return runs, traj, vel, ts
+
+
+class _Runs:
+    """Trains (or restores) the runs of one source on demand, with their reflow teachers."""
+
+    def __init__(self, config, workdir, source, writer):
+        self.config, self.workdir, self.source, self.writer = config, workdir, source, writer
+        self.states, self.pairs = {}, {}
+
+    def apply_fn(self, run):
+        return _apply_fns(self.config.to_json(), run)
+
+    def params(self, run):
+        state = self.state(run)
+        return state.ema_params if self.config.eval.use_ema else state.params
+
+    def velocity_fn(self, run):
+        return sample.model_velocity(self.apply_fn(run))
+
+    def _pairs(self, teacher):
+        """The reflow coupling (x0, ODE_teacher(x0)), made once per teacher."""
+        if teacher not in self.pairs:
+            cfg = self.config
+            key = jax.random.fold_in(_run_key(cfg.seed, self.source, teacher), 7)
+            x0 = SOURCES[self.source](key, cfg.reflow.num_pairs)
+            x0, x1, nfe = sample.reflow_pairs(
+                self.velocity_fn(teacher), x0, (self.params(teacher), None),
+                chunk_size=cfg.reflow.chunk_size, rtol=cfg.eval.rtol, atol=cfg.eval.atol)
+            self.pairs[teacher] = (x0, x1)
+        return self.pairs[teacher]
+
+    def state(self, run):
+        if run in self.states:
+            return self.states[run]
+        cfg = self.config
+        if run.startswith("reflow-"):
+            teacher = _teacher(run)
+            init = (self.params(teacher) if cfg.reflow.warm_start else
+                    _init_params(cfg, run, self.source))
+
+            def factory():
+                return pool_batches(cfg, *self._pairs(teacher))
+        else:
+            init = _init_params(cfg, run, self.source)
+            _, ahead = make_loss(run, cfg, None)
+
+            def factory():
+                return sampled_batches(cfg, self.source, ahead)
+        self.states[run] = train_one(cfg, self.workdir, self.source, run, self.writer,
+                                     self.apply_fn(run), init, factory)
+        return self.states[run]
+
+
+@functools.lru_cache(maxsize=None)
+def _apply_fns(config_json: str, run: str):
+    """One model function per (config, run), so that compiled steps are shared."""
+    import ml_collections
+
+    module = make_module(run, ml_collections.ConfigDict(json.loads(config_json)))
+    return models.average_model_fn(module) if run in FLOW_MAP_METHODS else models.model_fn(module)
+
+
+def _init_params(config, run, source):
+    module = make_module(run, config)
+    x, t = jnp.zeros((1, 2)), jnp.zeros((1,))
+    extra = (None, t) if run in FLOW_MAP_METHODS else ()
+    return module.init(_run_key(config.seed, source, run), x, t, *extra)["params"]
+
+
 def train_and_evaluate(config, workdir: str):
     """Runs the whole comparison; returns the list of result rows."""
     validate_config(config)
@@ -199,9 +394,6 @@ def train_and_evaluate(config, workdir: str):
         f.write(config.to_json(indent=2))
     writer = train.MetricsWriter(workdir)
 
-    module = models.MLP(hidden=tuple(config.hidden), time_dim=config.time_dim)
-    apply_fn = models.model_fn(module)
-    velocity_fn = sample.model_velocity(apply_fn)
     n = config.eval.num_samples
     eval_key = jax.random.PRNGKey(config.seed + 1_000_003)
     k_test, k_floor, k_src = jax.random.split(eval_key, 3)
@@ -214,19 +406,24 @@ def train_and_evaluate(config, workdir: str):
     for source in config.sources:
         x0 = SOURCES[source](jax.random.fold_in(k_src, zlib.crc32(source.encode())), n)
         w2_src = pool.submit(metrics.w2, np.asarray(x0), x_test)
+        source_runs = _Runs(config, workdir, source, writer)
         for method in config.methods:
-            init_params = module.init(_run_key(config.seed, source, method),
-                                      jnp.zeros((1, 2)), jnp.zeros((1,)))["params"]
-            state = train_one(config, workdir, source, method, writer, apply_fn, init_params)
-            params = state.ema_params if config.eval.use_ema else state.params
-            runs, traj, vel, ts = evaluate(config, velocity_fn, (params, None), x0, x_test)
-            samples_for_plot[(source, method)] = {s: r[0] for s, r in runs.items()}
-            trajectories[(source, method)] = np.asarray(traj)
-            straight = metrics.straightness(traj, vel, ts)
-            for solver, (xs, nfe) in runs.items():
-                pending.append((dict(method=method, source=source, target=config.target,
-                                     solver=solver, nfe=nfe), pool.submit(metrics.w2, xs, x_test),
-                                vel, ts, w2_src, straight))
+            for run in runs_of(method, config):
+                args = (source_runs.params(run), None)
+                if run in FLOW_MAP_METHODS:
+                    runs, traj, vel, ts = evaluate_flow_map(
+                        config, run, source_runs.apply_fn(run), args, x0)
+                else:
+                    runs, traj, vel, ts = evaluate(config, source_runs.velocity_fn(run), args,
+                                                   x0, config.eval.euler_steps)
+                samples_for_plot[(source, run)] = {s: r[0] for s, r in runs.items()}
+                trajectories[(source, run)] = np.asarray(traj)
+                straight = metrics.straightness(traj, vel, ts)
+                for solver, (xs, nfe) in runs.items():
+                    pending.append((dict(method=run, source=source, target=config.target,
+                                         solver=solver, nfe=nfe),
+                                    pool.submit(metrics.w2, xs, x_test), vel, ts, w2_src,
+                                    straight))
     rows = []
     floor = w2_floor.result()
     for base, w2_future, vel, ts, w2_src, straight in pending:
@@ -256,4 +453,27 @@ def format_table(rows) -> str:
             v = r[f]
             cells.append(f"{v:.4g}" if isinstance(v, float) else str(v))
         lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _nfe_label(solver: str) -> str:
+    return "adaptive" if solver == "dopri5" else solver.rsplit("-", 1)[1]
+
+
+def format_nfe_table(rows, source: str) -> str:
+    """W2 against NFE for one source: a row per method, a column per step count.
+
+    Fixed-step columns hold Euler (velocity fields) or K jumps (flow maps);
+    the last column is adaptive Dopri5 with its NFE in brackets.
+    """
+    rows = [r for r in rows if r["source"] == source]
+    cols = sorted({_nfe_label(r["solver"]) for r in rows} - {"adaptive"}, key=int)
+    lines = ["| method | " + " | ".join(f"{c} NFE" for c in cols) + " | Dopri5 (NFE) |",
+             "|---|" + "---|" * (len(cols) + 1)]
+    for method in dict.fromkeys(r["method"] for r in rows):
+        cells = {_nfe_label(r["solver"]): r for r in rows if r["method"] == method}
+        line = [f"{cells[c]['w2']:.3f}" if c in cells else "" for c in cols]
+        ada = cells.get("adaptive")
+        line.append(f"{ada['w2']:.3f} ({ada['nfe']})" if ada else "")
+        lines.append(f"| {method} | " + " | ".join(line) + " |")
     return "\n".join(lines)

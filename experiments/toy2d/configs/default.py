@@ -6,7 +6,8 @@ Launch (this is what `make demo` runs; about 2.5 minutes on a 2-core CPU):
         --workdir=workdir/toy2d_demo
 
 Override any field on the command line, e.g. `--config.methods="('icfm','vp')"`.
-Methods: icfm, otcfm, otcfm_sinkhorn, sbcfm, fm (Lipman), vp, cosine.
+Methods: icfm, otcfm, otcfm_sinkhorn, sbcfm, fm (Lipman), vp, cosine, and the
+few-step methods meanflow, shortcut and reflow (see `fewstep.py`).
 Sources: normal, 8gaussians. Targets: moons, 8gaussians, circles, swissroll,
 scurve, 2spirals, checkerboard.
 """
@@ -24,6 +25,7 @@ def get_config():
     # Model: TorchCFM's 2D examples use a 3x64 MLP; we use 3x128 with SiLU.
     config.hidden = (128, 128, 128)
     config.time_dim = 32
+    config.time_scale = 1000.0  # t is multiplied by this before the sinusoidal embedding
 
     # Optimisation (same budget for every method).
     config.num_train_steps = 2000
@@ -40,10 +42,37 @@ def get_config():
     config.sinkhorn_epsilon = 0.05  # otcfm_sinkhorn: a fraction of the cost matrix's std
     config.sigma_min = 0.01  # Lipman's FM path
 
+    # MeanFlow (Geng et al. 2025): an average-velocity MLP u(x, r, t).
+    config.meanflow = ml_collections.ConfigDict()
+    config.meanflow.coupling = "exact_ot"  # independent | exact_ot | sinkhorn
+    config.meanflow.times = "uniform"  # or logit_normal (the paper's, loc 0.4 / scale 1.0 here)
+    config.meanflow.logit_loc = 0.4
+    config.meanflow.logit_scale = 1.0
+    config.meanflow.equal_fraction = 0.5  # share of (r, t) pairs with r = t
+    config.meanflow.weight_power = 0.5  # adaptive loss weight (|d|^2 + eps)^-p; the paper's p = 1
+    config.meanflow.weight_eps = 1e-3
+    config.meanflow.time_scale = 1.0  # slow time embedding: jvp targets differentiate it
+
+    # Shortcut models (Frans et al. 2024).
+    config.shortcut = ml_collections.ConfigDict()
+    config.shortcut.coupling = "exact_ot"
+    config.shortcut.max_steps = 128
+    config.shortcut.bootstrap_fraction = 0.25
+    config.shortcut.time_scale = 1.0
+
+    # Reflow (Liu et al. 2022): k-rectified flows on ODE pairs of the (k-1)-th, from icfm.
+    config.reflow = ml_collections.ConfigDict()
+    config.reflow.rounds = 3  # train 2-RF, ..., rounds-RF
+    config.reflow.distill = True  # also distil 2-RF into a one-step map
+    config.reflow.num_pairs = 16384  # fixed pool of (x0, ODE(x0)) pairs per round
+    config.reflow.chunk_size = 4096
+    config.reflow.warm_start = True  # start k-RF from the (k-1)-RF weights
+
     # Evaluation.
     config.eval = ml_collections.ConfigDict()
     config.eval.num_samples = 2000
     config.eval.euler_steps = (1, 2, 4, 8, 100)
+    config.eval.flow_map_steps = (1, 2, 4)  # MeanFlow jumps (shortcut: 1, 2, 4, ..., max_steps)
     config.eval.rtol = 1e-5
     config.eval.atol = 1e-5
     config.eval.num_save = 101  # trajectory points for NPE and straightness
