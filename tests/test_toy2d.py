@@ -69,12 +69,25 @@ def test_every_method_trains_and_samples(tmp_path):
     config.num_train_steps = config.steps_per_call = config.checkpoint_every = 10
     config.eval.num_samples = 100
     config.eval.euler_steps = (2,)
+    config.eval.flow_map_steps = (1, 2)
+    config.shortcut.max_steps = 4
+    config.reflow.num_pairs = 256
     config.plot = False
     rows = toy2d.train_and_evaluate(config, str(tmp_path))
-    assert sorted({r["method"] for r in rows}) == sorted(toy2d.METHODS)
+    runs = [run for m in toy2d.METHODS for run in toy2d.runs_of(m, config)]
+    assert runs[-3:] == ["reflow-2", "reflow-3", "reflow-2-distill"]
+    assert sorted({r["method"] for r in rows}) == sorted(runs)
     for r in rows:
         assert all(isinstance(r[f], (int, float)) and r[f] == r[f] for f in
                    ("nfe", "w2", "w2_floor", "npe", "straightness")), r
+    solvers = {(r["method"], r["solver"]): r["nfe"] for r in rows}
+    assert solvers[("meanflow", "meanflow-1")] == 1 and solvers[("meanflow", "meanflow-2")] == 2
+    assert [s for m, s in solvers if m == "shortcut"] == [
+        "shortcut-1", "shortcut-2", "shortcut-4", "dopri5"]
+    assert solvers[("shortcut", "shortcut-4")] == 4
+    table = toy2d.format_nfe_table(rows, "normal").splitlines()
+    assert table[0] == "| method | 1 NFE | 2 NFE | 4 NFE | Dopri5 (NFE) |"
+    assert len(table) == 2 + len(runs)
 
 
 def test_config_errors_name_the_field():
@@ -89,6 +102,14 @@ def test_config_errors_name_the_field():
     config = tiny.get_config()
     config.eval.num_samples = 5000
     with pytest.raises(ValueError, match="config.eval.num_samples"):
+        toy2d.validate_config(config)
+    config = tiny.get_config()
+    config.meanflow.coupling = "greedy"
+    with pytest.raises(ValueError, match="config.meanflow.coupling"):
+        toy2d.validate_config(config)
+    config = tiny.get_config()
+    config.reflow.rounds = 1
+    with pytest.raises(ValueError, match="config.reflow.rounds"):
         toy2d.validate_config(config)
 
 

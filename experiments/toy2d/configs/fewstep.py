@@ -14,6 +14,6 @@ from experiments.toy2d.configs import default
 
 def get_config():
     config = default.get_config()
-    config.methods = ("icfm", "meanflow", "shortcut", "reflow")
+    config.methods = ("icfm", "otcfm", "sbcfm", "meanflow", "shortcut", "reflow")
     config.eval.euler_steps = (1, 2, 4, 8, 128)
     return config
