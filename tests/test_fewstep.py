@@ -293,3 +293,59 @@ def test_two_time_mlp():
     p = plain.init(jax.random.PRNGKey(0), x, jnp.zeros(4))["params"]
     with pytest.raises(ValueError, match="`h`"):
         plain.apply({"params": p}, x, jnp.zeros(4), None, jnp.zeros(4))
+
+
+def _mlp_meanflow():
+    module = models.MLP(hidden=(32, 32), time_dim=16, two_times=True, time_scale=1.0)
+    params = module.init(jax.random.PRNGKey(0), jnp.zeros((1, 2)), jnp.zeros(1), None,
+                         jnp.zeros(1))["params"]
+    params = jax.tree.map(lambda p: p + 0.05, params)  # a non-zero output layer
+    loss = functools.partial(losses.meanflow_loss, apply_fn=models.average_model_fn(module))
+    return params, loss
+
+
+def test_meanflow_loss_under_vmap_equals_a_loop():
+    params, loss = _mlp_meanflow()
+    keys = jax.random.split(jax.random.PRNGKey(1), 3)
+    x1 = jax.random.normal(jax.random.PRNGKey(2), (3, 16, 2))
+    grad = jax.grad(lambda p, k, x: loss(p, k, {"x1": x})[0])
+    batched = jax.jit(jax.vmap(grad, in_axes=(None, 0, 0)))(params, keys, x1)
+    for i in range(3):
+        one = grad(params, keys[i], x1[i])
+        for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(batched)):
+            np.testing.assert_allclose(b[i], a, rtol=1e-4, atol=1e-6)
+
+
+_SHARDED = r"""
+import functools, jax, jax.numpy as jnp, numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+import tests.test_fewstep as t
+assert jax.device_count() == 8
+params, loss = t._mlp_meanflow()
+batch = {"x1": jax.random.normal(jax.random.PRNGKey(3), (64, 2)),
+         "x0": jax.random.normal(jax.random.PRNGKey(4), (64, 2))}
+fn = jax.value_and_grad(lambda p, b: loss(p, jax.random.PRNGKey(5), b)[0])
+one = jax.jit(fn)(params, batch)
+mesh = Mesh(np.array(jax.devices()), ("data",))
+data, rep = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
+sharded = jax.jit(fn, in_shardings=(rep, data), out_shardings=rep)(
+    jax.device_put(params, rep), jax.device_put(batch, data))
+for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(sharded)):
+    np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-7)
+print("ok", float(one[0]))
+"""
+
+
+def test_meanflow_step_on_eight_devices_equals_one_device():
+    """The loss and its gradient, data-parallel over 8 host devices, equal the 1-device ones."""
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+               JAX_PLATFORMS="cpu", PYTHONPATH=root)
+    proc = subprocess.run([sys.executable, "-c", _SHARDED], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.startswith("ok")
