@@ -1,0 +1,139 @@
+"""Image input pipelines: tensorflow-datasets by name, or scikit-learn's bundled digits.
+
+Both give a random-access *source* (`len(source)`, `source[i] -> {"image":
+uint8 [H, W, C], "label": int}`); :class:`ImagePipeline` turns a source into
+deterministic, shuffled, repeated, per-host batches scaled to [-1, 1].
+`tfds.data_source` reads prepared array_record files without TensorFlow and
+never downloads here: prepare the data set once where there is internet
+(`tfds build mnist`) and pass its `data_dir`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class ArraySource:
+    """A random-access source over in-memory arrays `images [N, H, W, C] uint8`, `labels [N]`."""
+
+    def __init__(self, images, labels):
+        images, labels = np.asarray(images), np.asarray(labels)
+        if images.ndim != 4 or images.dtype != np.uint8:
+            raise ValueError(f"`images` must be uint8 [N, H, W, C], got {images.dtype} "
+                             f"{images.shape}.")
+        if labels.shape != images.shape[:1]:
+            raise ValueError(f"`labels` must have shape {images.shape[:1]}, got {labels.shape}.")
+        self.images, self.labels = images, labels
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        return {"image": self.images[i], "label": self.labels[i]}
+
+
+def digits_source(split: str = "train", *, num_test: int = 297):
+    """scikit-learn's bundled 8x8 digits (1,797 images, 10 classes) as a source, offline.
+
+    Pixel values 0..16 are mapped to uint8 0..255; images are `[8, 8, 1]`.
+    The split is fixed: the last `num_test` images are `"test"`, the rest `"train"`.
+    """
+    from sklearn.datasets import load_digits
+
+    if split not in ("train", "test"):
+        raise ValueError(f"`split` must be 'train' or 'test', got {split!r}.")
+    d = load_digits()
+    images = np.round(d.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
+    sl = slice(None, -num_test) if split == "train" else slice(-num_test, None)
+    return ArraySource(images[sl], d.target[sl])
+
+
+def tfds_source(name: str, split: str = "train", *, data_dir: str | None = None):
+    """A tensorflow-datasets data set by name (`mnist`, `cifar10`, ...) as a random-access source.
+
+    Uses `tfds.data_source` (no TensorFlow needed). Raises a ValueError naming
+    `data_dir` if the prepared data are not there (no download is attempted).
+    """
+    import tensorflow_datasets as tfds
+
+    try:
+        return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+    except Exception as err:  # tfds raises several types for missing data
+        raise ValueError(f"cannot open tfds data set {name!r} split {split!r} in "
+                         f"data_dir={data_dir!r}: {err}") from err
+
+
+class ImagePipeline:
+    """Shuffled, repeated, per-host batches of images in [-1, 1] and labels.
+
+    Every process shuffles the whole data set with the same seed each epoch
+    and takes its own contiguous slice of every global batch, so the hosts'
+    batches are disjoint and together form the global batch. Iteration is a
+    pure function of `(seed, position)`: :meth:`state` and
+    :meth:`restore` resume exactly (the position is saved with checkpoints).
+
+    Args:
+      source: a random-access source (:func:`tfds_source`, :func:`digits_source`).
+      batch_size: the global batch size (divisible by `process_count`).
+      seed: the shuffling and flipping seed.
+      process_index, process_count: this host and the number of hosts
+        (`jax.process_index()`, `jax.process_count()` by default).
+      shuffle: reshuffle each epoch (else the source order).
+      flip: random horizontal flips.
+      image_key, label_key: field names in the source's examples.
+    """
+
+    def __init__(self, source, batch_size: int, *, seed: int = 0, process_index=None,
+                 process_count=None, shuffle: bool = True, flip: bool = False,
+                 image_key: str = "image", label_key: str = "label"):
+        import jax
+
+        self.process_index = jax.process_index() if process_index is None else process_index
+        self.process_count = jax.process_count() if process_count is None else process_count
+        if not isinstance(batch_size, int) or batch_size < 1 \
+                or batch_size % self.process_count:
+            raise ValueError(f"`batch_size` must be a positive multiple of process_count="
+                             f"{self.process_count}, got {batch_size!r}.")
+        if not 0 <= self.process_index < self.process_count:
+            raise ValueError(f"`process_index` must lie in [0, {self.process_count}), "
+                             f"got {self.process_index}.")
+        if len(source) < batch_size:
+            raise ValueError(f"the source has {len(source)} examples, fewer than "
+                             f"`batch_size`={batch_size}.")
+        self.source, self.batch_size, self.seed = source, batch_size, seed
+        self.shuffle, self.flip = shuffle, flip
+        self.image_key, self.label_key = image_key, label_key
+        self.local_batch = batch_size // self.process_count
+        self.steps_per_epoch = len(source) // batch_size
+        self.position = 0  # global batches produced so far
+
+    def state(self) -> dict:
+        """The position in the stream (an int), for checkpoints."""
+        return {"position": self.position}
+
+    def restore(self, state: dict):
+        self.position = int(state["position"])
+
+    def _order(self, epoch):
+        n = len(self.source)
+        if not self.shuffle:
+            return np.arange(n)
+        return np.random.default_rng([self.seed, epoch]).permutation(n)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        epoch, step = divmod(self.position, self.steps_per_epoch)
+        start = step * self.batch_size + self.process_index * self.local_batch
+        idx = self._order(epoch)[start:start + self.local_batch]
+        examples = [self.source[int(i)] for i in idx]
+        images = np.stack([np.asarray(e[self.image_key]) for e in examples])
+        labels = np.asarray([int(e[self.label_key]) for e in examples], np.int32)
+        images = images.astype(np.float32) / 127.5 - 1.0
+        if self.flip:
+            rng = np.random.default_rng([self.seed, epoch, step, self.process_index, 1])
+            mirror = rng.random(len(idx)) < 0.5
+            images[mirror] = images[mirror, :, ::-1]
+        self.position += 1
+        return {"x1": images, "cond": labels}
