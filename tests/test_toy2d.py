@@ -90,26 +90,21 @@ def test_every_method_trains_and_samples(tmp_path):
     assert len(table) == 2 + len(runs)
 
 
-def test_config_errors_name_the_field():
+@pytest.mark.parametrize("field, value, expected", [
+    ("methods", ("icfm", "nope"), "config.methods: unknown method 'nope'"),
+    ("target", "mars", "config.target"),
+    ("eval.num_samples", 5000, "config.eval.num_samples"),
+    ("meanflow.coupling", "greedy", "config.meanflow.coupling"),
+    ("reflow.rounds", 1, "config.reflow.rounds"),
+])
+def test_config_errors_name_the_field(field, value, expected):
     config = tiny.get_config()
-    config.methods = ("icfm", "nope")
-    with pytest.raises(ValueError, match="config.methods: unknown method 'nope'"):
-        toy2d.validate_config(config)
-    config = tiny.get_config()
-    config.target = "mars"
-    with pytest.raises(ValueError, match="config.target"):
-        toy2d.validate_config(config)
-    config = tiny.get_config()
-    config.eval.num_samples = 5000
-    with pytest.raises(ValueError, match="config.eval.num_samples"):
-        toy2d.validate_config(config)
-    config = tiny.get_config()
-    config.meanflow.coupling = "greedy"
-    with pytest.raises(ValueError, match="config.meanflow.coupling"):
-        toy2d.validate_config(config)
-    config = tiny.get_config()
-    config.reflow.rounds = 1
-    with pytest.raises(ValueError, match="config.reflow.rounds"):
+    *parents, leaf = field.split(".")
+    node = config
+    for name in parents:
+        node = node[name]
+    node[leaf] = value
+    with pytest.raises(ValueError, match=expected):
         toy2d.validate_config(config)
 
 
