@@ -306,17 +306,30 @@ def evaluate_flow_map(config, run, apply_fn, args, x0):
         steps, delta = [2 ** i for i in range(int(np.log2(m)) + 1)], 1.0 / m
     else:
         steps, delta = list(config.eval.flow_map_steps), 0.0
-    average_fn = sample.model_average_velocity(apply_fn)
-
-    def velocity_fn(x, t, a):
-        return average_fn(x, t, t + delta, a)
-
+    average_fn, velocity_fn = _flow_map_fns(apply_fn, delta)
     runs, traj, vel, ts = evaluate(config, velocity_fn, args, x0, euler_steps=())
     for k in steps:
         sol = sample.solve_flow_map(average_fn, x0, args, num_steps=int(k))
         runs[f"{run}-{k}"] = (np.asarray(sol.samples), int(sol.nfe))
     runs = {name: runs[name] for name in [f"{run}-{k}" for k in steps] + ["dopri5"]}
     return runs, traj, vel, ts
+
+
+@functools.lru_cache(maxsize=None)
+def _velocity_fn(apply_fn):
+    """One velocity function per model, so that each solve compiles once."""
+    return sample.model_velocity(apply_fn)
+
+
+@functools.lru_cache(maxsize=None)
+def _flow_map_fns(apply_fn, delta: float):
+    """A flow map's jump function and its instantaneous field `u(x, t, t + delta)`, cached."""
+    average_fn = sample.model_average_velocity(apply_fn)
+
+    def velocity_fn(x, t, a):
+        return average_fn(x, t, t + delta, a)
+
+    return average_fn, velocity_fn
 
 
 class _Runs:
@@ -334,7 +347,7 @@ class _Runs:
         return state.ema_params if self.config.eval.use_ema else state.params
 
     def velocity_fn(self, run):
-        return sample.model_velocity(self.apply_fn(run))
+        return _velocity_fn(self.apply_fn(run))
 
     def _pairs(self, teacher):
         """The reflow coupling (x0, ODE_teacher(x0)), made once per teacher."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any, Callable, ClassVar, NamedTuple
 
 import diffrax
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -78,6 +79,18 @@ def evaluations_per_step(solver) -> tuple[int, int]:
         f"`solver` must be diffrax.Euler or an explicit Runge-Kutta solver, got {solver!r}.")
 
 
+@eqx.filter_jit
+def _diffeqsolve(velocity_fn, solver, t0, t1, x0, args, saveat, controller, max_steps):
+    """The diffrax solve, compiled once per (velocity_fn, solver, shapes): `velocity_fn` is static."""
+
+    def field(t, x, args):
+        return velocity_fn(x, jnp.full((x.shape[0],), t, dtype=x.dtype), args)
+
+    return diffrax.diffeqsolve(diffrax.ODETerm(field), solver, t0=t0, t1=t1, dt0=None, y0=x0,
+                               args=args, saveat=saveat, stepsize_controller=controller,
+                               max_steps=max_steps)
+
+
 def solve_ode(velocity_fn, x0, args=None, *, solver=None, num_steps: int | None = None,
               ts=None, rtol: float = 1e-5, atol: float = 1e-5, t0: float = 0.0,
               t1: float = 1.0, save_trajectory: bool = False, num_save: int = 101,
@@ -117,10 +130,6 @@ def solve_ode(velocity_fn, x0, args=None, *, solver=None, num_steps: int | None 
     if num_steps is not None and (not isinstance(num_steps, (int, np.integer)) or num_steps < 1):
         raise ValueError(f"`num_steps` must be a positive int, got {num_steps!r}.")
 
-    def field(t, x, args):
-        tb = jnp.full((x.shape[0],), t, dtype=x.dtype)
-        return velocity_fn(x, tb, args)
-
     if ts is None and num_steps is not None:
         ts = jnp.linspace(t0, t1, num_steps + 1)
     if ts is not None:
@@ -130,7 +139,6 @@ def solve_ode(velocity_fn, x0, args=None, *, solver=None, num_steps: int | None 
                 or not np.isclose(grid[-1], t1) or np.any(np.diff(grid) * np.sign(t1 - t0) <= 0):
             raise ValueError("`ts` must be a strictly monotone grid from `t0` to `t1`.")
         controller = diffrax.StepTo(ts=ts)
-        dt0 = None
         saveat = diffrax.SaveAt(ts=ts) if save_trajectory else diffrax.SaveAt(t1=True)
         steps_cap = int(grid.size)
     else:
@@ -140,14 +148,11 @@ def solve_ode(velocity_fn, x0, args=None, *, solver=None, num_steps: int | None 
             raise ValueError("adaptive solves need a solver with an error estimate "
                              "(Tsit5, Dopri5); or pass `num_steps`.")
         controller = diffrax.PIDController(rtol=rtol, atol=atol)
-        dt0 = None
         save_ts = jnp.linspace(t0, t1, num_save, dtype=x0.dtype)
         saveat = diffrax.SaveAt(ts=save_ts) if save_trajectory else diffrax.SaveAt(t1=True)
         steps_cap = max_steps
 
-    sol = diffrax.diffeqsolve(
-        diffrax.ODETerm(field), solver, t0=t0, t1=t1, dt0=dt0, y0=x0, args=args,
-        saveat=saveat, stepsize_controller=controller, max_steps=steps_cap)
+    sol = _diffeqsolve(velocity_fn, solver, t0, t1, x0, args, saveat, controller, steps_cap)
     nfe = init_evals + step_evals * sol.stats["num_steps"]
     if save_trajectory:
         return ODESolution(sol.ys[-1], nfe, sol.ts, sol.ys, sol.stats)
