@@ -132,3 +132,69 @@ def test_scale_free_epsilon_is_invariant_to_scaling():
     np.testing.assert_allclose(10.0 * a, b, rtol=1e-5, atol=1e-5)
     assert float(aux10["plan_cost"]) == pytest.approx(100.0 * float(aux["plan_cost"]), rel=1e-3)
     assert float(aux["plan_cost"]) < 1.05 * _scipy_cost(x0, x1)
+
+
+def _labelled(n=96, d=3, classes=4, seed=1):
+    x0, x1 = _clouds(n, d, seed)
+    cond = jax.random.randint(jax.random.PRNGKey(seed + 7), (n,), 0, classes)
+    return x0, x1, cond
+
+
+def test_condition_aware_ot_is_exact_ot_within_each_class():
+    x0, x1, cond = _labelled()
+    (p0, p1), aux = couplings.condition_aware_ot()(jax.random.PRNGKey(0), x0, x1, cond)
+    np.testing.assert_array_equal(p1, x1)
+    rows = np.array([int(np.flatnonzero((np.asarray(x0) == np.asarray(r)).all(1))[0])
+                     for r in p0])
+    assert sorted(rows) == list(range(len(rows)))  # a permutation
+    c = np.asarray(cond)
+    # Each source row keeps the class it came with: the source seen with every
+    # class is the unskewed one (Cheng and Schwing 2025).
+    np.testing.assert_array_equal(c[rows], c)
+    total = sum(_scipy_cost(x0[c == k], x1[c == k]) * np.sum(c == k) for k in np.unique(c))
+    np.testing.assert_allclose(float(aux["cost"]), total / len(c), rtol=1e-5)
+    # Plain OT is cheaper, because it crosses classes.
+    (_, _), plain = couplings.exact_ot()(None, x0, x1)
+    assert float(plain["cost"]) < float(aux["cost"]) - 0.1
+
+
+def test_condition_weight_interpolates_between_ot_and_per_class_ot():
+    x0, x1, cond = _labelled()
+    key = jax.random.PRNGKey(0)
+    exact = float(couplings.exact_ot()(key, x0, x1)[1]["cost"])
+    per_class = float(couplings.condition_aware_ot()(key, x0, x1, cond)[1]["cost"])
+    tiny = float(couplings.condition_aware_ot(1e-9)(key, x0, x1, cond)[1]["cost"])
+    huge = float(couplings.condition_aware_ot(1e6)(key, x0, x1, cond)[1]["cost"])
+    np.testing.assert_allclose(tiny, exact, rtol=1e-6)
+    np.testing.assert_allclose(huge, per_class, rtol=1e-6)
+    mid = float(couplings.condition_aware_ot(2.0)(key, x0, x1, cond)[1]["cost"])
+    assert exact <= mid <= per_class
+    # Real-valued conditions use the squared distance.
+    real = jnp.asarray(cond, jnp.float32)[:, None]
+    np.testing.assert_allclose(
+        float(couplings.condition_aware_ot(1e6)(key, x0, x1, real)[1]["cost"]), per_class,
+        rtol=1e-6)
+
+
+def test_condition_aware_ot_jits_and_vmaps():
+    x0, x1, cond = _labelled(n=32)
+    coupling = couplings.condition_aware_ot()
+    eager = coupling(None, x0, x1, cond)[0][0]
+    jitted = jax.jit(lambda a, b, c: coupling(None, a, b, c)[0][0])(x0, x1, cond)
+    np.testing.assert_array_equal(eager, jitted)
+    stack = lambda a: jnp.stack([a, a[::-1]])  # noqa: E731
+    batched = jax.vmap(lambda a, b, c: coupling(None, a, b, c)[0][0])(
+        stack(x0), stack(x1), stack(cond))
+    np.testing.assert_array_equal(batched[0], eager)
+    np.testing.assert_array_equal(
+        batched[1], coupling(None, x0[::-1], x1[::-1], cond[::-1])[0][0])
+
+
+def test_condition_aware_ot_bad_inputs():
+    x0, x1, cond = _labelled(n=16)
+    with pytest.raises(ValueError, match="weight"):
+        couplings.condition_aware_ot(0.0)
+    with pytest.raises(ValueError, match="cond"):
+        couplings.condition_aware_ot()(None, x0, x1, cond[:8])
+    with pytest.raises(TypeError, match="integer labels"):
+        couplings.condition_aware_ot()(None, x0, x1, cond.astype(jnp.float32))

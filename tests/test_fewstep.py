@@ -316,6 +316,31 @@ def test_meanflow_loss_under_vmap_equals_a_loop():
             np.testing.assert_allclose(b[i], a, rtol=1e-4, atol=1e-6)
 
 
+
+def test_meanflow_model_key_gives_one_dropout_mask_per_step():
+    """With `model_key`, the jvp differentiates one masked network, not two different ones."""
+    module = models.MLP(hidden=(32, 32), time_dim=16, two_times=True, time_scale=1.0)
+    params = jax.tree.map(lambda p: p + 0.05, module.init(
+        jax.random.PRNGKey(0), jnp.zeros((1, 2)), jnp.zeros(1), None, jnp.zeros(1))["params"])
+    base = models.average_model_fn(module)
+
+    def masked(params, x, r, t, cond=None, key=None):
+        return base(params, x, r, t, cond) * jax.random.bernoulli(key, 0.7, x.shape)
+
+    key = jax.random.PRNGKey(5)
+    batch = {"x1": jax.random.normal(jax.random.PRNGKey(2), (32, 2))}
+    k_model = jax.random.split(key, 6)[5]
+    fixed = functools.partial(masked, key=k_model)
+    grad = jax.grad(lambda p, **kw: losses.meanflow_loss(p, key, batch, **kw)[0])
+    with_key = grad(params, apply_fn=masked, model_key=True)
+    closed = grad(params, apply_fn=fixed)
+    unmasked = grad(params, apply_fn=base)
+    for a, b, c in zip(jax.tree.leaves(with_key), jax.tree.leaves(closed),
+                       jax.tree.leaves(unmasked)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-8)
+    assert not all(np.allclose(a, c) for a, c in zip(jax.tree.leaves(with_key),
+                                                     jax.tree.leaves(unmasked)))
+
 _SHARDED = r"""
 import functools, jax, jax.numpy as jnp, numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P

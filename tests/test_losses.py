@@ -158,3 +158,58 @@ def test_bad_inputs():
                         apply_fn=lambda p, x, t, c: x[:, :1])
     with pytest.raises(TypeError, match="`prediction`"):
         losses.velocity_weighting(paths.RectifiedFlow(), "data")
+
+
+def _null_indicator(params, x, t, cond, key=None):
+    """Predicts 1 in every coordinate for rows whose label is the null token 10, else 0."""
+    del params, t, key
+    return jnp.broadcast_to((cond == 10)[:, None].astype(x.dtype), x.shape)
+
+
+def test_label_dropout_replaces_the_drop_fraction_of_labels():
+    n, p = 20_000, 0.2
+    batch = {"x1": jnp.zeros((n, 2)), "cond": jnp.zeros((n,), jnp.int32)}
+    # Data prediction with x1 = 0: a row's error is 1 exactly when its label was dropped.
+    _, aux = losses.cfm_loss(None, jax.random.PRNGKey(0), batch, apply_fn=_null_indicator,
+                             path=paths.RectifiedFlow(), prediction=Prediction.DATA,
+                             cond_drop_prob=p, null_cond=10)
+    se = np.sqrt(p * (1 - p) / n)
+    assert abs(float(aux["mse"]) - p) < 4 * se
+    _, aux = losses.cfm_loss(None, jax.random.PRNGKey(0), batch, apply_fn=_null_indicator,
+                             path=paths.RectifiedFlow(), prediction=Prediction.DATA)
+    assert float(aux["mse"]) == 0.0
+
+
+def test_the_condition_aware_coupling_gets_the_labels():
+    x1 = jax.random.normal(jax.random.PRNGKey(1), (64, 2)) * 0.3
+    cond = jnp.arange(64) % 4
+    key = jax.random.PRNGKey(2)
+    loss = functools.partial(losses.cfm_loss, apply_fn=linear_field, path=paths.RectifiedFlow(),
+                             coupling=couplings.condition_aware_ot())
+    _, aux = loss(_params(key), key, {"x1": x1, "cond": cond})
+    # The loss draws x0 with the first key of its split, as the coupling would see it.
+    x0 = jax.random.normal(jax.random.split(key, 6)[0], x1.shape)
+    expect = couplings.condition_aware_ot()(None, x0, x1, cond)[1]["cost"]
+    np.testing.assert_allclose(float(aux["coupling_cost"]), float(expect), rtol=1e-6)
+    with pytest.raises(ValueError, match="needs 'cond'"):
+        loss(_params(key), key, {"x1": x1})
+
+
+def test_model_key_reaches_the_model_and_dropout_follows_it():
+    def dropout_field(params, x, t, cond=None, key=None):
+        mask = jax.random.bernoulli(key, 0.5, x.shape) if key is not None else 1.0
+        return linear_field(params, x, t, cond) * mask
+
+    params = _params(jax.random.PRNGKey(0))
+    batch = {"x1": jax.random.normal(jax.random.PRNGKey(1), (256, 2))}
+    loss = functools.partial(losses.cfm_loss, apply_fn=dropout_field, path=paths.RectifiedFlow())
+    plain = float(loss(params, jax.random.PRNGKey(3), batch)[0])
+    a = float(loss(params, jax.random.PRNGKey(3), batch, model_key=True)[0])
+    b = float(loss(params, jax.random.PRNGKey(3), batch, model_key=True)[0])
+    c = float(loss(params, jax.random.PRNGKey(4), batch, model_key=True)[0])
+    assert a == b and a != plain
+    assert np.isfinite(c) and c != a
+    with pytest.raises(ValueError, match="null_cond"):
+        loss(params, jax.random.PRNGKey(3), batch, cond_drop_prob=0.1)
+    with pytest.raises(ValueError, match="cond_drop_prob"):
+        loss(params, jax.random.PRNGKey(3), batch, cond_drop_prob=1.0, null_cond=0)

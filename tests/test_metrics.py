@@ -1,4 +1,5 @@
-"""Metrics: exact W2 against brute force and closed forms; path energy and straightness."""
+"""Metrics: exact W2 against brute force and closed forms; path energy and straightness;
+Fréchet distance against SciPy and closed forms; KID as the unbiased polynomial MMD."""
 
 import itertools
 import math
@@ -6,6 +7,7 @@ import math
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import scipy.linalg
 
 from flowjax import metrics
 
@@ -70,3 +72,57 @@ def test_bad_inputs():
         metrics.straightness(traj, vel[:5], ts)
     with pytest.raises(ValueError, match="`w2_squared`"):
         metrics.normalized_path_energy(vel, ts, 0.0)
+
+
+def _gaussian(rng, n, mean, cov):
+    return rng.multivariate_normal(mean, cov, size=n)
+
+
+def test_frechet_distance_equals_the_textbook_formula_and_the_closed_form():
+    rng = np.random.default_rng(0)
+    a = _gaussian(rng, 3000, [0.0, 1.0, -1.0], [[1.0, 0.3, 0.0], [0.3, 2.0, 0.5], [0.0, 0.5, 0.7]])
+    b = _gaussian(rng, 2000, [0.5, 0.0, -1.0], [[0.5, 0.0, 0.1], [0.0, 1.0, 0.0], [0.1, 0.0, 1.5]])
+    fd = metrics.frechet_distance(a, b)
+    # pytorch-fid's formula with SciPy's general sqrtm of the product.
+    ca, cb = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    cross = scipy.linalg.sqrtm(ca @ cb).real
+    textbook = (np.sum((a.mean(0) - b.mean(0)) ** 2) + np.trace(ca) + np.trace(cb)
+                - 2 * np.trace(cross))
+    np.testing.assert_allclose(fd, textbook, rtol=1e-8)
+    # Commuting (diagonal) covariances: d^2 = |dmu|^2 + sum (sqrt(s_a) - sqrt(s_b))^2.
+    sa, sb = np.array([1.0, 4.0]), np.array([0.25, 1.0])
+    x = rng.normal(size=(200_000, 2)) * np.sqrt(sa) + [1.0, 0.0]
+    y = rng.normal(size=(200_000, 2)) * np.sqrt(sb)
+    closed = 1.0 + np.sum((np.sqrt(sa) - np.sqrt(sb)) ** 2)
+    np.testing.assert_allclose(metrics.frechet_distance(x, y), closed, rtol=0.02)
+    assert metrics.frechet_distance(a, a) < 1e-9
+
+
+def test_kernel_distance_is_the_unbiased_polynomial_mmd():
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(size=(50, 4)), rng.normal(size=(50, 4)) + 0.5
+    # With one subset of all points the estimate is the plain unbiased MMD^2.
+    k = lambda p, q: (p @ q.T / 4 + 1.0) ** 3  # noqa: E731
+    kaa, kbb, kab = k(a, a), k(b, b), k(a, b)
+    mmd = ((kaa.sum() - np.trace(kaa)) / (50 * 49) + (kbb.sum() - np.trace(kbb)) / (50 * 49)
+           - 2 * kab.mean())
+    mean, std = metrics.kernel_distance(a, b, num_subsets=1, subset_size=50)
+    np.testing.assert_allclose(mean, mmd, rtol=1e-10)
+    assert std == 0.0
+    # Unbiased: same-distribution estimates average to 0 within their spread.
+    same = [metrics.kernel_distance(rng.normal(size=(100, 4)), rng.normal(size=(100, 4)),
+                                    num_subsets=1, subset_size=100)[0] for _ in range(200)]
+    assert abs(np.mean(same)) < 4 * np.std(same) / np.sqrt(len(same))
+    assert metrics.kernel_distance(a, b)[0] > 10 * np.std(same)
+
+
+def test_feature_distances_reject_bad_inputs():
+    a = np.ones((10, 3))
+    with pytest.raises(ValueError, match="feats_b"):
+        metrics.frechet_distance(a, np.ones((10, 4)))
+    with pytest.raises(ValueError, match="feats_a"):
+        metrics.frechet_distance(np.ones(10), a)
+    with pytest.raises(ValueError, match="feats_b"):
+        metrics.kernel_distance(a, np.where(np.eye(10, 3) > 0, np.nan, a))
+    with pytest.raises(ValueError, match="num_subsets"):
+        metrics.kernel_distance(a, a, num_subsets=0)

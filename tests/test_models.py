@@ -105,6 +105,11 @@ def test_unet_dropout_and_shape_errors():
     assert not np.allclose(train(jax.random.PRNGKey(3)), train(jax.random.PRNGKey(4)))
     evaluate = jax.jit(lambda: module.apply({"params": params}, x, t))
     np.testing.assert_array_equal(evaluate(), evaluate())
+    # model_fn: a key means training mode with that dropout rng, none means evaluation.
+    apply_fn = jax.jit(models.model_fn(module))
+    np.testing.assert_array_equal(apply_fn(params, x, t, None, jax.random.PRNGKey(3)),
+                                  train(jax.random.PRNGKey(3)))
+    np.testing.assert_array_equal(apply_fn(params, x, t), evaluate())
     with pytest.raises(ValueError, match="divisible"):
         module.init(jax.random.PRNGKey(0), jnp.zeros((1, 7, 7, 1)), jnp.zeros(1))
     with pytest.raises(ValueError, match="patch_size"):

@@ -1,5 +1,6 @@
-"""Minibatch couplings `(key, x0, x1) -> ((x0, x1), aux)`: independent, exact OT, Sinkhorn, SB."""
+"""Minibatch couplings `(key, x0, x1) -> ((x0, x1), aux)`: independent, exact OT, Sinkhorn, SB, C2OT."""
 
+from flowjax.couplings._couplings import condition_aware_ot as condition_aware_ot
 from flowjax.couplings._couplings import exact_ot as exact_ot
 from flowjax.couplings._couplings import independent as independent
 from flowjax.couplings._couplings import schrodinger_bridge as schrodinger_bridge

@@ -42,8 +42,41 @@ def paired_batch(k_x0, k_pair, batch, coupling=None):
         check_same_shape("batch['x0']", x0, "batch['x1']", x1)
         check_finite("batch['x0']", x0)
     coupling = independent() if coupling is None else coupling
-    (x0, x1), pair_aux = coupling(k_pair, x0, x1)
+    if getattr(coupling, "uses_cond", False):
+        if batch.get("cond") is None:
+            raise ValueError("this coupling pairs by condition: the batch needs 'cond'.")
+        (x0, x1), pair_aux = coupling(k_pair, x0, x1, batch["cond"])
+    else:
+        (x0, x1), pair_aux = coupling(k_pair, x0, x1)
     return x0, x1, pair_aux
+
+
+def drop_labels(key, cond, null_cond, prob):
+    """Replaces each label by `null_cond` with probability `prob` (classifier-free guidance).
+
+    Returns `(cond, dropped)` with `dropped: [B]` bool. `cond` may be a pytree
+    of arrays with a leading batch axis; every leaf of a dropped row is replaced.
+    """
+    batch = jax.tree.leaves(cond)[0].shape[0]
+    dropped = jax.random.uniform(key, (batch,)) < prob
+
+    def swap(c):
+        mask = dropped.reshape((batch,) + (1,) * (c.ndim - 1))
+        return jnp.where(mask, jnp.asarray(null_cond, c.dtype), c)
+
+    return jax.tree.map(swap, cond), dropped
+
+
+def check_label_dropout(cond_drop_prob, null_cond, batch):
+    if not 0.0 <= cond_drop_prob < 1.0:
+        raise ValueError(f"`cond_drop_prob` must lie in [0, 1), got {cond_drop_prob!r}.")
+    if cond_drop_prob > 0 and (null_cond is None or batch.get("cond") is None):
+        raise ValueError("label dropout (`cond_drop_prob` > 0) needs `null_cond` and batch['cond'].")
+
+
+def call_model(apply_fn, key, *args):
+    """`apply_fn(*args)`, with `key=key` added when a key is given (dropout in training)."""
+    return apply_fn(*args) if key is None else apply_fn(*args, key=key)
 
 
 def check_output(out, target, name="apply_fn"):
@@ -79,7 +112,8 @@ def velocity_weighting(path, prediction: Prediction, *, t_clip: float = 1e-5):
 
 def cfm_loss(params, key, batch, *, apply_fn, path, coupling=None,
              time_sampler=None, prediction: Prediction = Prediction.VELOCITY,
-             weighting=None):
+             weighting=None, cond_drop_prob: float = 0.0, null_cond=None,
+             model_key: bool = False):
     """The conditional flow-matching loss, pure and ready for `jax.value_and_grad(has_aux=True)`.
 
     Bind the options first: `loss = functools.partial(cfm_loss, apply_fn=..., path=...)`.
@@ -98,6 +132,13 @@ def cfm_loss(params, key, batch, *, apply_fn, path, coupling=None,
       prediction: what the model predicts and is regressed on:
         `Prediction.VELOCITY`, `DATA` or `NOISE`.
       weighting: optional `w(t) -> [B]` weights (e.g. :func:`velocity_weighting`).
+      cond_drop_prob: probability of replacing a row's label by `null_cond`
+        (label dropout, so one model learns the conditional and unconditional
+        fields for classifier-free guidance; Ho and Salimans 2022). The
+        coupling sees the true labels.
+      null_cond: the "no label" value (e.g. `num_classes` for the flowjax models).
+      model_key: if True, the model is called as `apply_fn(..., key=k)` with
+        a fresh key from `key` (for dropout; see :func:`flowjax.models.model_fn`).
 
     Returns:
       `(loss, aux)` with `aux = {"mse", "coupling_cost"}` (unweighted mean
@@ -106,9 +147,13 @@ def cfm_loss(params, key, batch, *, apply_fn, path, coupling=None,
     if prediction not in (Prediction.VELOCITY, Prediction.DATA, Prediction.NOISE):
         raise ValueError(
             f"`prediction` must be Prediction.VELOCITY, DATA or NOISE, got {prediction!r}.")
+    check_label_dropout(cond_drop_prob, null_cond, batch)
     time_sampler = uniform() if time_sampler is None else time_sampler
-    k_x0, k_pair, k_t, k_z = jax.random.split(key, 4)
+    k_x0, k_pair, k_t, k_z, k_drop, k_model = jax.random.split(key, 6)
     x0, x1, pair_aux = paired_batch(k_x0, k_pair, batch, coupling)
+    cond = batch.get("cond")
+    if cond_drop_prob > 0:
+        cond, _ = drop_labels(k_drop, cond, null_cond, cond_drop_prob)
     t = time_sampler(k_t, (x1.shape[0],)).astype(x1.dtype)
     z = None if path.noise is None else jax.random.normal(k_z, x1.shape, x1.dtype)
 
@@ -120,7 +165,7 @@ def cfm_loss(params, key, batch, *, apply_fn, path, coupling=None,
     else:
         target = path.noise_target(x0, t, z)
 
-    out = apply_fn(params, x_t, t, batch.get("cond"))
+    out = call_model(apply_fn, k_model if model_key else None, params, x_t, t, cond)
     check_output(out, target)
     err = jnp.mean(((out - target) ** 2).reshape(x1.shape[0], -1), axis=-1)
     mse = jnp.mean(err)

@@ -14,6 +14,7 @@ Vanden-Eijnden 2024 write flow maps the same way). Sample with
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -21,7 +22,8 @@ import jax.numpy as jnp
 
 from flowjax._checks import broadcast_time
 from flowjax.couplings import independent
-from flowjax.losses._cfm import cfm_loss, check_output, paired_batch
+from flowjax.losses._cfm import (call_model, cfm_loss, check_label_dropout, check_output,
+                                 drop_labels, paired_batch)
 from flowjax.paths import RectifiedFlow
 from flowjax.time import logit_normal, ordered_pairs, uniform
 
@@ -71,22 +73,11 @@ def _check_nonneg(name, value):
         raise ValueError(f"`{name}` must be a finite number >= 0, got {value!r}.")
 
 
-def _drop_labels(key, cond, null_cond, prob):
-    """Replaces each label by `null_cond` with probability `prob`; returns (cond, dropped)."""
-    batch = jax.tree.leaves(cond)[0].shape[0]
-    dropped = jax.random.uniform(key, (batch,)) < prob
-
-    def swap(c):
-        mask = dropped.reshape((batch,) + (1,) * (c.ndim - 1))
-        return jnp.where(mask, jnp.asarray(null_cond, c.dtype), c)
-
-    return jax.tree.map(swap, cond), dropped
-
-
 def meanflow_loss(params, key, batch, *, apply_fn, path=None, coupling=None,
                   time_sampler=None, velocity_fn=None, weight_power: float = 1.0,
                   weight_eps: float = 1e-3, guidance_scale: float = 1.0,
-                  guidance_mix: float = 0.0, null_cond=None, cond_drop_prob: float = 0.0):
+                  guidance_mix: float = 0.0, null_cond=None, cond_drop_prob: float = 0.0,
+                  model_key: bool = False):
     r"""The MeanFlow loss (Geng et al. 2025) for an average-velocity model `u(x, r, t)`.
 
     .. math:: \mathcal L = E\ \mathrm{sg}(w)\,\|u_\theta(x_r, r, t) - \mathrm{sg}(u_{tgt})\|^2 / D,
@@ -127,6 +118,9 @@ def meanflow_loss(params, key, batch, *, apply_fn, path=None, coupling=None,
       null_cond: the "no label" value (e.g. `num_classes` for
         :class:`flowjax.models.MLP`); needed for guidance and label dropout.
       cond_drop_prob: probability of replacing a label by `null_cond`.
+      model_key: if True, every model call gets `key=` (one key for the
+        step, so the `jax.jvp` sees a single dropout mask; see
+        :func:`flowjax.models.model_fn`).
 
     Returns:
       `(loss, aux)` with `aux = {"mse", "coupling_cost"}`.
@@ -134,8 +128,7 @@ def meanflow_loss(params, key, batch, *, apply_fn, path=None, coupling=None,
     _check_nonneg("weight_power", weight_power)
     if not weight_eps > 0:
         raise ValueError(f"`weight_eps` must be positive, got {weight_eps!r}.")
-    if not 0.0 <= cond_drop_prob < 1.0:
-        raise ValueError(f"`cond_drop_prob` must lie in [0, 1), got {cond_drop_prob!r}.")
+    check_label_dropout(cond_drop_prob, null_cond, batch)
     guided = guidance_scale != 1.0 or guidance_mix != 0.0
     if (guided or cond_drop_prob > 0) and (null_cond is None or batch.get("cond") is None):
         raise ValueError("guidance and label dropout need `null_cond` and batch['cond'].")
@@ -143,7 +136,8 @@ def meanflow_loss(params, key, batch, *, apply_fn, path=None, coupling=None,
     if time_sampler is None:
         time_sampler = ordered_pairs(logit_normal(0.4, 1.0), equal_fraction=0.75)
 
-    k_x0, k_pair, k_t, k_z, k_drop = jax.random.split(key, 5)
+    k_x0, k_pair, k_t, k_z, k_drop, k_model = jax.random.split(key, 6)
+    model = apply_fn if not model_key else functools.partial(call_model, apply_fn, k_model)
     x0, x1, pair_aux = paired_batch(k_x0, k_pair, batch, coupling)
     r, t = time_sampler(k_t, (x1.shape[0],))
     r, t = r.astype(x1.dtype), t.astype(x1.dtype)
@@ -151,20 +145,20 @@ def meanflow_loss(params, key, batch, *, apply_fn, path=None, coupling=None,
     x_r = path.interpolate(x0, x1, r, z)
     cond = batch.get("cond")
     if cond_drop_prob > 0:
-        cond, dropped = _drop_labels(k_drop, cond, null_cond, cond_drop_prob)
+        cond, dropped = drop_labels(k_drop, cond, null_cond, cond_drop_prob)
     else:
         dropped = jnp.zeros(x1.shape[:1], bool)
 
     v = path.velocity(x0, x1, r, z) if velocity_fn is None else velocity_fn(x_r, r, cond)
     if guided:
         null = jax.tree.map(lambda c: jnp.full_like(c, null_cond), cond)
-        v_g = guidance_scale * v + (1.0 - guidance_scale - guidance_mix) * apply_fn(
+        v_g = guidance_scale * v + (1.0 - guidance_scale - guidance_mix) * model(
             params, x_r, r, r, null)
         if guidance_mix:
-            v_g = v_g + guidance_mix * apply_fn(params, x_r, r, r, cond)
+            v_g = v_g + guidance_mix * model(params, x_r, r, r, cond)
         v = jnp.where(broadcast_time(dropped, x1), v, jax.lax.stop_gradient(v_g))
 
-    u, target = meanflow_target(apply_fn, params, x_r, r, t, v, cond)
+    u, target = meanflow_target(model, params, x_r, r, t, v, cond)
     check_output(u, target)
     sq = jnp.sum(((u - target) ** 2).reshape(x1.shape[0], -1), axis=-1)
     dims = math.prod(x1.shape[1:])

@@ -78,11 +78,23 @@ class MLP(nn.Module):
         return out.reshape(shape)
 
 
-def model_fn(module: nn.Module):
-    """Turns a linen module into `apply_fn(params, x, t, cond)`, the library's model function."""
+def _apply(module, params, key, *args):
+    if key is None:
+        return module.apply({"params": params}, *args)
+    return module.apply({"params": params}, *args, train=True, rngs={"dropout": key})
 
-    def apply_fn(params, x, t, cond=None):
-        return module.apply({"params": params}, x, t, cond)
+
+def model_fn(module: nn.Module):
+    """Turns a linen module into `apply_fn(params, x, t, cond, key=None)`, the library's model function.
+
+    Given a `key`, the module runs in training mode (`train=True`, dropout on,
+    with `key` as its `dropout` rng): what the losses do with `model_key=True`.
+    Without one it is deterministic, as samplers want it. Only modules with
+    a `train` argument (:class:`UNet`, :class:`DiT`) accept a key.
+    """
+
+    def apply_fn(params, x, t, cond=None, key=None):
+        return _apply(module, params, key, x, t, cond)
 
     return apply_fn
 
@@ -93,12 +105,13 @@ def average_model_fn(module: nn.Module):
     `x` is the state at time `r` and the output the average velocity to time
     `t >= r`, so that `x_t = x + (t - r) * apply_fn(params, x, r, t, cond)`
     (see :func:`flowjax.losses.meanflow_loss`). The module sees the state
-    time `r` and the duration `t - r`.
+    time `r` and the duration `t - r`. A `key` turns on training mode, as
+    for :func:`model_fn`.
     """
     if not getattr(module, "two_times", False):
         raise ValueError("`module` must take two times (e.g. MLP(two_times=True)).")
 
-    def apply_fn(params, x, r, t, cond=None):
-        return module.apply({"params": params}, x, r, cond, t - r)
+    def apply_fn(params, x, r, t, cond=None, key=None):
+        return _apply(module, params, key, x, r, cond, t - r)
 
     return apply_fn
