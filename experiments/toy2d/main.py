@@ -5,75 +5,12 @@ load, a bad value, a workdir that cannot be written) exits with status 2 and
 one line saying what is wrong.
 """
 
-from __future__ import annotations
-
-import os
-import sys
-
-from absl import app, flags, logging
-from ml_collections import config_flags
-
+from experiments import _cli
 from experiments.toy2d import train
-
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to an ml_collections config.",
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and plots.")
-flags.mark_flags_as_required(["config", "workdir"])
-
-
-def _fail(message: str):
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
-
-
-def _main(argv):
-    if len(argv) > 1:
-        _fail(f"unexpected arguments: {' '.join(argv[1:])}")
-    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
-    try:
-        config = _CONFIG.value
-        config.keys()  # ml_collections defers a load failure to the first access
-    except OSError as e:
-        path = flags.FLAGS["config"].config_filename
-        why = "no such file" if not os.path.exists(path) else _first_line(e)
-        _fail(f"--config: cannot load {path!r} ({why})")
-    try:
-        train.validate_config(config)
-    except ValueError as e:
-        _fail(str(e))
-    try:
-        os.makedirs(_WORKDIR.value, exist_ok=True)
-        probe = os.path.join(_WORKDIR.value, ".write_test")
-        with open(probe, "w"):
-            pass
-        os.remove(probe)
-    except OSError as e:
-        _fail(f"--workdir: cannot write to {_WORKDIR.value!r} ({e.strerror or e})")
-    train.train_and_evaluate(config, _WORKDIR.value)
-
-
-def _flags_parser(argv):
-    """absl's parser, but a bad flag is one clear line and exit status 2."""
-    try:
-        return flags.FLAGS(argv)
-    except (flags.Error, AttributeError, KeyError, ValueError, TypeError, OSError) as e:
-        # ml_collections reports an override of a missing field as an
-        # AttributeError raised while handling a KeyError naming the field.
-        if isinstance(e, KeyError) or isinstance(e.__context__, KeyError):
-            key = str((e if isinstance(e, KeyError) else e.__context__).args[0]).strip("'\"")
-            bad = [a for a in argv if a.startswith("--config.") and key in a.split("=")[0]]
-            _fail(f"unknown config key {key!r} in {bad[0] if bad else '--config'}; "
-                  "the config has no such field")
-        _fail(_first_line(e))
 
 
 def main():
-    app.run(_main, flags_parser=_flags_parser)
+    _cli.run(train)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,3 @@
+from experiments.images.main import main
+
+main()

@@ -1,0 +1,75 @@
+"""Plots for the image experiment: sample grids per class and metrics against NFE."""
+
+from __future__ import annotations
+
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def _grid_image(images, labels, num_classes, per_class=10):
+    """A `[rows * H, cols * W, C]` mosaic: row c holds the first samples of class c."""
+    h, w, c = images.shape[1:]
+    canvas = np.ones((num_classes * (h + 1), per_class * (w + 1), c), np.float32)
+    for k in range(num_classes):
+        chosen = images[labels == k][:per_class]
+        for j, img in enumerate(chosen):
+            canvas[k * (h + 1):k * (h + 1) + h, j * (w + 1):j * (w + 1) + w] = (img + 1) / 2
+    return np.clip(canvas, 0.0, 1.0)
+
+
+def _save_grid(filename, mosaic, title):
+    fig, ax = plt.subplots(figsize=(4, 4 * mosaic.shape[0] / mosaic.shape[1] + 0.4))
+    ax.imshow(mosaic[..., 0] if mosaic.shape[-1] == 1 else mosaic, cmap="gray",
+              interpolation="nearest", vmin=0, vmax=1)
+    ax.set_title(title, fontsize=8)
+    ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(filename, dpi=120)
+    plt.close(fig)
+
+
+def plot_grids(workdir, grids, num_classes, test_images, test_labels):
+    """One PNG per (method, sampler, steps, guidance), one row per class, plus the held-out data.
+
+    Samples were drawn class-balanced: sample `i` has label `i % num_classes`.
+    """
+    _save_grid(os.path.join(workdir, "samples_data.png"),
+               _grid_image(test_images, test_labels, num_classes), "held-out data")
+    for (method, sampler, steps, scale), xs in grids.items():
+        labels = np.arange(len(xs)) % num_classes
+        tag = f"{method}_{sampler}{'' if steps is None else steps}_w{scale:g}"
+        _save_grid(os.path.join(workdir, f"samples_{tag}.png"),
+                   _grid_image(np.asarray(xs), labels, num_classes),
+                   f"{method} {sampler} {'' if steps is None else steps} guidance {scale:g}")
+
+
+def plot_metrics_vs_nfe(filename, rows):
+    """Conditional accuracy and FD / floor against NFE, a line per (method, sampler, guidance)."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    lines = {}
+    for r in rows:
+        lines.setdefault((r["method"], r["sampler"], r["guidance"]), []).append(r)
+    for (method, sampler, scale), rs in lines.items():
+        rs = sorted(rs, key=lambda r: r["nfe"])
+        nfe = [r["nfe"] for r in rs]
+        label = f"{method} {sampler} w={scale:g}"
+        marker = "s" if sampler == "dopri5" else "o"
+        axes[0].plot(nfe, [r["accuracy"] for r in rs], marker=marker, label=label)
+        axes[1].plot(nfe, [r["fd_ratio"] for r in rs], marker=marker, label=label)
+    axes[0].axhline(rows[0]["classifier_accuracy"], color="gray", ls="--", lw=1,
+                    label="classifier on held-out data")
+    axes[1].axhline(1.0, color="gray", ls="--", lw=1, label="noise floor")
+    for ax, name in zip(axes, ("conditional accuracy", "FD / noise floor")):
+        ax.set_xscale("log")
+        ax.set_xlabel("NFE")
+        ax.set_ylabel(name)
+    axes[1].set_yscale("log")
+    axes[1].legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(filename, dpi=120)
+    plt.close(fig)
