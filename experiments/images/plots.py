@@ -51,6 +51,7 @@ def plot_grids(workdir, grids, num_classes, test_images, test_labels):
 def plot_metrics_vs_nfe(filename, rows):
     """Conditional accuracy and FD / floor against NFE, a line per (method, sampler, guidance)."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    conditional = rows[0]["accuracy"] is not None
     lines = {}
     for r in rows:
         lines.setdefault((r["method"], r["sampler"], r["guidance"]), []).append(r)
@@ -59,7 +60,8 @@ def plot_metrics_vs_nfe(filename, rows):
         nfe = [r["nfe"] for r in rs]
         label = f"{method} {sampler} w={scale:g}"
         marker = "s" if sampler == "dopri5" else "o"
-        axes[0].plot(nfe, [r["accuracy"] for r in rs], marker=marker, label=label)
+        if conditional:
+            axes[0].plot(nfe, [r["accuracy"] for r in rs], marker=marker, label=label)
         axes[1].plot(nfe, [r["fd_ratio"] for r in rs], marker=marker, label=label)
     axes[0].axhline(rows[0]["classifier_accuracy"], color="gray", ls="--", lw=1,
                     label="classifier on held-out data")

@@ -60,6 +60,10 @@ def validate_config(config):
         if not 0.0 <= m.cond_drop_prob < 1.0:
             raise ValueError(f"config.{name}.cond_drop_prob must lie in [0, 1), "
                              f"got {m.cond_drop_prob!r}")
+        if not config.conditional and (m.coupling == "c2ot" or m.cond_drop_prob > 0
+                                       or m.guidance_scale != 1.0 or m.guidance_mix != 0.0):
+            raise ValueError(f"config.{name}: c2ot, label dropout and guidance need "
+                             "config.conditional = True")
     if config.model.name not in MODELS:
         raise ValueError(f"config.model.name must be one of {MODELS}, got {config.model.name!r}")
     if config.model.dtype not in DTYPES:
@@ -71,6 +75,8 @@ def validate_config(config):
             raise ValueError(f"config.{field} must be a positive int, got {config[field]!r}")
     if config.num_train_steps % config.steps_per_call:
         raise ValueError("config.num_train_steps must be a multiple of config.steps_per_call")
+    if not config.conditional and any(w != 1.0 for w in config.eval.guidance_scales):
+        raise ValueError("config.eval.guidance_scales other than 1 need config.conditional = True")
     if config.eval.num_samples < 2:
         raise ValueError(f"config.eval.num_samples must be >= 2, got {config.eval.num_samples}")
 
@@ -104,7 +110,7 @@ def is_flow_map(config, method: str) -> bool:
 
 def make_module(config, method: str):
     m, two = config.model, is_flow_map(config, method)
-    common = dict(num_classes=config.num_classes, two_times=two,
+    common = dict(num_classes=config.num_classes if config.conditional else None, two_times=two,
                   time_scale=config[method].time_scale)
     if m.name == "unet":
         return models.UNet(channels=m.channels, channel_mult=tuple(m.channel_mult),
@@ -203,6 +209,8 @@ def train_method(config, workdir: str, method: str, writer, source):
     prev, timed_from, timed_steps = None, None, 0
     for step in range(start, config.num_train_steps, k):
         batch = next(pipeline)
+        if not config.conditional:
+            batch = {"x1": batch["x1"]}
         if k > 1:
             batch = jax.tree.map(lambda a: a.reshape((k, -1) + a.shape[1:]), batch)
         state, m = step_fn(state, batch)
@@ -340,11 +348,14 @@ class Scorer:
             "kid_floor": metrics.kernel_distance(test_feats, self.ref)[0],
         }
 
-    def __call__(self, images, labels):
-        logits = self.classify(images)[0]
+    def __call__(self, images, labels=None):
+        """Metrics of samples; the conditional accuracy needs the labels they were drawn with."""
         feats = self.features(images)[1]
         fd = metrics.frechet_distance(feats, self.ref)
-        return {"accuracy": float(np.mean(np.argmax(logits, -1) == labels)), "fd": fd,
+        accuracy = None
+        if labels is not None:
+            accuracy = float(np.mean(np.argmax(self.classify(images)[0], -1) == labels))
+        return {"accuracy": accuracy, "fd": fd,
                 "kid": metrics.kernel_distance(feats, self.ref)[0],
                 "fd_ratio": fd / max(self.floor["fd_floor"], 1e-12), **self.floor}
 
@@ -356,8 +367,8 @@ def _solver_runs(config, method, apply_fn, params, x0, labels):
         average = sample.model_average_velocity(apply_fn)
         for n in config.eval.flow_map_steps:
             sol = sample.solve_flow_map(average, x0, (params, labels), num_steps=n)
-            out[("meanflow", n, config[method].guidance_scale / (1 - config[method].guidance_mix))
-                ] = (np.asarray(sol.samples), int(sol.nfe))
+            scale = config[method].guidance_scale / (1 - config[method].guidance_mix)
+            out[("meanflow", n, scale)] = (np.asarray(sol.samples), int(sol.nfe))
         return out
     for scale in config.eval.guidance_scales:
         if scale == 1.0:
@@ -391,7 +402,8 @@ def _guided(apply_fn, scale, null_cond, interval):
 
 def bits_per_dim(config, method, apply_fn, params, images):
     """Mean bits/dim of `images` under the unconditional field (null label), Dopri5."""
-    null = jnp.full(images.shape[:1], config.num_classes, jnp.int32)
+    null = jnp.full(images.shape[:1], config.num_classes, jnp.int32) if config.conditional \
+        else None
     if is_flow_map(config, method):
         fn = apply_fn
         velocity = _velocity(lambda p, x, t, c: fn(p, x, t, t, c))
@@ -424,7 +436,9 @@ def train_and_evaluate(config, workdir: str):
     test_images, test_labels = load_images(test_source)
     scorer = Scorer(config, workdir, train_images, train_labels, test_images, test_labels)
     n = config.eval.num_samples
-    labels = jnp.arange(n, dtype=jnp.int32) % config.num_classes  # class-balanced
+    labels = None  # unconditional samples
+    if config.conditional:
+        labels = jnp.arange(n, dtype=jnp.int32) % config.num_classes  # class-balanced
     x0 = jax.random.normal(jax.random.PRNGKey(config.seed + 1_000_003),
                            (n,) + test_images.shape[1:])
     rows, grids = [], {}
@@ -438,7 +452,8 @@ def train_and_evaluate(config, workdir: str):
         for (sampler, steps, scale), (xs, nfe) in _solver_runs(
                 config, method, apply_fn, params, x0, labels).items():
             row = {"method": method, "sampler": sampler, "steps": steps, "guidance": scale,
-                   "nfe": nfe, **scorer(np.clip(xs, -1.0, 1.0), np.asarray(labels)),
+                   "nfe": nfe, **scorer(np.clip(xs, -1.0, 1.0),
+                                        None if labels is None else np.asarray(labels)),
                    "bpd": bpd, "train_seconds_per_step": speed[method]}
             rows.append(row)
             writer.write(int(states[method].step), row, phase="eval")
@@ -460,8 +475,9 @@ def format_table(rows) -> str:
              "KID floor | bits/dim |", "|---" * 10 + "|"]
     for r in rows:
         bpd = "" if r["bpd"] is None else f"{r['bpd']:.3f}"
+        acc = "" if r["accuracy"] is None else f"{r['accuracy']:.3f}"
         steps = "" if r["steps"] is None else f"-{r['steps']}"
         lines.append(f"| {r['method']} | {r['sampler']}{steps} | {r['guidance']:g} | {r['nfe']} | "
-                     f"{r['accuracy']:.3f} | {r['fd']:.3f} | {r['fd_floor']:.3f} | "
+                     f"{acc} | {r['fd']:.3f} | {r['fd_floor']:.3f} | "
                      f"{r['kid']:.4f} | {r['kid_floor']:.4f} | {bpd} |")
     return "\n".join(lines)

@@ -41,6 +41,7 @@ def get_config():
     config.dataset = "digits"  # or any tfds image set: mnist, fashion_mnist, cifar10, ...
     config.data_dir = ""  # tfds data_dir ("" = tfds' default)
     config.num_classes = 10
+    config.conditional = True  # class labels, label dropout and guidance (False: unconditional)
     config.flip = False
     config.methods = ("otcfm", "meanflow")
     config.otcfm = method("cfm")
@@ -50,11 +51,11 @@ def get_config():
 
     config.model = ml_collections.ConfigDict()
     config.model.name = "unet"  # unet, dit, mlp
-    config.model.channels = 32
+    config.model.channels = 16
     config.model.channel_mult = (1, 2)
     config.model.num_res_blocks = 1
     config.model.attention_resolutions = (4,)
-    config.model.num_heads = 4
+    config.model.num_heads = 2
     config.model.num_groups = 8
     config.model.dropout = 0.1
     config.model.patch_size = 2  # dit
@@ -78,7 +79,7 @@ def get_config():
     config.eval = ml_collections.ConfigDict()
     config.eval.num_samples = 297  # = the held-out split, so the floor has the same n
     config.eval.num_reference = 10_000  # training images (at most) for the feature statistics
-    config.eval.guidance_scales = (1.0, 2.0, 3.0)
+    config.eval.guidance_scales = (1.0, 2.0)
     config.eval.guidance_interval = (0.0, 1.0)
     config.eval.euler_steps = (2, 4, 10)
     config.eval.midpoint_steps = (5,)

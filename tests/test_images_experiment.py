@@ -1,0 +1,105 @@
+"""The image experiment: digits end to end and resumed, CIFAR-10 configs on tfds mock data."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from experiments.images import train as images
+from experiments.images.configs import cifar10_meanflow, cifar10_otcfm, digits_tiny
+from flowjax import train
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("digits"))
+    config = digits_tiny.get_config()
+    return config, workdir, images.train_and_evaluate(config, workdir)
+
+
+def test_digits_run_writes_its_files_and_rows(digits_run):
+    config, workdir, rows = digits_run
+    for name in ("config.json", "metrics.jsonl", "results.json", "classifier.msgpack",
+                 "metrics_vs_nfe.png", "samples_data.png", "samples_otcfm_euler2_w2.png",
+                 "samples_meanflow_meanflow1_w4.png"):
+        assert os.path.getsize(os.path.join(workdir, name)) > 0, name
+    with open(os.path.join(workdir, "results.json")) as f:
+        assert json.load(f) == rows
+    cfm = [r for r in rows if r["method"] == "otcfm"]
+    assert {(r["sampler"], r["guidance"], r["nfe"]) for r in cfm} == {
+        ("euler", 1.0, 2), ("euler", 2.0, 2)}
+    (mf,) = [r for r in rows if r["method"] == "meanflow"]
+    assert mf["nfe"] == 1 and mf["guidance"] == pytest.approx(2.0 / 0.5)
+    for r in rows:
+        assert 0.0 <= r["accuracy"] <= 1.0 and r["fd"] > 0 and r["fd_floor"] > 0
+        assert np.isfinite(r["bpd"]) and r["bpd"] > 0
+    # The classifier's own held-out accuracy is the ceiling of the conditional accuracy.
+    assert rows[0]["classifier_accuracy"] > 0.1
+
+
+def test_digits_rerun_resumes_instead_of_training(digits_run):
+    config, workdir, _ = digits_run
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        before = f.read()
+    source = images.make_source(config, "train")
+    for method in config.methods:
+        state, _ = images.train_method(config, workdir, method, train.MetricsWriter(workdir),
+                                       source)
+        assert int(state.step) == config.num_train_steps
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        assert f.read() == before  # restored from the checkpoints: no step was taken
+
+
+def test_interrupted_training_resumes_exactly(tmp_path):
+    """10 steps, stop, 10 more (checkpoint + pipeline position) = 20 steps straight."""
+    config = digits_tiny.get_config()
+    config.schedule = "constant"  # the schedule must not depend on the run length
+    config.model.name = "mlp"  # what is tested is the loop, not the model: compiles fast
+    config.model.mlp_hidden = (32,)
+    source = images.make_source(config, "train")
+    writer = train.MetricsWriter(str(tmp_path))
+    config.num_train_steps = 20
+    straight, _ = images.train_method(config, str(tmp_path / "a"), "otcfm", writer, source)
+    config.num_train_steps = 10
+    images.train_method(config, str(tmp_path / "b"), "otcfm", writer, source)
+    config.num_train_steps = 20
+    resumed, _ = images.train_method(config, str(tmp_path / "b"), "otcfm", writer, source)
+    assert int(resumed.step) == 20
+    for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(resumed)):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("module", [cifar10_otcfm, cifar10_meanflow], ids=["otcfm", "meanflow"])
+def test_tiny_cifar10_configs_train_checkpoint_and_sample(module, tmp_path):
+    config = module.get_config("tiny")
+    full = module.get_config()
+    assert (full.model.channels, full.batch_size) in ((128, 128), (128, 1024))
+    with tfds.testing.mock_data(num_examples=64):
+        rows = images.train_and_evaluate(config, str(tmp_path))
+    (method,) = config.methods
+    ckpt = tmp_path / "checkpoints" / method
+    assert sorted(int(p.name) for p in ckpt.iterdir() if p.name.isdigit())[-1] == 20
+    assert rows and all(r["accuracy"] is None and np.isfinite(r["fd"]) for r in rows)
+    assert {r["nfe"] for r in rows} == ({2} if method == "otcfm" else {1})
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("methods", ("nope",), "config.nope"),
+    ("otcfm.coupling", "sinkhorn", "coupling"),
+    ("model.name", "resnet", "model.name"),
+    ("otcfm.cond_drop_prob", 1.0, "cond_drop_prob"),
+    ("batch_size", 0, "batch_size"),
+])
+def test_bad_configs_name_the_field(field, value, message):
+    config = digits_tiny.get_config()
+    section, _, name = field.rpartition(".")
+    (config[section] if section else config)[name] = value
+    with pytest.raises(ValueError, match=message):
+        images.validate_config(config)
+    config = digits_tiny.get_config()
+    config.conditional = False
+    with pytest.raises(ValueError, match="conditional"):
+        images.validate_config(config)
