@@ -31,6 +31,7 @@ import orbax.checkpoint as ocp
 from flax import serialization
 from tqdm import tqdm
 
+from experiments._workdir import start_run
 from flowjax import couplings, data, losses, metrics, models, paths, sample, train
 from flowjax import time as ftime
 
@@ -420,10 +421,7 @@ def bits_per_dim(config, method, apply_fn, params, images):
 def train_and_evaluate(config, workdir: str):
     """Trains and evaluates every method; returns the result rows (also in results.json)."""
     validate_config(config)
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-        f.write(config.to_json(indent=2))
-    writer = train.MetricsWriter(workdir)
+    writer = start_run(config, workdir)
     train_source, test_source = make_source(config, "train"), make_source(config, "test")
 
     states, speed = {}, {}

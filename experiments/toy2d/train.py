@@ -26,6 +26,7 @@ import optax
 import orbax.checkpoint as ocp
 from tqdm import tqdm
 
+from experiments._workdir import start_run
 from flowjax import couplings, data, losses, metrics, models, paths, sample, time, train
 
 SOURCES = {
@@ -402,10 +403,7 @@ def _init_params(config, run, source):
 def train_and_evaluate(config, workdir: str):
     """Runs the whole comparison; returns the list of result rows."""
     validate_config(config)
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-        f.write(config.to_json(indent=2))
-    writer = train.MetricsWriter(workdir)
+    writer = start_run(config, workdir)
 
     n = config.eval.num_samples
     eval_key = jax.random.PRNGKey(config.seed + 1_000_003)

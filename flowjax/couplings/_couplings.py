@@ -87,15 +87,14 @@ def _pool():
     return _POOL
 
 
-def _batched_assignment_host(event_ndim, x0, x1):
-    """`_assignment_host` over any leading (vmapped) axes, the problems solved in parallel."""
+def _batched_host(solve, event_ndim, x0, x1, *extra):
+    """`solve(x0, x1, *extra) -> perm` over any leading (vmapped) axes, solved in parallel threads."""
     lead = x0.shape[:x0.ndim - event_ndim]
-    a = np.asarray(x0).reshape((-1,) + x0.shape[len(lead):])
-    b = np.asarray(x1).reshape((-1,) + x1.shape[len(lead):])
-    if a.shape[0] == 1:
-        perms = [_assignment_host(a[0], b[0])]
+    flat = [np.asarray(a).reshape((-1,) + a.shape[len(lead):]) for a in (x0, x1, *extra)]
+    if flat[0].shape[0] == 1:
+        perms = [solve(*(a[0] for a in flat))]
     else:
-        perms = list(_pool().map(_assignment_host, a, b))
+        perms = list(_pool().map(solve, *flat))
     return np.stack(perms).reshape(lead + (x0.shape[-event_ndim],))
 
 
@@ -115,7 +114,7 @@ def exact_ot():
         del key
         _check_pair(x0, x1)
         out = jax.ShapeDtypeStruct((x1.shape[0],), jnp.int32)
-        host = functools.partial(_batched_assignment_host, x0.ndim)
+        host = functools.partial(_batched_host, _assignment_host, x0.ndim)
         perm = jax.pure_callback(host, out, x0, x1, vmap_method="broadcast_all")
         x0 = x0[perm]
         return (x0, x1), {"cost": _pair_cost(x0, x1)}
@@ -225,16 +224,6 @@ def _conditional_assignment_host(weight, x0, x1, cond):
     return perm.astype(np.int32)
 
 
-def _batched_conditional_host(weight, event_ndim, x0, x1, cond):
-    lead = x0.shape[:x0.ndim - event_ndim]
-    a = np.asarray(x0).reshape((-1,) + x0.shape[len(lead):])
-    b = np.asarray(x1).reshape((-1,) + x1.shape[len(lead):])
-    c = np.asarray(cond).reshape((a.shape[0],) + cond.shape[len(lead):])
-    solve = functools.partial(_conditional_assignment_host, weight)
-    perms = list(_pool().map(solve, a, b, c)) if a.shape[0] > 1 else [solve(a[0], b[0], c[0])]
-    return np.stack(perms).reshape(lead + (x0.shape[-event_ndim],))
-
-
 def condition_aware_ot(weight: float | None = None):
     r"""Conditional optimal transport (C²OT; Cheng and Schwing 2025) for conditional models.
 
@@ -274,7 +263,8 @@ def condition_aware_ot(weight: float | None = None):
             raise TypeError("`weight=None` (per-class OT) needs integer labels `cond: [B]`, "
                             f"got {cond.dtype} of shape {cond.shape}.")
         out = jax.ShapeDtypeStruct((x1.shape[0],), jnp.int32)
-        host = functools.partial(_batched_conditional_host, weight, x0.ndim)
+        host = functools.partial(_batched_host,
+                                 functools.partial(_conditional_assignment_host, weight), x0.ndim)
         perm = jax.pure_callback(host, out, x0, x1, cond, vmap_method="broadcast_all")
         x0 = x0[perm]
         return (x0, x1), {"cost": _pair_cost(x0, x1)}
