@@ -1,6 +1,17 @@
-"""Training: the train-state pytree, jitted (and scan-fused) steps with EMA, metrics files."""
+"""Training: the train-state pytree, jitted (and scan-fused) steps with EMA, sharding over
+devices and hosts, orbax checkpoints, metrics files."""
 
+from flowjax.train._checkpoint import Checkpointer as Checkpointer
+from flowjax.train._checkpoint import Restored as Restored
 from flowjax.train._logging import MetricsWriter as MetricsWriter
+from flowjax.train._sharding import STRATEGIES as STRATEGIES
+from flowjax.train._sharding import batch_sharding as batch_sharding
+from flowjax.train._sharding import global_batch as global_batch
+from flowjax.train._sharding import initialize_distributed as initialize_distributed
+from flowjax.train._sharding import make_mesh as make_mesh
+from flowjax.train._sharding import replicated as replicated
+from flowjax.train._sharding import shard as shard
+from flowjax.train._sharding import state_shardings as state_shardings
 from flowjax.train._step import TrainState as TrainState
 from flowjax.train._step import create_train_state as create_train_state
 from flowjax.train._step import make_multi_step as make_multi_step

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import struct
+from jax.sharding import NamedSharding, PartitionSpec
 
 
 @struct.dataclass
@@ -58,8 +59,22 @@ def _update(loss_fn, optimizer, ema_decay, state: TrainState, batch):
     return new, metrics
 
 
+def _jit(fn, state_sharding, batch_sharding):
+    """`jax.jit` with the state donated, and placed by the given shardings if any."""
+    if state_sharding is None and batch_sharding is None:
+        return jax.jit(fn, donate_argnums=0)
+    if state_sharding is None or batch_sharding is None:
+        raise ValueError("`state_sharding` and `batch_sharding` must be given together.")
+    mesh = jax.tree.leaves(batch_sharding)[0]
+    if not isinstance(mesh, NamedSharding):
+        raise TypeError(f"`batch_sharding` must hold NamedSharding, got {mesh!r}.")
+    metrics = NamedSharding(mesh.mesh, PartitionSpec())
+    return jax.jit(fn, in_shardings=(state_sharding, batch_sharding),
+                   out_shardings=(state_sharding, metrics), donate_argnums=0)
+
+
 def make_train_step(loss_fn, optimizer: optax.GradientTransformation, *,
-                    ema_decay: float = 0.999):
+                    ema_decay: float = 0.999, state_sharding=None, batch_sharding=None):
     """A jitted `step(state, batch) -> (state, metrics)`.
 
     Args:
@@ -67,26 +82,36 @@ def make_train_step(loss_fn, optimizer: optax.GradientTransformation, *,
         :func:`flowjax.losses.cfm_loss`).
       optimizer: any optax transformation.
       ema_decay: EMA decay; `ema = decay * ema + (1 - decay) * params`.
+      state_sharding: the state's layout, a pytree of NamedSharding from
+        :func:`state_shardings` (data parallel or FSDP), or None for one
+        device.
+      batch_sharding: the batch's layout, e.g. :func:`batch_sharding`
+        (one sharding for every leaf, or a matching pytree). Given together
+        with `state_sharding`; metrics come back replicated.
 
     The step's key is `fold_in(state.key, state.step)`, so a run is a pure
-    function of its initial state and batches. The input state is donated.
+    function of its initial state and batches, on any number of devices
+    (JAX's random bits do not depend on the sharding). The input state is
+    donated.
     """
     _check_decay(ema_decay)
 
     def step(state, batch):
         return _update(loss_fn, optimizer, ema_decay, state, batch)
 
-    return jax.jit(step, donate_argnums=0)
+    return _jit(step, state_sharding, batch_sharding)
 
 
 def make_multi_step(loss_fn, optimizer: optax.GradientTransformation, *,
-                    ema_decay: float = 0.999):
+                    ema_decay: float = 0.999, state_sharding=None, batch_sharding=None):
     """A jitted `steps(state, batches) -> (state, metrics)` running K steps in one `lax.scan`.
 
     `batches` is the per-step batch stacked on a leading axis of size K; the
     returned metrics are stacked the same way. For small models this removes
     the per-step dispatch overhead; results equal K calls of
-    :func:`make_train_step` (same keys, same order).
+    :func:`make_train_step` (same keys, same order). The shardings are as in
+    :func:`make_train_step`; the batch axis of stacked batches is axis 1
+    (`batch_sharding(mesh, leading=1)`).
     """
     _check_decay(ema_decay)
 
@@ -94,4 +119,4 @@ def make_multi_step(loss_fn, optimizer: optax.GradientTransformation, *,
         return jax.lax.scan(lambda s, b: _update(loss_fn, optimizer, ema_decay, s, b),
                             state, batches)
 
-    return jax.jit(steps, donate_argnums=0)
+    return _jit(steps, state_sharding, batch_sharding)
