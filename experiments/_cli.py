@@ -2,7 +2,8 @@
 
 A bad command line (an unknown config key, a config file that does not
 load, a bad value, a workdir that cannot be written) exits with status 2 and
-one line saying what is wrong.
+one line saying what is wrong. A run stopped by SIGTERM saves its state first
+and exits with status 143 (128 + SIGTERM); the same command resumes it.
 """
 
 from __future__ import annotations
@@ -13,6 +14,10 @@ import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from experiments._workdir import Preempted
+
+PREEMPTED_EXIT = 143  # 128 + SIGTERM: what a scheduler sees from a process it terminated
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to an ml_collections config.",
                                           lock_config=True)
@@ -53,7 +58,11 @@ def _main(train, argv):
         os.remove(probe)
     except OSError as e:
         _fail(f"--workdir: cannot write to {_WORKDIR.value!r} ({e.strerror or e})")
-    train.train_and_evaluate(config, _WORKDIR.value)
+    try:
+        train.train_and_evaluate(config, _WORKDIR.value)
+    except Preempted as e:
+        print(f"{e}", file=sys.stderr)
+        sys.exit(PREEMPTED_EXIT)
 
 
 def _flags_parser(argv):

@@ -13,3 +13,12 @@ def start_run(config, workdir: str) -> train.MetricsWriter:
     with open(os.path.join(workdir, "config.json"), "w") as f:
         f.write(config.to_json(indent=2))
     return train.MetricsWriter(workdir)
+
+
+class Preempted(Exception):
+    """A run stopped on SIGTERM after saving its state at `step` into `directory`."""
+
+    def __init__(self, step: int, directory: str):
+        super().__init__(f"preempted (SIGTERM): saved step {step} to {directory}; "
+                         "start the same command again to resume")
+        self.step, self.directory = step, directory

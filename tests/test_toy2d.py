@@ -96,6 +96,9 @@ def test_every_method_trains_and_samples(tmp_path):
     ("eval.num_samples", 5000, "config.eval.num_samples"),
     ("meanflow.coupling", "greedy", "config.meanflow.coupling"),
     ("reflow.rounds", 1, "config.reflow.rounds"),
+    ("sharding.strategy", "zero3", "config.sharding.strategy"),
+    ("sharding.num_devices", 9, "config.sharding.num_devices"),
+    ("batch_size", 100, "multiple of the number of devices"),
 ])
 def test_config_errors_name_the_field(field, value, expected):
     config = tiny.get_config()
@@ -127,3 +130,30 @@ def test_cli_bad_command_line_exits_2_with_one_line(tmp_path, args, expected):
     assert proc.returncode == 2, proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and expected in errors[0], proc.stderr
+
+
+def test_sigterm_saves_the_current_step_and_exits_143(tmp_path):
+    """A preempted run saves where it is (not at a save interval) and resumes from there."""
+    import json as json_
+    import signal
+    import time
+
+    args = [sys.executable, "-m", "experiments.toy2d", TINY, f"--workdir={tmp_path}",
+            "--config.methods=('icfm',)", "--config.num_train_steps=100000",
+            "--config.steps_per_call=10", "--config.checkpoint_every=50000",
+            "--config.plot=False"]
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    metrics = tmp_path / "metrics.jsonl"
+    deadline = time.time() + 120
+    while not (metrics.exists() and metrics.read_text().count("\n") >= 3):
+        assert proc.poll() is None and time.time() < deadline, proc.stderr
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert "preempted (SIGTERM): saved step" in err
+    last = max(json_.loads(line)["step"] for line in metrics.read_text().splitlines())
+    saved = sorted(int(n) for n in os.listdir(tmp_path / "checkpoints" / "normal_icfm")
+                   if n.isdigit())
+    assert saved == [last] and last % 10 == 0 and 30 <= last < 50000

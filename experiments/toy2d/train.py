@@ -23,10 +23,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 from tqdm import tqdm
 
-from experiments._workdir import start_run
+from experiments._workdir import Preempted, start_run
 from flowjax import couplings, data, losses, metrics, models, paths, sample, time, train
 
 SOURCES = {
@@ -156,9 +155,11 @@ def validate_config(config):
     if config.target not in TARGETS:
         raise ValueError(f"config.target: unknown target {config.target!r}; "
                          f"choose from {tuple(TARGETS)}.")
-    for field in ("num_train_steps", "batch_size", "steps_per_call", "checkpoint_every"):
+    for field in ("num_train_steps", "batch_size", "steps_per_call", "checkpoint_every",
+                  "keep_checkpoints"):
         if int(config[field]) < 1:
             raise ValueError(f"config.{field} must be a positive integer, got {config[field]}.")
+    validate_sharding(config)
     if config.num_train_steps % config.steps_per_call:
         raise ValueError("config.num_train_steps must be a multiple of config.steps_per_call.")
     if config.checkpoint_every % config.steps_per_call:
@@ -193,23 +194,52 @@ def _optimizer(config):
     return optax.adam(schedule)
 
 
+def validate_sharding(config):
+    """Checks `config.sharding` (strategy and device count) against the devices present."""
+    if config.sharding.strategy not in train.STRATEGIES:
+        raise ValueError(f"config.sharding.strategy must be one of {train.STRATEGIES}, "
+                         f"got {config.sharding.strategy!r}.")
+    n = int(config.sharding.num_devices) or jax.device_count()
+    if not 1 <= n <= jax.device_count():
+        raise ValueError(f"config.sharding.num_devices must lie in [0, {jax.device_count()}] "
+                         f"(0: all), got {config.sharding.num_devices}.")
+    if config.batch_size % n:
+        raise ValueError(f"config.batch_size ({config.batch_size}) must be a multiple of the "
+                         f"number of devices ({n}).")
+
+
+def make_mesh(config):
+    """The run's one-axis mesh: `config.sharding.num_devices` devices (0: all)."""
+    return train.make_mesh(jax.devices()[:int(config.sharding.num_devices) or None])
+
+
 @functools.lru_cache(maxsize=None)
 def _compiled_steps(config_json: str, run: str, apply_fn):
-    """The jitted K-step function of a run, shared by its sources (one compilation)."""
+    """The jitted K-step function of a run and its state shardings, shared by its sources."""
     import ml_collections
 
     config = ml_collections.ConfigDict(json.loads(config_json))
     loss_fn, _ = make_loss(run, config, apply_fn)
     optimizer = _optimizer(config)
-    return optimizer, train.make_multi_step(loss_fn, optimizer, ema_decay=config.ema_decay)
+    mesh = make_mesh(config)
+    abstract = jax.eval_shape(lambda: train.create_train_state(
+        jax.random.PRNGKey(0), _init_params(config, run, "normal"), optimizer))
+    shardings = train.state_shardings(abstract, mesh, config.sharding.strategy)
+    step = train.make_multi_step(loss_fn, optimizer, ema_decay=config.ema_decay,
+                                 state_sharding=shardings,
+                                 batch_sharding=train.batch_sharding(mesh, leading=1))
+    return optimizer, shardings, step
 
 
 def sampled_batches(config, source: str, coupling_ahead=None):
-    """`make_batches(key) -> {x0, x1}` of K fresh batches, paired ahead if a coupling is given."""
+    """`make_batches(key) -> {x0, x1}` of K fresh batches, paired ahead if a coupling is given.
+
+    The batches come out split over the run's mesh (rows on axis 1).
+    """
     src, tgt = SOURCES[source], TARGETS[config.target]
     k, b = config.steps_per_call, config.batch_size
 
-    @jax.jit
+    @functools.partial(jax.jit, out_shardings=train.batch_sharding(make_mesh(config), leading=1))
     def make_batches(call_key):
         ks, kt, kp = jax.random.split(call_key, 3)
         x0 = src(ks, k * b).reshape(k, b, 2)
@@ -225,7 +255,7 @@ def pool_batches(config, x0_pool, x1_pool):
     """`make_batches(key) -> {x0, x1}` of K batches drawn (with replacement) from fixed pairs."""
     k, b = config.steps_per_call, config.batch_size
 
-    @jax.jit
+    @functools.partial(jax.jit, out_shardings=train.batch_sharding(make_mesh(config), leading=1))
     def make_batches(call_key):
         idx = jax.random.randint(call_key, (k, b), 0, x0_pool.shape[0])
         return {"x0": x0_pool[idx], "x1": x1_pool[idx]}
@@ -239,37 +269,48 @@ def train_one(config, workdir: str, source: str, run: str, writer, apply_fn, ini
 
     `batches_factory()` returns `make_batches(key)`; it is called only when
     steps remain, so a finished run costs no data (e.g. no reflow pairs).
+    The batches of steps `[s, s + K)` come from `fold_in(data_key, s)`, so
+    the input pipeline's position is the step itself: a run resumed from
+    step `s` sees the batches an uninterrupted run would. On SIGTERM the
+    state is saved at the current step and :class:`Preempted` is raised.
     """
-    optimizer, multi_step = _compiled_steps(config.to_json(), run, apply_fn)
+    optimizer, shardings, multi_step = _compiled_steps(config.to_json(), run, apply_fn)
     key = _run_key(config.seed, source, run)
     init_key, data_key = jax.random.split(key)
-    state = train.create_train_state(init_key, init_params, optimizer)
+    state = train.shard(train.create_train_state(init_key, init_params, optimizer), shardings)
     k = config.steps_per_call
 
-    ckpt_dir = os.path.abspath(os.path.join(workdir, "checkpoints", f"{source}_{run}"))
-    manager = ocp.CheckpointManager(ckpt_dir, options=ocp.CheckpointManagerOptions(max_to_keep=1))
-    if manager.latest_step() is not None:
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-        state = manager.restore(manager.latest_step(), args=ocp.args.StandardRestore(abstract))
+    ckpt = train.Checkpointer(os.path.join(workdir, "checkpoints", f"{source}_{run}"),
+                              save_every=config.checkpoint_every, keep=config.keep_checkpoints,
+                              catch_sigterm=True)
+    restored = ckpt.restore(state)
+    if restored is not None:
+        state = restored.state
     start = int(state.step)
     make_batches = batches_factory() if start < config.num_train_steps else None
     bar = tqdm(total=config.num_train_steps, initial=start, desc=f"{source}->{config.target} "
                f"{run}", leave=False, dynamic_ncols=True)
     prev = None
-    for step in range(start, config.num_train_steps, k):
-        batches = make_batches(jax.random.fold_in(data_key, step))
-        state, m = multi_step(state, batches)
-        if prev is not None:  # log the previous call's metrics: no host sync on this one
+    try:
+        for step in range(start, config.num_train_steps, k):
+            batches = make_batches(jax.random.fold_in(data_key, step))
+            state, m = multi_step(state, batches)
+            if prev is not None:  # log the previous call's metrics: no host sync on this one
+                writer.write(prev[0], prev[1], method=run, source=source)
+            done = step + k
+            prev = (done, jax.tree.map(jnp.mean, m))
+            bar.update(k)
+            preempted = ckpt.reached_preemption(done)
+            ckpt.save(done, state, pipeline={"next_step": done}, config=config,
+                      force=preempted or done == config.num_train_steps)
+            if preempted:
+                writer.write(prev[0], prev[1], method=run, source=source)
+                raise Preempted(done, ckpt.directory)
+        if prev is not None:
             writer.write(prev[0], prev[1], method=run, source=source)
-        prev = (step + k, jax.tree.map(jnp.mean, m))
-        bar.update(k)
-        if (step + k) % config.checkpoint_every == 0 or step + k == config.num_train_steps:
-            manager.save(step + k, args=ocp.args.StandardSave(state))
-    if prev is not None:
-        writer.write(prev[0], prev[1], method=run, source=source)
-    manager.wait_until_finished()
-    manager.close()
-    bar.close()
+    finally:
+        ckpt.close()
+        bar.close()
     return state
 
 

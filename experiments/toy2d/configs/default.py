@@ -34,7 +34,14 @@ def get_config():
     config.warmup_steps = 100
     config.ema_decay = 0.995
     config.steps_per_call = 100  # optimizer steps fused in one lax.scan call
-    config.checkpoint_every = 1000
+    config.checkpoint_every = 1000  # orbax saves (asynchronous) every this many steps
+    config.keep_checkpoints = 2
+
+    # Devices: one mesh axis "data"; the batch is split over it. "data" keeps the
+    # state replicated (data parallel), "fsdp" splits large parameters too.
+    config.sharding = ml_collections.ConfigDict()
+    config.sharding.strategy = "data"  # data | fsdp
+    config.sharding.num_devices = 0  # 0: every device (of every host)
 
     # Method options.
     config.sigma = 0.0  # TorchCFM's constant sigma for icfm / otcfm
