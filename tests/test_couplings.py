@@ -198,3 +198,74 @@ def test_condition_aware_ot_bad_inputs():
         couplings.condition_aware_ot()(None, x0, x1, cond[:8])
     with pytest.raises(TypeError, match="integer labels"):
         couplings.condition_aware_ot()(None, x0, x1, cond.astype(jnp.float32))
+
+
+def test_renormalized_entropy_is_zero_for_a_permutation_and_one_for_independence():
+    rng = np.random.default_rng(0)
+    for n in (3, 64):
+        perm = np.eye(n, dtype=np.float32)[rng.permutation(n)]
+        assert float(couplings.renormalized_entropy(perm)) == pytest.approx(0.0, abs=1e-6)
+        assert float(couplings.renormalized_entropy(perm / n)) == pytest.approx(0.0, abs=1e-6)
+        indep = np.full((n, n), 1.0 / n ** 2, np.float32)
+        assert float(couplings.renormalized_entropy(indep)) == pytest.approx(1.0, abs=1e-5)
+        mix = 0.5 * perm / n + 0.5 * indep
+        assert 0.0 < float(couplings.renormalized_entropy(mix)) < 1.0
+    # Any marginals: a deterministic coupling diag(a) is 0, the product a b^T is 1.
+    a, b = rng.dirichlet(np.ones(5)), rng.dirichlet(np.ones(7))
+    assert float(couplings.renormalized_entropy(np.diag(a))) == pytest.approx(0.0, abs=1e-6)
+    assert float(couplings.renormalized_entropy(np.outer(a, b))) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_renormalized_entropy_of_sinkhorn_plans_falls_with_epsilon():
+    x0, x1 = _clouds(64, 2)
+    plan_at = jax.jit(lambda eps: couplings.sinkhorn_plan(
+        x0, x1, epsilon=eps, scale_free=True, threshold=1e-4, max_iterations=20_000)[0])
+    ents = []
+    for eps in (10.0, 1.0, 0.1, 0.01, 0.001):
+        plan = plan_at(eps)
+        ents.append(float(couplings.renormalized_entropy(plan)))
+        # Uniform marginals: H(P) / log n - 1.
+        h = -float(jnp.sum(jax.scipy.special.xlogy(plan, plan)))
+        assert ents[-1] == pytest.approx(h / np.log(64) - 1.0, abs=1e-4)
+    assert all(a > b for a, b in zip(ents, ents[1:])), ents
+    assert ents[0] > 0.99 and ents[-1] < 0.2, ents
+
+
+def test_warm_start_reaches_the_same_plan_in_fewer_iterations():
+    """Potentials of one batch extrapolated to the next batch of the same distributions
+    (Zhang et al. 2025): the same plan, fewer iterations; from a batch's own potentials the
+    solve stops at the first check."""
+    coupling = jax.jit(couplings.sinkhorn(0.01, scale_free=True, threshold=1e-4, sample=False,
+                                          max_iterations=20_000, warm_start=True))
+    key = jax.random.PRNGKey(0)
+    first, second = _clouds(256, 2, seed=1), _clouds(256, 2, seed=2)
+    _, prev = coupling(key, *first)
+    _, cold = coupling(key, *second)
+    _, warm = coupling(key, *second, init=prev["potentials"])
+    assert bool(warm["converged"]) and int(warm["n_iters"]) < 0.8 * int(cold["n_iters"])
+    for name in ("plan_cost", "renormalized_entropy"):
+        assert float(warm[name]) == pytest.approx(float(cold[name]), rel=1e-3)
+    _, again = coupling(key, *second, init=cold["potentials"])
+    assert int(again["n_iters"]) == 10
+    np.testing.assert_allclose(again["potentials"].g, cold["potentials"].g, atol=1e-3)
+
+
+def test_renormalized_entropy_and_warm_start_bad_inputs():
+    with pytest.raises(ValueError, match="`plan` must have rank 2"):
+        couplings.renormalized_entropy(jnp.ones(4))
+    with pytest.raises(ValueError, match="`plan` must have more than one entry"):
+        couplings.renormalized_entropy(jnp.ones((1, 1)))
+    with pytest.raises(ValueError, match="`plan` must be nonnegative"):
+        couplings.renormalized_entropy(jnp.array([[1.0, -0.5], [0.0, 1.0]]))
+    with pytest.raises(TypeError, match="`plan` must have a floating dtype"):
+        couplings.renormalized_entropy(jnp.eye(3, dtype=jnp.int32))
+    with pytest.raises(ValueError, match="`threshold`"):
+        couplings.sinkhorn(0.1, threshold=0.0)
+    with pytest.raises(ValueError, match="`max_iterations`"):
+        couplings.sinkhorn(0.1, max_iterations=0)
+    x0, x1 = _clouds(8, 2)
+    c = couplings.sinkhorn(0.1, warm_start=True)
+    with pytest.raises(TypeError, match="`init` must be a couplings.SinkhornPotentials"):
+        c(jax.random.PRNGKey(0), x0, x1, init=(x1, jnp.zeros(8)))
+    with pytest.raises(ValueError, match="`init` does not fit"):
+        c(jax.random.PRNGKey(0), x0, x1, init=couplings.SinkhornPotentials(x1[:, :1], jnp.zeros(8)))

@@ -7,3 +7,5 @@ from flowjax.couplings._couplings import schrodinger_bridge as schrodinger_bridg
 from flowjax.couplings._couplings import sinkhorn as sinkhorn
 from flowjax.couplings._couplings import sinkhorn_plan as sinkhorn_plan
 from flowjax.couplings._couplings import sq_distances as sq_distances
+from flowjax.couplings._couplings import SinkhornPotentials as SinkhornPotentials
+from flowjax.couplings._couplings import renormalized_entropy as renormalized_entropy
