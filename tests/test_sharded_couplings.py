@@ -1,0 +1,158 @@
+"""Couplings of a batch sharded over 8 host devices: per device (local) and whole-batch (global).
+
+Local: each device's shard is paired exactly as the coupling pairs that shard
+alone (key folded with the device index). Global: the sharded Sinkhorn equals
+the unsharded one, with the [n, n] cost and plan split by rows.
+"""
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from flowjax import couplings, data, losses, models, paths, train
+
+D = 8  # tests/conftest.py gives the session 8 CPU devices
+
+
+@pytest.fixture(scope="module")
+def mesh():
+    assert jax.device_count() >= D
+    return train.make_mesh(jax.devices()[:D])
+
+
+def _batch(mesh, n, seed=0):
+    rows = NamedSharding(mesh, P("data"))
+    k0, k1 = jax.random.split(jax.random.PRNGKey(seed))
+    x0 = data.standard_normal(k0, n)
+    x1 = data.moons(k1, n)
+    # Host copies for the references; the sharded arrays for the code under test.
+    return (np.asarray(x0), np.asarray(x1), jax.device_put(x0, rows), jax.device_put(x1, rows))
+
+
+def _shards(a):
+    return np.split(np.asarray(a), D)
+
+
+def test_local_exact_ot_is_exact_ot_of_each_shard(mesh):
+    a0, a1, x0, x1 = _batch(mesh, 16 * D)
+    (y0, y1), aux = jax.jit(train.local_coupling(couplings.exact_ot(), mesh))(None, x0, x1)
+    assert y0.sharding.spec == P("data")
+    np.testing.assert_array_equal(y1, a1)
+    costs = []
+    for s0, s1, out in zip(_shards(a0), _shards(a1), _shards(y0)):
+        (ref, _), ref_aux = couplings.exact_ot()(None, s0, s1)
+        np.testing.assert_array_equal(out, ref)  # the same permutation within the shard
+        costs.append(float(ref_aux["cost"]))
+    np.testing.assert_allclose(float(aux["cost"]), np.mean(costs), rtol=1e-6)
+    # The block-diagonal plan is feasible for the whole batch, so it cannot beat global OT.
+    whole = float(couplings.exact_ot()(None, a0, a1)[1]["cost"])
+    assert whole < float(aux["cost"])
+
+
+@pytest.fixture(scope="module")
+def sk():
+    """One Sinkhorn coupling for every test, so its jitted wrappers compile once per shape."""
+    return couplings.sinkhorn(0.05, scale_free=True, threshold=1e-4, warm_start=True)
+
+
+N = 32 * D
+
+
+def test_local_sinkhorn_folds_the_device_index_into_the_key(mesh, sk):
+    a0, a1, x0, x1 = _batch(mesh, N, seed=1)
+    key = jax.random.PRNGKey(7)
+    local = jax.jit(train.local_coupling(sk, mesh))
+    (y0, _), aux = local(key, x0, x1)
+    ref = [jax.jit(sk)(jax.random.fold_in(key, k), s0, s1)
+           for k, (s0, s1) in enumerate(zip(_shards(a0), _shards(a1)))]
+    for out, ((r0, _), _) in zip(_shards(y0), ref):
+        np.testing.assert_allclose(out, r0, rtol=1e-6)
+    # aux: floats averaged, booleans and-ed, integers the slowest shard, arrays concatenated.
+    for name in ("cost", "plan_cost", "renormalized_entropy"):
+        np.testing.assert_allclose(aux[name], np.mean([r[1][name] for r in ref]), rtol=1e-5)
+    assert int(aux["n_iters"]) == max(int(r[1]["n_iters"]) for r in ref)
+    assert bool(aux["converged"])
+    np.testing.assert_allclose(aux["potentials"].g,
+                               np.concatenate([r[1]["potentials"].g for r in ref]), atol=1e-5)
+    # Warm start: the potentials come back sharded like the batch; fed back for the same
+    # batch, every shard stops at its first check (10 iterations) on the same plan.
+    assert aux["potentials"].x1.sharding.spec == P("data") and int(aux["n_iters"]) >= 30
+    _, warm = local(key, x0, x1, init=aux["potentials"])
+    assert int(warm["n_iters"]) == 10
+    np.testing.assert_allclose(warm["plan_cost"], aux["plan_cost"], rtol=1e-4)
+
+
+def test_local_condition_aware_ot_splits_the_labels_too(mesh):
+    a0, a1, x0, x1 = _batch(mesh, 16 * D, seed=2)
+    cond = np.asarray(jax.random.randint(jax.random.PRNGKey(3), (16 * D,), 0, 3))
+    coupling = train.local_coupling(couplings.condition_aware_ot(), mesh)
+    assert coupling.uses_cond
+    (y0, _), _ = jax.jit(coupling)(None, x0, x1, jax.device_put(cond, x0.sharding))
+    for s0, s1, c, out in zip(_shards(a0), _shards(a1), _shards(cond), _shards(y0)):
+        np.testing.assert_array_equal(out, couplings.condition_aware_ot()(None, s0, s1, c)[0][0])
+
+
+def _f32_matrices(compiled):
+    return {tuple(int(v) for v in m.split(","))
+            for m in re.findall(r"f32\[(\d+,\d+)\]", compiled.as_text())}
+
+
+def test_global_sinkhorn_equals_unsharded_with_a_row_sharded_plan(mesh, sk):
+    a0, a1, x0, x1 = _batch(mesh, N, seed=4)
+    key = jax.random.PRNGKey(5)
+    sharded = jax.jit(train.global_coupling(sk, mesh)).lower(key, x0, x1).compile()
+    whole = jax.jit(sk).lower(key, a0, a1).compile()  # host arrays: one device
+    # Each device holds [n/D, n] blocks of the cost and plan, never the [n, n] matrix.
+    assert (N // D, N) in _f32_matrices(sharded) and (N, N) not in _f32_matrices(sharded)
+    assert (N, N) in _f32_matrices(whole)
+    assert (sharded.memory_analysis().temp_size_in_bytes
+            < whole.memory_analysis().temp_size_in_bytes / 4)
+    (g0, _), got = sharded(key, x0, x1)
+    (u0, _), want = whole(key, a0, a1)
+    assert g0.sharding.spec == P("data") and got["potentials"].g.sharding.spec == P("data")
+    for name in ("plan_cost", "renormalized_entropy", "epsilon"):
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-5)
+    assert int(got["n_iters"]) == int(want["n_iters"])
+    np.testing.assert_allclose(got["potentials"].g, want["potentials"].g, atol=1e-5)
+    # Pairs drawn with the same key: the same partners (float sums may flip a rare tie).
+    assert np.mean(np.all(np.asarray(g0) == np.asarray(u0), axis=1)) > 0.99
+
+
+def test_local_coupling_in_a_jitted_sharded_cfm_loss(mesh):
+    """cfm_loss (value and gradient) on a sharded batch with the local exact coupling equals
+    the unsharded loss on the batch whose sources were paired shard by shard beforehand."""
+    a0, a1, x0, x1 = _batch(mesh, 8 * D, seed=8)
+    module = models.MLP(hidden=(16,), time_dim=8)
+    params = module.init(jax.random.PRNGKey(0), jnp.zeros((1, 2)), jnp.zeros((1,)))["params"]
+    loss = lambda coupling: jax.value_and_grad(  # noqa: E731
+        lambda p, k, b: losses.cfm_loss(p, k, b, apply_fn=models.model_fn(module),
+                                        path=paths.RectifiedFlow(), coupling=coupling)[0])
+    key = jax.random.PRNGKey(1)
+    got, got_grad = jax.jit(loss(train.local_coupling(couplings.exact_ot(), mesh)))(
+        params, key, {"x0": x0, "x1": x1})
+    paired = np.concatenate([couplings.exact_ot()(None, s0, s1)[0][0]
+                             for s0, s1 in zip(_shards(a0), _shards(a1))])
+    want, want_grad = jax.jit(loss(couplings.independent()))(params, key,
+                                                             {"x0": paired, "x1": a1})
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+                 got_grad, want_grad)
+
+
+def test_sharded_coupling_arguments(mesh):
+    sk = couplings.exact_ot()
+    for wrap in (train.local_coupling, train.global_coupling):
+        with pytest.raises(TypeError, match="`coupling`"):
+            wrap("exact", mesh)
+        with pytest.raises(TypeError, match="`mesh`"):
+            wrap(sk, jax.devices())
+        with pytest.raises(ValueError, match="`axis_name`"):
+            wrap(sk, mesh, axis_name="batch")
+        with pytest.raises(ValueError, match="`x0` has 12 rows"):
+            wrap(sk, mesh)(None, jnp.zeros((12, 2)), jnp.zeros((12, 2)))
+        with pytest.raises(ValueError, match="`x0` and `x1`"):
+            wrap(sk, mesh)(None, jnp.zeros((16, 2)), jnp.zeros((8, 2)))
