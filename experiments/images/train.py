@@ -27,11 +27,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 from flax import serialization
 from tqdm import tqdm
 
-from experiments._workdir import start_run
+from experiments._devices import make_mesh, validate_sharding
+from experiments._workdir import Preempted, start_run
 from flowjax import couplings, data, losses, metrics, models, paths, sample, train
 from flowjax import time as ftime
 
@@ -71,9 +71,10 @@ def validate_config(config):
         raise ValueError(f"config.model.dtype must be one of {tuple(DTYPES)}, "
                          f"got {config.model.dtype!r}")
     for field in ("batch_size", "num_train_steps", "steps_per_call", "log_every",
-                  "checkpoint_every"):
+                  "checkpoint_every", "keep_checkpoints"):
         if not isinstance(config[field], int) or config[field] < 1:
             raise ValueError(f"config.{field} must be a positive int, got {config[field]!r}")
+    validate_sharding(config, config.batch_size)
     if config.num_train_steps % config.steps_per_call:
         raise ValueError("config.num_train_steps must be a multiple of config.steps_per_call")
     if not config.conditional and any(w != 1.0 for w in config.eval.guidance_scales):
@@ -181,7 +182,14 @@ def init_params(config, method: str, shape, key):
 # --------------------------------------------------------------------------- training
 
 def train_method(config, workdir: str, method: str, writer, source):
-    """Trains one method, resuming from its latest checkpoint; returns `(state, seconds_per_step)`."""
+    """Trains one method, resuming from its latest checkpoint; returns `(state, seconds_per_step)`.
+
+    The state lives on the run's mesh (`config.sharding`); each host reads its
+    own rows of every batch (`ImagePipeline` with its process index), joined
+    into one global array. Checkpoints hold the state, the pipeline position
+    and the config; on SIGTERM the current step is saved and
+    :class:`Preempted` raised.
+    """
     apply_fn = apply_fn_of(config, method)
     loss_fn = make_loss(config, method, apply_fn)
     optimizer = _optimizer(config)
@@ -189,54 +197,59 @@ def train_method(config, workdir: str, method: str, writer, source):
     shape = np.asarray(source[0]["image"]).shape
     state = train.create_train_state(state_key, init_params(config, method, shape, init_key),
                                      optimizer)
+    mesh = make_mesh(config)
+    shardings = train.state_shardings(state, mesh, config.sharding.strategy)
+    state = train.shard(state, shardings)
     k = config.steps_per_call
+    rows = train.batch_sharding(mesh, leading=int(k > 1))
     make = train.make_multi_step if k > 1 else train.make_train_step
-    step_fn = make(loss_fn, optimizer, ema_decay=config.ema_decay)
+    step_fn = make(loss_fn, optimizer, ema_decay=config.ema_decay, state_sharding=shardings,
+                   batch_sharding=rows)
     pipeline = data.ImagePipeline(source, config.batch_size * k, seed=config.seed,
                                   flip=config.flip)
 
-    ckpt_dir = os.path.abspath(os.path.join(workdir, "checkpoints", method))
-    manager = ocp.CheckpointManager(ckpt_dir, options=ocp.CheckpointManagerOptions(
-        max_to_keep=config.keep_checkpoints))
-    if manager.latest_step() is not None:
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-        restored = manager.restore(manager.latest_step(), args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract), pipeline=ocp.args.JsonRestore()))
+    ckpt = train.Checkpointer(os.path.join(workdir, "checkpoints", method),
+                              save_every=config.checkpoint_every, keep=config.keep_checkpoints,
+                              catch_sigterm=True)
+    restored = ckpt.restore(state)
+    if restored is not None:
         state = restored.state
         pipeline.restore(restored.pipeline)
     start = int(state.step)
     bar = tqdm(total=config.num_train_steps, initial=start, desc=f"{config.dataset} {method}",
                leave=False, dynamic_ncols=True)
     prev, timed_from, timed_steps = None, None, 0
-    for step in range(start, config.num_train_steps, k):
-        batch = next(pipeline)
-        if not config.conditional:
-            batch = {"x1": batch["x1"]}
-        if k > 1:
-            batch = jax.tree.map(lambda a: a.reshape((k, -1) + a.shape[1:]), batch)
-        state, m = step_fn(state, batch)
-        done = step + k
-        if done % config.log_every == 0 or done == config.num_train_steps:
-            if prev is not None:  # log the previous record: no host sync on this step
-                writer.write(prev[0], prev[1], **prev[2])
-            prev = (done, jax.tree.map(jnp.mean, m), {"method": method})
-        if timed_from is None and step > start:  # time after the first (compiling) call
-            jax.block_until_ready(state.params)
-            timed_from = time.perf_counter()
-        elif timed_from is not None:
-            timed_steps += k
-        bar.update(k)
-        if done % config.checkpoint_every == 0 or done == config.num_train_steps:
-            manager.save(done, args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state),
-                pipeline=ocp.args.JsonSave(pipeline.state())))
+    try:
+        for step in range(start, config.num_train_steps, k):
+            batch = next(pipeline)
+            if not config.conditional:
+                batch = {"x1": batch["x1"]}
+            if k > 1:
+                batch = jax.tree.map(lambda a: a.reshape((k, -1) + a.shape[1:]), batch)
+            state, m = step_fn(state, train.global_batch(batch, rows))
+            done = step + k
+            if done % config.log_every == 0 or done == config.num_train_steps:
+                if prev is not None:  # log the previous record: no host sync on this step
+                    writer.write(prev[0], prev[1], **prev[2])
+                prev = (done, jax.tree.map(jnp.mean, m), {"method": method})
+            if timed_from is None and step > start:  # time after the first (compiling) call
+                jax.block_until_ready(state.params)
+                timed_from = time.perf_counter()
+            elif timed_from is not None:
+                timed_steps += k
+            bar.update(k)
+            preempted = ckpt.reached_preemption(done)
+            ckpt.save(done, state, pipeline=pipeline.state(), config=config,
+                      force=preempted or done == config.num_train_steps)
+            if preempted:
+                raise Preempted(done, ckpt.directory)
+    finally:
+        ckpt.close()
+        bar.close()
     jax.block_until_ready(state.params)
     seconds = (time.perf_counter() - timed_from) / timed_steps if timed_steps else None
     if prev is not None:
         writer.write(prev[0], prev[1], **prev[2])
-    manager.wait_until_finished()
-    manager.close()
-    bar.close()
     return state, seconds
 
 

@@ -25,6 +25,7 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
+from experiments._devices import make_mesh, validate_sharding
 from experiments._workdir import Preempted, start_run
 from flowjax import couplings, data, losses, metrics, models, paths, sample, time, train
 
@@ -159,7 +160,7 @@ def validate_config(config):
                   "keep_checkpoints"):
         if int(config[field]) < 1:
             raise ValueError(f"config.{field} must be a positive integer, got {config[field]}.")
-    validate_sharding(config)
+    validate_sharding(config, config.batch_size)
     if config.num_train_steps % config.steps_per_call:
         raise ValueError("config.num_train_steps must be a multiple of config.steps_per_call.")
     if config.checkpoint_every % config.steps_per_call:
@@ -192,25 +193,6 @@ def _optimizer(config):
         0.0, config.learning_rate, config.warmup_steps, config.num_train_steps,
         end_value=0.1 * config.learning_rate)
     return optax.adam(schedule)
-
-
-def validate_sharding(config):
-    """Checks `config.sharding` (strategy and device count) against the devices present."""
-    if config.sharding.strategy not in train.STRATEGIES:
-        raise ValueError(f"config.sharding.strategy must be one of {train.STRATEGIES}, "
-                         f"got {config.sharding.strategy!r}.")
-    n = int(config.sharding.num_devices) or jax.device_count()
-    if not 1 <= n <= jax.device_count():
-        raise ValueError(f"config.sharding.num_devices must lie in [0, {jax.device_count()}] "
-                         f"(0: all), got {config.sharding.num_devices}.")
-    if config.batch_size % n:
-        raise ValueError(f"config.batch_size ({config.batch_size}) must be a multiple of the "
-                         f"number of devices ({n}).")
-
-
-def make_mesh(config):
-    """The run's one-axis mesh: `config.sharding.num_devices` devices (0: all)."""
-    return train.make_mesh(jax.devices()[:int(config.sharding.num_devices) or None])
 
 
 @functools.lru_cache(maxsize=None)

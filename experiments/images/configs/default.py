@@ -76,6 +76,12 @@ def get_config():
     config.checkpoint_every = 500
     config.keep_checkpoints = 2
 
+    # Devices: one mesh axis "data" (batch split over it); "data" replicates the
+    # state (data parallel), "fsdp" splits large parameters and Adam's moments too.
+    config.sharding = ml_collections.ConfigDict()
+    config.sharding.strategy = "data"  # data | fsdp
+    config.sharding.num_devices = 0  # 0: every device (of every host)
+
     config.eval = ml_collections.ConfigDict()
     config.eval.num_samples = 297  # = the held-out split, so the floor has the same n
     config.eval.num_reference = 10_000  # training images (at most) for the feature statistics
