@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import functools
 import importlib
-import json
 import os
 import time
 import zlib
@@ -31,7 +30,7 @@ from flax import serialization
 from tqdm import tqdm
 
 from experiments._devices import make_mesh, validate_sharding
-from experiments._workdir import Preempted, start_run
+from experiments._workdir import Preempted, start_run, write_results
 from flowjax import couplings, data, losses, metrics, models, paths, sample, train
 from flowjax import time as ftime
 
@@ -469,8 +468,8 @@ def train_and_evaluate(config, workdir: str):
             rows.append(row)
             writer.write(int(states[method].step), row, phase="eval")
             grids[(method, sampler, steps, scale)] = xs
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-        json.dump(rows, f, indent=1)
+    if not write_results(workdir, rows):
+        return rows
     print(format_table(rows))
     if config.plot:
         from experiments.images import plots

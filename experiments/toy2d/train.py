@@ -26,7 +26,7 @@ import optax
 from tqdm import tqdm
 
 from experiments._devices import make_mesh, validate_sharding
-from experiments._workdir import Preempted, start_run
+from experiments._workdir import Preempted, start_run, write_results
 from flowjax import couplings, data, losses, metrics, models, paths, sample, time, train
 
 SOURCES = {
@@ -465,8 +465,8 @@ def train_and_evaluate(config, workdir: str):
         rows.append({**base, "w2": w2_future.result(), "w2_floor": floor, "npe": npe,
                      "straightness": straight})
     pool.shutdown()
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-        json.dump(rows, f, indent=1)
+    if not write_results(workdir, rows):
+        return rows
     print(format_table(rows))
     if config.plot:
         from experiments.toy2d import plots

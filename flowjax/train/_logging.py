@@ -6,6 +6,7 @@ import json
 import math
 import os
 
+import jax
 import numpy as np
 
 
@@ -27,6 +28,8 @@ class MetricsWriter:
     """Appends `{"step": ..., **metrics}` lines to `<workdir>/metrics.jsonl`.
 
     Opening in append mode keeps the lines of earlier (interrupted) runs.
+    With several processes only the first one writes (the metrics of a
+    sharded step are global, the same on every process).
     """
 
     def __init__(self, workdir: str, filename: str = "metrics.jsonl"):
@@ -34,6 +37,8 @@ class MetricsWriter:
         self.path = os.path.join(workdir, filename)
 
     def write(self, step: int, metrics: dict, **tags):
+        if jax.process_index() != 0:
+            return
         record = {"step": int(step), **_plain(tags), **_plain(metrics)}
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
