@@ -3,12 +3,13 @@
     .venv/bin/python benchmarks/preemption.py --kills 10 --out workdir/preemption.json
 
 1. Runs the toy2d experiment once without interruption (workdir `A`).
-2. In workdir `B`, starts the same command, waits until this launch has
-   trained at least one call of steps, then sleeps a random time within the
-   expected rest of the training and sends SIGKILL; the progress at the kill
-   (the last step logged in `metrics.jsonl`; the log trails the training by
-   at most one call) and the newest complete checkpoint are recorded; repeat
-   `--kills` times, then let the run finish.
+2. Draws `--kills` distinct random steps over the run. In workdir `B`, for
+   each of them: starts the same command (which resumes), waits until the
+   run has logged that step, sleeps a random time of up to one save
+   interval's worth of training, and sends SIGKILL. It records the progress
+   at the kill (the last step logged in `metrics.jsonl`, which trails the
+   training by at most one call), the newest complete checkpoint, and any
+   half-written (temporary) checkpoint directory. Then it lets the run finish.
 3. Checks that the final train states of `A` and `B` (params, EMA, Adam
    state, step, key) are bit-identical, that every training loss logged by
    `B` equals `A`'s at the same step, that `results.json` is identical, and
@@ -112,26 +113,28 @@ def main():
     print(f"uninterrupted run: {time.perf_counter() - t0:.1f} s wall, "
           f"~{train_seconds:.1f} s training")
 
+    # Kill moments: 10 distinct random steps over the run, each plus a random delay
+    # of up to one save interval's time, so that some kills land inside a save.
+    targets = sorted(rng.sample(range(args.per_call, args.steps - args.every), args.kills))
+    seconds_per_interval = train_seconds * args.every / args.steps
     kills = []
-    for i in range(args.kills):
-        before = max((r["step"] for r in logged_steps(b)), default=0)
+    for i, target in enumerate(targets):
         proc = launch(b, extra)
         while proc.poll() is None and max((r["step"] for r in logged_steps(b)),
-                                          default=0) <= before:
+                                          default=0) < target:
             time.sleep(0.01)
         if proc.poll() is not None:
             sys.exit(f"run {i} ended before its kill:\n{proc.stderr.read()[-2000:]}")
-        remaining = train_seconds * (1 - before / args.steps)
-        delay = rng.uniform(0.0, 0.9 * remaining)
+        delay = rng.uniform(0.0, seconds_per_interval)
         time.sleep(delay)
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         progress = max((r["step"] for r in logged_steps(b)), default=0)
         complete, partial = checkpoints(b)
         latest = complete[-1] if complete else 0
-        kills.append({"kill": i + 1, "delay_s": round(delay, 2), "progress": progress,
-                      "latest_checkpoint": latest, "steps_lost": progress - latest,
-                      "half_written_dirs": len(partial)})
+        kills.append({"kill": i + 1, "target_step": target, "delay_s": round(delay, 3),
+                      "progress": progress, "latest_checkpoint": latest,
+                      "steps_lost": progress - latest, "half_written_dirs": len(partial)})
         print(kills[-1])
     proc = launch(b, extra)
     _, err = proc.communicate()
@@ -162,11 +165,12 @@ def main():
         "jax": jax.__version__, "wall_s": round(time.perf_counter() - t0, 1),
         "per_kill": kills,
     }
-    print("\n| kill | delay (s) | progress | latest checkpoint | steps lost | half-written dirs |")
-    print("|---|---|---|---|---|---|")
+    print("\n| kill | at step | + delay (s) | progress | latest checkpoint | steps lost | "
+          "half-written dirs |")
+    print("|---|---|---|---|---|---|---|")
     for k in kills:
-        print(f"| {k['kill']} | {k['delay_s']} | {k['progress']} | {k['latest_checkpoint']} | "
-              f"{k['steps_lost']} | {k['half_written_dirs']} |")
+        print(f"| {k['kill']} | {k['target_step']} | {k['delay_s']} | {k['progress']} | "
+              f"{k['latest_checkpoint']} | {k['steps_lost']} | {k['half_written_dirs']} |")
     print(json.dumps({k: v for k, v in summary.items() if k != "per_kill"}, indent=1))
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
