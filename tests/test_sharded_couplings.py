@@ -53,22 +53,31 @@ def test_local_exact_ot_is_exact_ot_of_each_shard(mesh):
     assert whole < float(aux["cost"])
 
 
-@pytest.fixture(scope="module")
-def sk():
-    """One Sinkhorn coupling for every test, so its jitted wrappers compile once per shape."""
-    return couplings.sinkhorn(0.05, scale_free=True, threshold=1e-4, warm_start=True)
-
-
 N = 32 * D
 
 
-def test_local_sinkhorn_folds_the_device_index_into_the_key(mesh, sk):
+def test_local_coupling_folds_the_device_index_into_the_key(mesh):
+    """Device k draws with fold_in(key, k): a toy coupling that jitters x0 shows it cheaply."""
+    def jitter(key, x0, x1):
+        x0 = x0 + jax.random.normal(key, x0.shape)
+        return (x0, x1), {"cost": jnp.mean(jnp.sum((x0 - x1) ** 2, -1))}
+
     a0, a1, x0, x1 = _batch(mesh, N, seed=1)
     key = jax.random.PRNGKey(7)
-    local = jax.jit(train.local_coupling(sk, mesh))
-    (y0, _), aux = local(key, x0, x1)
-    ref = [jax.jit(sk)(jax.random.fold_in(key, k), s0, s1)
+    (y0, _), aux = jax.jit(train.local_coupling(jitter, mesh))(key, x0, x1)
+    ref = [jax.jit(jitter)(jax.random.fold_in(key, k), s0, s1)
            for k, (s0, s1) in enumerate(zip(_shards(a0), _shards(a1)))]
+    for out, ((r0, _), _) in zip(_shards(y0), ref):
+        np.testing.assert_allclose(out, r0, rtol=1e-6)
+    np.testing.assert_allclose(aux["cost"], np.mean([r[1]["cost"] for r in ref]), rtol=1e-6)
+
+
+def test_local_sinkhorn_is_sinkhorn_of_each_shard_and_warm_starts(mesh):
+    a0, a1, x0, x1 = _batch(mesh, N, seed=1)
+    sk = couplings.sinkhorn(0.05, scale_free=True, threshold=1e-4, sample=False, warm_start=True)
+    local = jax.jit(train.local_coupling(sk, mesh))
+    (y0, _), aux = local(None, x0, x1)
+    ref = [jax.jit(sk)(None, s0, s1) for s0, s1 in zip(_shards(a0), _shards(a1))]
     for out, ((r0, _), _) in zip(_shards(y0), ref):
         np.testing.assert_allclose(out, r0, rtol=1e-6)
     # aux: floats averaged, booleans and-ed, integers the slowest shard, arrays concatenated.
@@ -81,7 +90,7 @@ def test_local_sinkhorn_folds_the_device_index_into_the_key(mesh, sk):
     # Warm start: the potentials come back sharded like the batch; fed back for the same
     # batch, every shard stops at its first check (10 iterations) on the same plan.
     assert aux["potentials"].x1.sharding.spec == P("data") and int(aux["n_iters"]) >= 30
-    _, warm = local(key, x0, x1, init=aux["potentials"])
+    _, warm = local(None, x0, x1, init=aux["potentials"])
     assert int(warm["n_iters"]) == 10
     np.testing.assert_allclose(warm["plan_cost"], aux["plan_cost"], rtol=1e-4)
 
@@ -101,8 +110,9 @@ def _f32_matrices(compiled):
             for m in re.findall(r"f32\[(\d+,\d+)\]", compiled.as_text())}
 
 
-def test_global_sinkhorn_equals_unsharded_with_a_row_sharded_plan(mesh, sk):
+def test_global_sinkhorn_equals_unsharded_with_a_row_sharded_plan(mesh):
     a0, a1, x0, x1 = _batch(mesh, N, seed=4)
+    sk = couplings.sinkhorn(0.05, scale_free=True, threshold=1e-4, warm_start=True)
     key = jax.random.PRNGKey(5)
     sharded = jax.jit(train.global_coupling(sk, mesh)).lower(key, x0, x1).compile()
     whole = jax.jit(sk).lower(key, a0, a1).compile()  # host arrays: one device
@@ -125,11 +135,11 @@ def test_global_sinkhorn_equals_unsharded_with_a_row_sharded_plan(mesh, sk):
 def test_local_coupling_in_a_jitted_sharded_cfm_loss(mesh):
     """cfm_loss (value and gradient) on a sharded batch with the local exact coupling equals
     the unsharded loss on the batch whose sources were paired shard by shard beforehand."""
-    a0, a1, x0, x1 = _batch(mesh, 8 * D, seed=8)
-    module = models.MLP(hidden=(16,), time_dim=8)
-    params = module.init(jax.random.PRNGKey(0), jnp.zeros((1, 2)), jnp.zeros((1,)))["params"]
+    a0, a1, x0, x1 = _batch(mesh, 4 * D, seed=8)
+    module = models.MLP(hidden=(8,), time_dim=4)
+    params = jax.jit(module.init)(jax.random.PRNGKey(0), jnp.zeros((1, 2)), jnp.zeros((1,)))
     loss = lambda coupling: jax.value_and_grad(  # noqa: E731
-        lambda p, k, b: losses.cfm_loss(p, k, b, apply_fn=models.model_fn(module),
+        lambda p, k, b: losses.cfm_loss(p["params"], k, b, apply_fn=models.model_fn(module),
                                         path=paths.RectifiedFlow(), coupling=coupling)[0])
     key = jax.random.PRNGKey(1)
     got, got_grad = jax.jit(loss(train.local_coupling(couplings.exact_ot(), mesh)))(

@@ -1,4 +1,5 @@
-"""Minibatch couplings `(key, x0, x1) -> ((x0, x1), aux)`: independent, exact OT, Sinkhorn, SB, C2OT."""
+"""Minibatch couplings `(key, x0, x1) -> ((x0, x1), aux)`: independent, exact OT, Sinkhorn (with
+warm starts), SB, C2OT; the renormalized entropy of a plan."""
 
 from flowjax.couplings._couplings import condition_aware_ot as condition_aware_ot
 from flowjax.couplings._couplings import exact_ot as exact_ot
