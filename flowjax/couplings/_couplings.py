@@ -200,7 +200,8 @@ def _check_potentials(init, x0):
     if init.x1.shape[1:] != x0.shape[1:] or init.g.shape[0] != init.x1.shape[0]:
         raise ValueError(
             f"`init` does not fit the batch: init.x1 {tuple(init.x1.shape)}, init.g "
-            f"{tuple(init.g.shape)}, x0 {tuple(x0.shape)} (need init.x1: [m, *dims of x0], g: [m]).")
+            f"{tuple(init.g.shape)}, x0 {tuple(x0.shape)} "
+            "(need init.x1: [m, *dims of x0], g: [m]).")
 
 
 def _extrapolate_f(x0, init, epsilon):

@@ -113,13 +113,16 @@ def local_coupling(coupling, mesh: Mesh, axis_name: str = "data"):
             aux = jax.tree.map(lambda a: _reduce(a, axis_name) if jnp.ndim(a) == 0 else a, aux)
             return pairs, aux
 
-        local = lambda a: jax.ShapeDtypeStruct((a.shape[0] // num_shards,) + a.shape[1:],  # noqa: E731
-                                               a.dtype)
+        def local(a):  # the shape of one device's block
+            return jax.ShapeDtypeStruct((a.shape[0] // num_shards,) + a.shape[1:], a.dtype)
+
         _, aux_shape = jax.eval_shape(
             lambda *a: coupling(*a[:3], *a[3], **a[4]), key, local(x0), local(x1),
             jax.tree.map(local, args), jax.tree.map(local, kwargs))
         aux_spec = jax.tree.map(lambda a: P() if len(a.shape) == 0 else rows, aux_shape)
         key_spec = None if key is None else P()
+        # check_vma=False: ott's Sinkhorn loop (lax.cond on per-device values) is not
+        # written for shard_map's varying-axis types; every output is per device anyway.
         fn = jax.shard_map(body, mesh=mesh,
                            in_specs=(key_spec, rows, rows, jax.tree.map(lambda _: rows, args),
                                      jax.tree.map(lambda _: rows, kwargs)),
