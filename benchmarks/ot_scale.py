@@ -8,7 +8,7 @@ mesh axis "data" of 8 CPU devices, this times and scores:
   local sinkhorn   local_coupling(couplings.sinkhorn(eps, scale_free))  8 x (n/8) Sinkhorn problems
   global sinkhorn  global_coupling(couplings.sinkhorn(...))  one n x n Sinkhorn, plan row-sharded
     cold           every step starts from zero potentials
-    warm           every step starts from the previous step's potentials (Zhang et al. 2025)
+    warm           every step starts from the previous step's potentials (Klein et al. 2025)
   global exact     global_coupling(couplings.exact_ot()): the batch gathered to SciPy (n = 1,024)
 
 with eps = 0.05 std(C) at every size and a sharper eps = 0.003 std(C) up to 1,024

@@ -233,7 +233,7 @@ def test_renormalized_entropy_of_sinkhorn_plans_falls_with_epsilon():
 
 def test_warm_start_reaches_the_same_plan_in_fewer_iterations():
     """Potentials of one batch extrapolated to the next batch of the same distributions
-    (Zhang et al. 2025): the same plan, fewer iterations; from a batch's own potentials the
+    (Klein et al. 2025): the same plan, fewer iterations; from a batch's own potentials the
     solve stops at the first check."""
     coupling = jax.jit(couplings.sinkhorn(0.01, scale_free=True, threshold=1e-4, sample=False,
                                           max_iterations=20_000, warm_start=True))

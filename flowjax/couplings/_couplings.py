@@ -148,7 +148,7 @@ def renormalized_entropy(plan):
     permutation matrix / n (what exact OT returns), 1 for the independent plan
     :math:`\mathbf 1 \mathbf 1^\top / n^2` (I-CFM). Unlike :math:`\varepsilon` or
     the transport cost it reads on the same [0, 1] scale whatever the scale of
-    the data, its dimension or n (Zhang, Mousavi-Hosseini, Klein and Cuturi
+    the data, its dimension or n (Klein, Zhang, Mousavi-Hosseini and Cuturi
     2025, "On fitting flow models with large Sinkhorn couplings", Sec. 3, who
     recommend plans with :math:`\mathcal E` around 0.1-0.2).
 
@@ -182,7 +182,7 @@ class SinkhornPotentials(NamedTuple):
     .. math:: f_i = \varepsilon \log\tfrac1n - \varepsilon \log \sum_j
               \exp\big((g_j - \|x_0^{(i)} - x_1^{(j)}\|^2)/\varepsilon\big),
 
-    the warm start of Zhang, Mousavi-Hosseini, Klein and Cuturi (2025). A
+    the warm start of Klein, Zhang, Mousavi-Hosseini and Cuturi (2025). A
     pytree: it jits, shards (leading axis = batch) and can live in a data
     pipeline's state.
     """
@@ -259,7 +259,7 @@ def sinkhorn(epsilon: float = 0.05, *, threshold: float = 1e-3,
         deviation of the batch's cost matrix (0.05 gives a plan cost within
         about 3% of exact OT in 2D). The scale-free choice
         :math:`\tilde\varepsilon = \varepsilon\,\mathrm{std}(C)` is the one of
-        Zhang et al. (2025), who sweep :math:`\varepsilon` in [0.001, 1] and
+        Klein et al. (2025), who sweep :math:`\varepsilon` in [0.001, 1] and
         read the result on the :func:`renormalized_entropy` scale.
       threshold: Sinkhorn's tolerance on the marginals.
       max_iterations: iteration cap.
@@ -278,7 +278,7 @@ def sinkhorn(epsilon: float = 0.05, *, threshold: float = 1e-3,
         pure and jittable; the first call (`init=None`) is a cold start and a
         separate jit trace. The pairing does not depend on the model, so the
         natural home of this state is the data pipeline that draws the
-        batches (Zhang et al. 2025 precompute their pairs before training).
+        batches (Klein et al. 2025 precompute their pairs before training).
 
     `aux` holds `cost` (of the returned pairs), `plan_cost`
     (:math:`\langle P, C\rangle`), `renormalized_entropy` (of the plan),

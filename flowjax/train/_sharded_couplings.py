@@ -12,7 +12,7 @@ then pair it in two ways, both again couplings with the same signature:
 - :func:`global_coupling` pairs the whole batch (`B x B` plan). With
   :func:`flowjax.couplings.sinkhorn` the points stay sharded and XLA splits the
   cost matrix and the plan by rows (each device holds `B / D x B`), which is
-  how Zhang, Mousavi-Hosseini, Klein and Cuturi (2025, "On fitting flow models
+  how Klein, Zhang, Mousavi-Hosseini and Cuturi (2025, "On fitting flow models
   with large Sinkhorn couplings") reach a million points on 8-16 GPUs. An
   exact (host) coupling gathers the batch to the host instead.
 
@@ -143,7 +143,7 @@ def global_coupling(coupling, mesh: Mesh, axis_name: str = "data"):
     Sinkhorn kernel applications and the plan row-sharded (each device holds
     `B / D` rows of all `B` columns; the `[B]` potentials and the `[B, d]`
     targets are all-gathered each iteration), so one device never holds the
-    whole plan: the sharded Sinkhorn of Zhang et al. (2025). The result is the
+    whole plan: the sharded Sinkhorn of Klein et al. (2025). The result is the
     one of the unsharded coupling up to the order of floating-point sums. A
     host coupling (:func:`flowjax.couplings.exact_ot`) gathers the batch to the
     host and solves it whole.
