@@ -18,7 +18,7 @@ demo: setup
 	$(PY) -m experiments.toy2d --config=experiments/toy2d/configs/default.py --workdir=$(WORKDIR)
 
 test: setup
-	$(PY) -m pytest -q -n 2 tests
+	$(PY) -m pytest -q -n 2 --dist loadgroup tests
 
 clean:
 	rm -rf $(VENV) workdir

@@ -21,6 +21,7 @@ def digits_run(tmp_path_factory):
     return config, workdir, images.train_and_evaluate(config, workdir)
 
 
+@pytest.mark.xdist_group("digits_run")  # one worker: the run is made once
 def test_digits_run_writes_its_files_and_rows(digits_run):
     config, workdir, rows = digits_run
     for name in ("config.json", "metrics.jsonl", "results.json", "classifier.msgpack",
@@ -41,6 +42,7 @@ def test_digits_run_writes_its_files_and_rows(digits_run):
     assert rows[0]["classifier_accuracy"] > 0.1
 
 
+@pytest.mark.xdist_group("digits_run")  # one worker: the run is made once
 def test_digits_rerun_resumes_instead_of_training(digits_run):
     config, workdir, _ = digits_run
     with open(os.path.join(workdir, "metrics.jsonl")) as f:

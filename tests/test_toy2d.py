@@ -21,6 +21,7 @@ def tiny_run(tmp_path_factory):
     return config, workdir, rows
 
 
+@pytest.mark.xdist_group("toy2d_tiny_run")  # one worker: the run is made once
 def test_writes_the_run_files(tiny_run):
     config, workdir, rows = tiny_run
     for name in ("config.json", "metrics.jsonl", "results.json", "samples.png",
@@ -43,6 +44,7 @@ def test_writes_the_run_files(tiny_run):
     assert {"step", "method", "source", "loss", "grad_norm", "coupling_cost"} <= set(lines[0])
 
 
+@pytest.mark.xdist_group("toy2d_tiny_run")  # one worker: the run is made once
 def test_ot_pairs_cost_less_than_independent_pairs(tiny_run):
     _, workdir, _ = tiny_run
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
@@ -52,6 +54,7 @@ def test_ot_pairs_cost_less_than_independent_pairs(tiny_run):
     assert cost["otcfm"] < 0.5 * cost["icfm"]
 
 
+@pytest.mark.xdist_group("toy2d_tiny_run")  # one worker: the run is made once
 def test_rerun_resumes_from_checkpoints(tiny_run):
     config, workdir, rows = tiny_run
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
