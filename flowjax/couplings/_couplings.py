@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from flowjax._checks import check_array, check_finite, check_same_shape
+from flowjax._checks import check_array, check_finite, check_same_shape, is_concrete
 
 
 def _flat(x):
@@ -99,6 +99,20 @@ def _batched_host(solve, event_ndim, x0, x1, *extra):
     return np.stack(perms).reshape(lead + (x0.shape[-event_ndim],))
 
 
+def _host_permutation(solve, x0, x1, *extra):
+    """The re-indexing `solve(x0, x1, *extra) -> perm` computes on the host.
+
+    Traced (under `jit` or `vmap`) it goes through `jax.pure_callback`;
+    called eagerly it runs directly, which also works on arrays sharded over
+    several devices (a callback there would be pinned to one device).
+    """
+    host = functools.partial(_batched_host, solve, x0.ndim)
+    if all(is_concrete(a) for a in (x0, x1, *extra)):
+        return jnp.asarray(host(x0, x1, *extra))
+    out = jax.ShapeDtypeStruct((x1.shape[0],), jnp.int32)
+    return jax.pure_callback(host, out, x0, x1, *extra, vmap_method="broadcast_all")
+
+
 def exact_ot():
     r"""Exact minibatch OT for the squared Euclidean cost (OT-CFM).
 
@@ -114,10 +128,7 @@ def exact_ot():
     def coupling(key, x0, x1):
         del key
         _check_pair(x0, x1)
-        out = jax.ShapeDtypeStruct((x1.shape[0],), jnp.int32)
-        host = functools.partial(_batched_host, _assignment_host, x0.ndim)
-        perm = jax.pure_callback(host, out, x0, x1, vmap_method="broadcast_all")
-        x0 = x0[perm]
+        x0 = x0[_host_permutation(_assignment_host, x0, x1)]
         return (x0, x1), {"cost": _pair_cost(x0, x1)}
 
     return coupling
@@ -397,11 +408,8 @@ def condition_aware_ot(weight: float | None = None):
         if weight is None and (cond.ndim != 1 or not jnp.issubdtype(cond.dtype, jnp.integer)):
             raise TypeError("`weight=None` (per-class OT) needs integer labels `cond: [B]`, "
                             f"got {cond.dtype} of shape {cond.shape}.")
-        out = jax.ShapeDtypeStruct((x1.shape[0],), jnp.int32)
-        host = functools.partial(_batched_host,
-                                 functools.partial(_conditional_assignment_host, weight), x0.ndim)
-        perm = jax.pure_callback(host, out, x0, x1, cond, vmap_method="broadcast_all")
-        x0 = x0[perm]
+        x0 = x0[_host_permutation(functools.partial(_conditional_assignment_host, weight),
+                                  x0, x1, cond)]
         return (x0, x1), {"cost": _pair_cost(x0, x1)}
 
     coupling.uses_cond = True
