@@ -13,7 +13,7 @@ from experiments.images.configs import cifar10_meanflow, cifar10_otcfm, digits_t
 from flowjax import train
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # not torn down when xdist interleaves modules
 def digits_run(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("digits"))
     config = digits_tiny.get_config()

@@ -13,7 +13,7 @@ from experiments.toy2d.configs import tiny
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # not torn down when xdist interleaves modules
 def tiny_run(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("toy2d"))
     config = tiny.get_config()
