@@ -105,11 +105,7 @@ def test_tiny_cifar10_configs_train_checkpoint_and_sample(module, tmp_path):
 ])
 def test_bad_configs_name_the_field(field, value, message):
     config = digits_tiny.get_config()
-    *sections, name = field.split(".")
-    node = config
-    for section in sections:
-        node = node[section]
-    node[name] = value
+    config.update_from_flattened_dict({field: value})
     with pytest.raises(ValueError, match=message):
         images.validate_config(config)
     config = digits_tiny.get_config()

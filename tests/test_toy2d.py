@@ -105,11 +105,7 @@ def test_every_method_trains_and_samples(tmp_path):
 ])
 def test_config_errors_name_the_field(field, value, expected):
     config = tiny.get_config()
-    *parents, leaf = field.split(".")
-    node = config
-    for name in parents:
-        node = node[name]
-    node[leaf] = value
+    config.update_from_flattened_dict({field: value})
     with pytest.raises(ValueError, match=expected):
         toy2d.validate_config(config)
 
