@@ -9,13 +9,12 @@ and exits with status 143 (128 + SIGTERM); the same command resumes it.
 from __future__ import annotations
 
 import functools
+import importlib
 import os
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
-
-from experiments._workdir import Preempted
 
 PREEMPTED_EXIT = 143  # 128 + SIGTERM: what a scheduler sees from a process it terminated
 
@@ -38,6 +37,9 @@ def _first_line(e: BaseException) -> str:
 def _main(train, argv):
     if len(argv) > 1:
         _fail(f"unexpected arguments: {' '.join(argv[1:])}")
+    if isinstance(train, str):  # imported only now: a bad flag fails before JAX loads
+        train = importlib.import_module(train)
+    from experiments._workdir import Preempted
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
     try:
         config = _CONFIG.value
@@ -81,5 +83,10 @@ def _flags_parser(argv):
 
 
 def run(train):
-    """Parses the flags and calls `train.validate_config` and `train.train_and_evaluate`."""
+    """Parses the flags and calls `train.validate_config` and `train.train_and_evaluate`.
+
+    `train` is the experiment's train module or its dotted name; a name is
+    imported after the flags parse, so a typo on the command line fails in
+    about a second instead of after JAX has loaded.
+    """
     app.run(functools.partial(_main, train), flags_parser=_flags_parser)

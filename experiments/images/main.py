@@ -5,11 +5,10 @@ A bad command line exits with status 2 and one line saying what is wrong.
 """
 
 from experiments import _cli
-from experiments.images import train
 
 
 def main():
-    _cli.run(train)
+    _cli.run("experiments.images.train")
 
 
 if __name__ == "__main__":

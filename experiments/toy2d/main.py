@@ -6,11 +6,10 @@ one line saying what is wrong.
 """
 
 from experiments import _cli
-from experiments.toy2d import train
 
 
 def main():
-    _cli.run(train)
+    _cli.run("experiments.toy2d.train")
 
 
 if __name__ == "__main__":
