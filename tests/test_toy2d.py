@@ -65,10 +65,13 @@ def test_rerun_resumes_from_checkpoints(tiny_run):
     assert [r["w2"] for r in again] == [r["w2"] for r in rows]
 
 
-def test_every_method_trains_and_samples(tmp_path):
+@pytest.mark.parametrize("methods", [toy2d.CFM_METHODS, toy2d.FLOW_MAP_METHODS + ("reflow",)],
+                         ids=["cfm", "fewstep"])  # two halves: they run on both workers
+def test_every_method_trains_and_samples(tmp_path, methods):
     """All methods of the config run end to end (a few steps each)."""
+    assert set(toy2d.CFM_METHODS + toy2d.FLOW_MAP_METHODS + ("reflow",)) == set(toy2d.METHODS)
     config = tiny.get_config()
-    config.methods = toy2d.METHODS
+    config.methods = methods
     config.num_train_steps = config.steps_per_call = config.checkpoint_every = 10
     config.eval.num_samples = 100
     config.eval.euler_steps = (2,)
@@ -77,20 +80,23 @@ def test_every_method_trains_and_samples(tmp_path):
     config.reflow.num_pairs = 256
     config.plot = False
     rows = toy2d.train_and_evaluate(config, str(tmp_path))
-    runs = [run for m in toy2d.METHODS for run in toy2d.runs_of(m, config)]
-    assert runs[-3:] == ["reflow-2", "reflow-3", "reflow-2-distill"]
+    runs = [run for m in methods for run in toy2d.runs_of(m, config)]
     assert sorted({r["method"] for r in rows}) == sorted(runs)
     for r in rows:
         assert all(isinstance(r[f], (int, float)) and r[f] == r[f] for f in
                    ("nfe", "w2", "w2_floor", "npe", "straightness")), r
+    table = toy2d.format_nfe_table(rows, "normal").splitlines()
+    assert len(table) == 2 + len(runs)
+    if "reflow" not in methods:
+        assert table[0] == "| method | 2 NFE | Dopri5 (NFE) |"
+        return
+    assert runs[-3:] == ["reflow-2", "reflow-3", "reflow-2-distill"]
     solvers = {(r["method"], r["solver"]): r["nfe"] for r in rows}
     assert solvers[("meanflow", "meanflow-1")] == 1 and solvers[("meanflow", "meanflow-2")] == 2
     assert [s for m, s in solvers if m == "shortcut"] == [
         "shortcut-1", "shortcut-2", "shortcut-4", "dopri5"]
     assert solvers[("shortcut", "shortcut-4")] == 4
-    table = toy2d.format_nfe_table(rows, "normal").splitlines()
     assert table[0] == "| method | 1 NFE | 2 NFE | 4 NFE | Dopri5 (NFE) |"
-    assert len(table) == 2 + len(runs)
 
 
 @pytest.mark.parametrize("field, value, expected", [
