@@ -50,15 +50,10 @@ def _perturbed(module, x, *extra, seed=0):
                                   *extra)["params"]
     fresh = jax.jit(module.apply)({"params": params}, x, jnp.full(x.shape[0], 0.3), *extra)
     np.testing.assert_array_equal(fresh, 0.0)  # zero-initialised output: a fresh field is 0
-
-    @jax.jit  # one program: eager ops would compile once per distinct leaf shape
-    def perturb(params, key):
-        leaves, tree = jax.tree.flatten(params)
-        keys = jax.random.split(key, len(leaves))
-        return jax.tree.unflatten(tree, [p + 0.05 * jax.random.normal(k, p.shape)
-                                         for p, k in zip(leaves, keys)])
-
-    return perturb(params, jax.random.PRNGKey(seed + 1))
+    leaves, tree = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.PRNGKey(seed + 1), len(leaves))
+    return jax.tree.unflatten(tree, [p + 0.05 * jax.random.normal(k, p.shape)
+                                     for p, k in zip(leaves, keys)])
 
 
 IMAGE_MODELS = {
