@@ -38,6 +38,28 @@ def test_mlp_shapes_time_and_classes():
     assert not np.allclose(by_time[0], by_time[1])
 
 
+def test_mlp_without_time_embedding_is_the_plain_x_t_mlp():
+    """`time_dim=None`: TorchCFM's `MLP(time_varying=True)`, `Dense(act(...Dense([x, t])))`."""
+    module = models.MLP(hidden=(5, 4), time_dim=None, activation=jax.nn.selu)
+    x = jax.random.normal(jax.random.PRNGKey(0), (3, 2))
+    t = jnp.array([0.0, 0.25, 1.0])
+    params = module.init(jax.random.PRNGKey(1), x, t)["params"]
+    params = jax.tree.map(lambda p: p + 0.3 * jnp.cos(jnp.arange(p.size).reshape(p.shape)),
+                          params)
+    h = np.concatenate([np.asarray(x), np.asarray(t)[:, None]], axis=1)
+    for i in range(3):
+        layer = params[f"Dense_{i}"]
+        h = h @ np.asarray(layer["kernel"]) + np.asarray(layer["bias"])
+        h = np.asarray(jax.nn.selu(h)) if i < 2 else h
+    np.testing.assert_allclose(module.apply({"params": params}, x, t), h, rtol=1e-5, atol=1e-6)
+    assert sum(p.size for p in jax.tree.leaves(params)) == 3 * 5 + 5 + 5 * 4 + 4 + 4 * 2 + 2
+    two = models.MLP(hidden=(4,), time_dim=None, two_times=True)
+    assert two.init(jax.random.PRNGKey(0), x, t, None, t)["params"]["Dense_0"]["kernel"].shape \
+        == (4, 4)  # [x, t, h]
+    with pytest.raises(ValueError, match="`num_classes` needs a time embedding"):
+        models.MLP(time_dim=None, num_classes=3).init(jax.random.PRNGKey(0), x, t)
+
+
 def test_fresh_mlp_outputs_zero():
     module = models.MLP(hidden=(8,))
     x = jnp.ones((2, 2))

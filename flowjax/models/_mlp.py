@@ -34,7 +34,9 @@ class MLP(nn.Module):
 
     Attributes:
       hidden: widths of the hidden layers.
-      time_dim: size of the sinusoidal time embedding.
+      time_dim: size of the sinusoidal time embedding; `None` appends the raw
+        time (and `h`) to the input instead, the plain `[x, t]` MLP of
+        TorchCFM's `MLP(time_varying=True)` and Meta flow_matching's 2D example.
       num_classes: if set, `cond` is an int label in `[0, num_classes]`; the
         extra index `num_classes` is the "no label" token for classifier-free
         guidance.
@@ -46,7 +48,7 @@ class MLP(nn.Module):
     """
 
     hidden: Sequence[int] = (256, 256, 256)
-    time_dim: int = 64
+    time_dim: int | None = 64
     num_classes: int | None = None
     activation: Callable = nn.silu
     time_scale: float = 1000.0
@@ -57,25 +59,35 @@ class MLP(nn.Module):
         shape = x.shape
         feats = x.reshape(shape[0], -1)
         t = jnp.broadcast_to(jnp.asarray(t, feats.dtype), shape[:1])
-        emb = nn.Dense(self.time_dim)(sinusoidal_embedding(t, self.time_dim,
-                                                           scale=self.time_scale))
+        if h is not None and not self.two_times:
+            raise ValueError("`h` is only accepted by an MLP with two_times=True.")
         if self.two_times:
             h = jnp.zeros_like(t) if h is None else jnp.broadcast_to(
                 jnp.asarray(h, feats.dtype), shape[:1])
-            emb = emb + nn.Dense(self.time_dim)(
-                sinusoidal_embedding(h, self.time_dim, scale=self.time_scale))
-        elif h is not None:
-            raise ValueError("`h` is only accepted by an MLP with two_times=True.")
-        if self.num_classes is not None:
-            if cond is None:
-                cond = jnp.full(shape[:1], self.num_classes, jnp.int32)
-            emb = emb + nn.Embed(self.num_classes + 1, self.time_dim)(cond)
-        emb = self.activation(emb)
-        feats = jnp.concatenate([feats, emb.astype(feats.dtype)], axis=-1)
+        if self.time_dim is None:
+            if self.num_classes is not None:
+                raise ValueError("`num_classes` needs a time embedding: set `time_dim`.")
+            times = (t, h) if self.two_times else (t,)
+            feats = jnp.concatenate([feats] + [s[:, None] for s in times], axis=-1)
+        else:
+            feats = jnp.concatenate([feats, self._embedding(t, h, cond).astype(feats.dtype)],
+                                    axis=-1)
         for width in self.hidden:
             feats = self.activation(nn.Dense(width)(feats))
         out = nn.Dense(math.prod(shape[1:]), kernel_init=nn.initializers.zeros)(feats)
         return out.reshape(shape)
+
+    def _embedding(self, t, h, cond):
+        emb = nn.Dense(self.time_dim)(sinusoidal_embedding(t, self.time_dim,
+                                                           scale=self.time_scale))
+        if self.two_times:
+            emb = emb + nn.Dense(self.time_dim)(
+                sinusoidal_embedding(h, self.time_dim, scale=self.time_scale))
+        if self.num_classes is not None:
+            if cond is None:
+                cond = jnp.full(t.shape, self.num_classes, jnp.int32)
+            emb = emb + nn.Embed(self.num_classes + 1, self.time_dim)(cond)
+        return self.activation(emb)
 
 
 def _apply(module, params, key, *args):
