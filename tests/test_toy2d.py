@@ -65,6 +65,16 @@ def test_rerun_resumes_from_checkpoints(tiny_run):
     assert [r["w2"] for r in again] == [r["w2"] for r in rows]
 
 
+@pytest.mark.xdist_group("toy2d_tiny_run")  # one worker: the run is made once
+def test_each_run_compiles_its_train_step_once(tiny_run):
+    """Both sources and every call of a run reuse one compiled K-step (no retrace)."""
+    config, _, _ = tiny_run
+    for run in config.methods:
+        apply_fn = toy2d._apply_fns(config.to_json(), run)
+        *_, multi_step = toy2d._compiled_steps(config.to_json(), run, apply_fn)
+        assert multi_step._cache_size() == 1, run
+
+
 @pytest.mark.parametrize("methods", [toy2d.CFM_METHODS, toy2d.FLOW_MAP_METHODS + ("reflow",)],
                          ids=["cfm", "fewstep"])  # two halves: they run on both workers
 def test_every_method_trains_and_samples(tmp_path, methods):

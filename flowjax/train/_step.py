@@ -32,12 +32,17 @@ def create_train_state(key, params, optimizer: optax.GradientTransformation) -> 
     """A fresh state: EMA starts at `params`, step 0.
 
     The state holds copies, so the caller's `params` survive the steps
-    (which donate the state's buffers).
+    (which donate the state's buffers). Its arrays are committed to the
+    default device, as a restored checkpoint's are: a fresh and a restored
+    state then hit the same compiled step (an uncommitted state would make
+    the first step after a restore compile again).
     """
-    return TrainState(params=jax.tree.map(jnp.copy, params),
-                      ema_params=jax.tree.map(jnp.copy, params),
-                      opt_state=optimizer.init(params), step=jnp.zeros((), jnp.int32),
-                      key=key)
+    state = TrainState(params=jax.tree.map(jnp.copy, params),
+                       ema_params=jax.tree.map(jnp.copy, params),
+                       opt_state=optimizer.init(params), step=jnp.zeros((), jnp.int32),
+                       key=key)
+    device = jax.config.jax_default_device or jax.local_devices()[0]
+    return jax.device_put(state, device)
 
 
 def _check_decay(ema_decay):
