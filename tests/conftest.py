@@ -4,6 +4,8 @@ The test session sees 8 CPU devices (`--xla_force_host_platform_device_count=8`,
 set before JAX starts) so that sharded and multi-device code is tested in
 process. Unsharded computations still run on device 0 alone. A collective
 that hangs fails after 60 s instead of stalling the suite (PLATFORM.md).
+Experiment commands started by the tests compile from scratch: the
+persistent compilation cache is off unless a test turns it on.
 """
 
 import os
@@ -12,6 +14,7 @@ _FLAGS = ("--xla_force_host_platform_device_count=8",
           "--xla_cpu_collective_call_terminate_timeout_seconds=60")
 _xla = os.environ.get("XLA_FLAGS", "")
 os.environ["XLA_FLAGS"] = " ".join([_xla] + [f for f in _FLAGS if f.split("=")[0] not in _xla])
+os.environ["FLOWJAX_COMPILATION_CACHE"] = ""
 
 import jax  # noqa: E402  (after XLA_FLAGS)
 import pytest  # noqa: E402

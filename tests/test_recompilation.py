@@ -7,6 +7,9 @@ runs only while tracing) and the entries of the jit cache.
 """
 
 import functools
+import os
+import subprocess
+import sys
 
 import diffrax
 import jax
@@ -15,6 +18,8 @@ import optax
 import pytest
 
 from flowjax import losses, models, paths, sample, train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _counting_loss():
@@ -89,3 +94,28 @@ def test_solve_ode_traces_once_for_new_params_and_sources(solver, kwargs):
         # site), all in the first call; new params and sources of the same shape add none.
         after_first = len(traces) if after_first is None else after_first
         assert len(traces) == after_first
+
+
+_CACHE_PROBE = """
+import sys
+import jax, jax.numpy as jnp
+from experiments._cli import enable_compilation_cache
+hits = []
+jax.monitoring.register_event_listener(
+    lambda event, **kw: hits.append(event) if event.endswith("/cache_hits") else None)
+enable_compilation_cache(sys.argv[1])
+step = jax.jit(lambda x: jnp.tanh(x @ x.T).sum(0))
+print(float(step(jnp.ones((32, 32))).sum()), len(hits))
+"""
+
+
+def test_experiments_reuse_compiled_programs_across_processes(tmp_path):
+    """The CLI's persistent compilation cache: a second process loads instead of compiling."""
+    cache = tmp_path / "xla"
+    env = {**os.environ, "XLA_FLAGS": ""}
+    runs = [subprocess.run([sys.executable, "-c", _CACHE_PROBE, str(cache)], cwd=ROOT, env=env,
+                           capture_output=True, text=True, check=True).stdout.split()
+            for _ in range(2)]
+    assert runs[0][0] == runs[1][0]  # the same result
+    assert int(runs[0][1]) == 0 and int(runs[1][1]) >= 1  # cold, then served from the cache
+    assert any(cache.iterdir())
