@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 WORKDIR ?= workdir/toy2d_demo
 
-.PHONY: setup demo test clean
+.PHONY: setup demo test bench-setup bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,17 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q -n 2 --dist loadgroup tests
+
+# The peers of the speed benchmarks (torch, TorchCFM, flow_matching, POT, torchdiffeq).
+# torch 2.13.0 first: without it TorchCFM pulls a newer CUDA build of torch.
+bench-setup: setup
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[test,bench]' -c benchmarks/constraints.txt
+
+bench: bench-setup
+	$(PY) benchmarks/train_speed.py --quick --out workdir/bench/train_speed.json
+	$(PY) benchmarks/coupling_speed.py --quick --out workdir/bench/coupling_speed.json
+	$(PY) benchmarks/sampling_speed.py --quick --out workdir/bench/sampling_speed.json
 
 clean:
 	rm -rf $(VENV) workdir
