@@ -1,5 +1,6 @@
 """Couplings: exact OT equals SciPy, Sinkhorn tends to exact, shared signature, jittable."""
 
+import functools
 import itertools
 
 import jax
@@ -9,6 +10,7 @@ import pytest
 from scipy.optimize import linear_sum_assignment
 
 from flowjax import couplings
+from flowjax.couplings._couplings import _sample_inverse_cdf
 
 
 def _clouds(n=64, d=2, seed=0):
@@ -269,3 +271,76 @@ def test_renormalized_entropy_and_warm_start_bad_inputs():
         c(jax.random.PRNGKey(0), x0, x1, init=(x1, jnp.zeros(8)))
     with pytest.raises(ValueError, match="`init` does not fit"):
         c(jax.random.PRNGKey(0), x0, x1, init=couplings.SinkhornPotentials(x1[:, :1], jnp.zeros(8)))
+
+
+def test_annealing_and_momentum_reach_the_plain_plan_in_fewer_iterations():
+    """Epsilon annealing and over-relaxation change the path, not the fixed point: the plan
+    at the target epsilon (its cost), its marginals to the threshold, fewer iterations."""
+    x0, x1 = _clouds(96, 2)
+    cost = couplings.sq_distances(x0, x1)
+    sk = dict(epsilon=0.01, scale_free=True, threshold=1e-4, max_iterations=20_000)
+    anneal = dict(epsilon_init=50.0, epsilon_decay=0.8)
+    both = dict(anneal, momentum="adaptive", precompute_cost=True)
+    plan, ok = jax.jit(functools.partial(couplings.sinkhorn_plan, **sk, **both))(x0, x1)
+    assert bool(ok)
+    rows, cols = np.abs(plan.sum(1) - 1 / 96).sum(), np.abs(plan.sum(0) - 1 / 96).sum()
+    assert cols < 1e-4 and rows < 3e-4, (rows, cols)  # ott's stopping test is on the columns
+    aux = {name: jax.jit(couplings.sinkhorn(**sk, sample=False, **opts))(None, x0, x1)[1]
+           for name, opts in {"plain": {}, "anneal": anneal, "momentum": dict(momentum="adaptive"),
+                              "both": both}.items()}
+    ref = aux["plain"]
+    assert float(jnp.sum(plan * cost)) == pytest.approx(float(ref["plan_cost"]), rel=1e-4)
+    for name, a in aux.items():
+        assert bool(a["converged"]), name
+        assert float(a["plan_cost"]) == pytest.approx(float(ref["plan_cost"]), rel=1e-4), name
+        assert float(a["epsilon"]) == pytest.approx(0.01 * float(jnp.std(cost)), rel=1e-3)
+    iters = {name: int(a["n_iters"]) for name, a in aux.items()}  # measured: 140, 90, 50, 60
+    assert max(iters["both"], iters["momentum"]) < iters["anneal"] < iters["plain"], iters
+
+
+def test_precomputed_cost_gives_the_same_coupling():
+    x0, x1 = _clouds(64, 3)
+    sk = dict(epsilon=0.05, scale_free=True, threshold=1e-4, sample=False)
+    (a, _), aux_a = jax.jit(couplings.sinkhorn(**sk))(None, x0, x1)
+    (b, _), aux_b = jax.jit(couplings.sinkhorn(**sk, precompute_cost=True))(None, x0, x1)
+    assert float(jnp.mean(jnp.all(a == b, axis=1))) > 0.95
+    for name in ("plan_cost", "renormalized_entropy", "epsilon"):
+        assert float(aux_b[name]) == pytest.approx(float(aux_a[name]), rel=1e-4), name
+
+
+def test_inverse_cdf_sampler_draws_from_the_plan_columns():
+    x0, x1 = _clouds(8, 2)
+    plan, _ = jax.jit(functools.partial(couplings.sinkhorn_plan, epsilon=0.5,
+                                        threshold=1e-5))(x0, x1)
+    keys = jax.random.split(jax.random.PRNGKey(0), 4000)
+    tiny = jax.jit(jax.vmap(_sample_inverse_cdf, (0, None)))
+    idx = np.asarray(tiny(keys, plan))  # [K, 8]
+    freqs = np.stack([(idx == i).mean(0) for i in range(8)])  # [i, j] ~ P(row i | column j)
+    np.testing.assert_allclose(freqs, plan / plan.sum(0), atol=0.03)
+    # the coupling pairs each x1[j] with x0[idx[j]]
+    key = jax.random.PRNGKey(5)
+    (y0, y1), _ = jax.jit(couplings.sinkhorn(0.5, threshold=1e-5, sampler="inverse_cdf"))(
+        key, x0, x1)
+    np.testing.assert_array_equal(y1, x1)
+    assert float(jnp.mean(jnp.all(y0 == x0[_sample_inverse_cdf(key, plan)], axis=1))) > 0.8
+    # zero-mass rows are never drawn, and the last row is reachable
+    idx = tiny(keys[:64], jnp.array([[0.0, 0.5], [0.5, 0.0], [0.0, 0.0]]))
+    np.testing.assert_array_equal(idx, np.tile([1, 0], (64, 1)))
+    idx = tiny(keys[:400], jnp.array([[0.3], [0.0], [0.7]]))
+    assert set(np.unique(idx).tolist()) == {0, 2} and 0.6 < float(jnp.mean(idx == 2)) < 0.8
+
+
+def test_acceleration_bad_parameters():
+    with pytest.raises(ValueError, match="`sampler`"):
+        couplings.sinkhorn(0.1, sampler="multinomial")
+    with pytest.raises(ValueError, match="`epsilon_init`"):
+        couplings.sinkhorn(0.1, epsilon_init=0.5, epsilon_decay=0.9)
+    with pytest.raises(ValueError, match="`epsilon_decay`"):
+        couplings.sinkhorn(0.1, epsilon_init=10.0, epsilon_decay=1.5)
+    with pytest.raises(ValueError, match="needs `epsilon_decay` < 1"):
+        couplings.sinkhorn(0.1, epsilon_init=10.0)
+    for bad in (0.0, 2.0, "fast", True):
+        with pytest.raises(ValueError, match="`momentum`"):
+            couplings.sinkhorn(0.1, momentum=bad)
+    with pytest.raises(ValueError, match="`momentum`"):
+        couplings.sinkhorn_plan(jnp.ones((4, 2)), jnp.ones((4, 2)), epsilon=0.1, momentum=-1.0)

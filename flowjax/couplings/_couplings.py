@@ -222,15 +222,70 @@ def _extrapolate_f(x0, init, epsilon):
     return epsilon * (-jnp.log(x0.shape[0]) - lse)
 
 
-def _sinkhorn_solve(x0, x1, *, epsilon, threshold, max_iterations, scale_free, init=None):
+_SAMPLERS = ("gumbel", "inverse_cdf")
+
+
+def _check_acceleration(epsilon_init, epsilon_decay, momentum):
+    if not epsilon_init >= 1:
+        raise ValueError(f"`epsilon_init` must be >= 1 (a multiple of epsilon), "
+                         f"got {epsilon_init!r}.")
+    if not 0 < epsilon_decay <= 1:
+        raise ValueError(f"`epsilon_decay` must be in (0, 1], got {epsilon_decay!r}.")
+    if epsilon_init > 1 and epsilon_decay == 1:
+        raise ValueError("`epsilon_init` > 1 needs `epsilon_decay` < 1, else epsilon never "
+                         "reaches its target.")
+    if momentum is None or (isinstance(momentum, str) and momentum == "adaptive"):
+        return
+    if isinstance(momentum, (str, bool)) or not 0 < momentum < 2:
+        raise ValueError(f"`momentum` must be None, 'adaptive' or a float in (0, 2), "
+                         f"got {momentum!r}.")
+
+
+def _annealing_steps(epsilon_init, epsilon_decay):
+    """Iterations until `epsilon_init * epsilon_decay ** it` reaches 1 (ott's Epsilon schedule)."""
+    if epsilon_init == 1:
+        return 0
+    return int(np.ceil(np.log(epsilon_init) / -np.log(epsilon_decay)))
+
+
+def _momentum(momentum, epsilon_init, epsilon_decay, inner_iterations=10):
+    """ott's Momentum: a fixed over-relaxation, or Lehmann et al.'s adaptive one."""
+    from ott.solvers.linear import acceleration
+
+    if momentum is None:
+        return None
+    if isinstance(momentum, str):  # "adaptive": estimated from the two error checks after
+        # the annealing has reached the target epsilon (ott needs start >= 2 checks).
+        done = _annealing_steps(epsilon_init, epsilon_decay)
+        start = inner_iterations * (int(np.ceil(done / inner_iterations)) + 2)
+        return acceleration.Momentum(start=start)
+    return acceleration.Momentum(value=float(momentum))
+
+
+def _sinkhorn_solve(x0, x1, *, epsilon, threshold, max_iterations, scale_free, init=None,
+                    cost=None, epsilon_init=1.0, epsilon_decay=1.0, momentum=None):
     # ott is imported here: its import costs ~1 s and pulls in jaxopt.
-    from ott.geometry import pointcloud
+    from ott.geometry import epsilon_scheduler, geometry, pointcloud
     from ott.problems.linear import linear_problem
     from ott.solvers.linear import sinkhorn as ott_sinkhorn
 
-    geom = pointcloud.PointCloud(_flat(x0), _flat(x1), epsilon=epsilon,
-                                 relative_epsilon="std" if scale_free else None)
-    solver = ott_sinkhorn.Sinkhorn(threshold=threshold, max_iterations=max_iterations)
+    relative = "std" if scale_free else None
+    if cost is None:
+        geom = pointcloud.PointCloud(_flat(x0), _flat(x1), epsilon=epsilon,
+                                     relative_epsilon=relative)
+    else:
+        geom = geometry.Geometry(cost_matrix=cost, epsilon=epsilon, relative_epsilon=relative)
+    if epsilon_init != 1:
+        # The target is resolved first (scale-free: a fraction of std(C)); ott's schedule
+        # then uses max(epsilon_init * epsilon_decay ** it, 1) * target at iteration it.
+        schedule = epsilon_scheduler.Epsilon(jax.lax.stop_gradient(geom.epsilon),
+                                             init=epsilon_init, decay=epsilon_decay)
+        geom = (pointcloud.PointCloud(_flat(x0), _flat(x1), epsilon=schedule) if cost is None
+                else geometry.Geometry(cost_matrix=cost, epsilon=schedule))
+    kwargs = {}
+    if momentum is not None:
+        kwargs["momentum"] = _momentum(momentum, epsilon_init, epsilon_decay)
+    solver = ott_sinkhorn.Sinkhorn(threshold=threshold, max_iterations=max_iterations, **kwargs)
     if init is not None:
         eps = jax.lax.stop_gradient(geom.epsilon)
         f0 = _extrapolate_f(_flat(x0), init._replace(x1=_flat(init.x1)), eps)
@@ -239,8 +294,18 @@ def _sinkhorn_solve(x0, x1, *, epsilon, threshold, max_iterations, scale_free, i
     return solver(linear_problem.LinearProblem(geom), init=init), geom
 
 
+def _sample_inverse_cdf(key, plan):
+    """For each column j, a row drawn from `plan[:, j] / sum(plan[:, j])` by inversion."""
+    cdf = jnp.cumsum(plan, axis=0)
+    u = jax.random.uniform(key, (plan.shape[1],), plan.dtype) * cdf[-1]
+    idx = jax.vmap(functools.partial(jnp.searchsorted, side="right"), in_axes=(1, 0))(cdf, u)
+    return jnp.minimum(idx, plan.shape[0] - 1)
+
+
 def sinkhorn_plan(x0, x1, *, epsilon: float, threshold: float = 1e-3,
-                  max_iterations: int = 2000, scale_free: bool = False):
+                  max_iterations: int = 2000, scale_free: bool = False,
+                  precompute_cost: bool = False, epsilon_init: float = 1.0,
+                  epsilon_decay: float = 1.0, momentum: float | str | None = None):
     """The entropic OT plan `[B, B]` (summing to 1) of two batches, with ott-jax.
 
     Args:
@@ -250,18 +315,26 @@ def sinkhorn_plan(x0, x1, *, epsilon: float, threshold: float = 1e-3,
       max_iterations: iteration cap.
       scale_free: if True, `epsilon` is a fraction of the standard deviation
         of the cost matrix (ott's `relative_epsilon="std"`), else absolute.
+      precompute_cost, epsilon_init, epsilon_decay, momentum: as in :func:`sinkhorn`
+        (how the solve gets there; the plan is the same to the tolerance).
 
     Returns:
       `(plan, converged)`.
     """
+    _check_acceleration(epsilon_init, epsilon_decay, momentum)
     out, _ = _sinkhorn_solve(x0, x1, epsilon=epsilon, threshold=threshold,
-                             max_iterations=max_iterations, scale_free=scale_free)
+                             max_iterations=max_iterations, scale_free=scale_free,
+                             cost=sq_distances(x0, x1) if precompute_cost else None,
+                             epsilon_init=epsilon_init, epsilon_decay=epsilon_decay,
+                             momentum=momentum)
     return out.matrix, out.converged
 
 
 def sinkhorn(epsilon: float = 0.05, *, threshold: float = 1e-3,
              max_iterations: int = 2000, sample: bool = True, scale_free: bool = False,
-             warm_start: bool = False):
+             warm_start: bool = False, precompute_cost: bool = False,
+             sampler: str = "gumbel", epsilon_init: float = 1.0, epsilon_decay: float = 1.0,
+             momentum: float | str | None = None):
     r"""Entropic minibatch OT with ott-jax's Sinkhorn.
 
     Args:
@@ -290,6 +363,45 @@ def sinkhorn(epsilon: float = 0.05, *, threshold: float = 1e-3,
         separate jit trace. The pairing does not depend on the model, so the
         natural home of this state is the data pipeline that draws the
         batches (Klein et al. 2025 precompute their pairs before training).
+      precompute_cost: if True, the `[B, B]` squared-distance matrix is computed
+        once and Sinkhorn runs on it (ott's `Geometry`), and the plan and
+        `plan_cost` reuse it; if False (default) Sinkhorn runs on the points
+        (ott's `PointCloud`), which recomputes the cost from them inside the
+        loop (at least at every error check) and once more for `plan_cost`.
+        The same plan up to rounding; worth it in high dimensions (on a 2-core
+        CPU at 1,024 points: 1.3-2x faster per call in 784 and 3,072 dimensions),
+        not in 2-D (0-20% slower: there the cost is cheaper to recompute than to read).
+      sampler: how `sample=True` draws the pairs: `"gumbel"` (default,
+        `jax.random.categorical` on the log plan: :math:`B^2` Gumbel draws) or
+        `"inverse_cdf"` (one uniform per column and a binary search in the
+        column's cumulative sum): the same distribution, a different draw for
+        the same key, and on CPU about 6x cheaper (at 1,024 points ~4 ms against
+        ~25 ms, which can exceed the Sinkhorn loop itself). Under
+        :func:`flowjax.train.global_coupling` the plan stays row-sharded with
+        either sampler.
+      epsilon_init, epsilon_decay: epsilon annealing (ott's
+        `epsilon_scheduler.Epsilon`): iteration `it` uses
+        :math:`\max(\text{epsilon\_init}\cdot\text{epsilon\_decay}^{it}, 1)\,\varepsilon`,
+        so the early iterations solve a blurrier problem and the later ones
+        the target one. The fixed point, hence the plan, is that of
+        :math:`\varepsilon`; only the path there changes. Default 1 and 1
+        (no annealing). It pays for small :math:`\varepsilon` (sharp plans in
+        low dimensions), best with `momentum="adaptive"`: in 2-D at 1,024
+        points and :math:`\varepsilon = 0.005\,\mathrm{std}(C)`, 660
+        iterations plain, 190 with `epsilon_init=100, epsilon_decay=0.8`, 90
+        with both; at larger :math:`\varepsilon` it only adds iterations.
+      momentum: over-relaxation of the Sinkhorn updates (ott's
+        `acceleration.Momentum`): None (default, plain Sinkhorn), a float
+        :math:`\omega \in (0, 2)` (a fixed over-relaxation, Thibault et al.
+        2021; large values can diverge: 1.8 does in 784-D), or `"adaptive"`
+        (Lehmann et al. 2021: :math:`\omega` estimated once, from the ratio of
+        the marginal errors at the two checks, 10 iterations apart, after the
+        annealing ends; 660 -> 130 iterations in the 2-D example above, none
+        added in high dimensions).
+        ott's stopping test measures the column marginal (plain Sinkhorn leaves
+        the row marginal exact); with momentum the row marginal is off by about
+        as much, so the plan cost can differ from the plain one's by about the
+        tolerance (2-D example: plan cost 1.0092 W against 1.0088 W).
 
     `aux` holds `cost` (of the returned pairs), `plan_cost`
     (:math:`\langle P, C\rangle`), `renormalized_entropy` (of the plan),
@@ -302,21 +414,28 @@ def sinkhorn(epsilon: float = 0.05, *, threshold: float = 1e-3,
         raise ValueError(f"`threshold` must be positive, got {threshold!r}.")
     if not isinstance(max_iterations, (int, np.integer)) or max_iterations < 1:
         raise ValueError(f"`max_iterations` must be a positive int, got {max_iterations!r}.")
+    if sampler not in _SAMPLERS:
+        raise ValueError(f"`sampler` must be one of {_SAMPLERS}, got {sampler!r}.")
+    _check_acceleration(epsilon_init, epsilon_decay, momentum)
 
     def solve(key, x0, x1, init):
         _check_pair(x0, x1)
         if init is not None:
             _check_potentials(init, x0)
+        cost = sq_distances(x0, x1) if precompute_cost else None
         out, geom = _sinkhorn_solve(x0, x1, epsilon=epsilon, threshold=threshold,
                                     max_iterations=max_iterations, scale_free=scale_free,
-                                    init=init)
+                                    init=init, cost=cost, epsilon_init=epsilon_init,
+                                    epsilon_decay=epsilon_decay, momentum=momentum)
         plan = out.matrix
-        if sample:
+        if sample and sampler == "inverse_cdf":
+            idx = _sample_inverse_cdf(key, plan)
+        elif sample:
             logits = jnp.log(jnp.maximum(plan.T, jnp.finfo(plan.dtype).tiny))
             idx = jax.random.categorical(key, logits, axis=-1)
         else:
             idx = jnp.argmax(plan, axis=0)
-        aux = {"plan_cost": jnp.sum(plan * sq_distances(x0, x1)),
+        aux = {"plan_cost": jnp.sum(plan * (sq_distances(x0, x1) if cost is None else cost)),
                "renormalized_entropy": _renormalized_entropy(plan),
                "epsilon": jnp.asarray(geom.epsilon, x0.dtype),
                "n_iters": out.n_iters, "converged": out.converged}
