@@ -91,6 +91,7 @@ import numpy as np  # noqa: E402
 from scipy.optimize import linear_sum_assignment  # noqa: E402
 
 from flowjax import couplings, data, train  # noqa: E402
+from _platform import cpu_name  # noqa: E402  (benchmarks/ is on sys.path)
 
 try:
     import ot  # POT
@@ -104,12 +105,7 @@ TARGETS = {2: "moons", 784: "digits 28x28", 3072: "digits 32x32x3"}
 
 
 def machine() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_name()
     versions = {}
     for p in ("jax", "jaxlib", "ott-jax", "scipy", "numpy", "POT", "scikit-learn"):
         try:

@@ -57,15 +57,11 @@ import optax  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 
 from flowjax import couplings, data, losses, models, paths, train  # noqa: E402
+from _platform import cpu_name  # noqa: E402  (benchmarks/ is on sys.path)
 
 
 def machine() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_name()
     versions = {p: metadata.version(p)
                 for p in ("jax", "jaxlib", "flax", "optax", "ott-jax", "scipy")}
     return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(),

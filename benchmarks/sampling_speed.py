@@ -74,6 +74,7 @@ import numpy as np
 import optax
 
 from flowjax import data, losses, models, paths, sample, train
+from _platform import cpu_name  # benchmarks/ is on sys.path
 
 PATH = paths.RectifiedFlow()
 TOL = 1e-5
@@ -95,12 +96,7 @@ def _version(name):
 
 
 def machine() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_name()
     names = ("jax", "jaxlib", "diffrax", "equinox", "flax", "optax", "numpy", "scikit-learn",
              "torch", "torchdiffeq", "flow_matching", "torchcfm")
     versions = {p: _version(p) or "not installed" for p in names}
