@@ -136,7 +136,7 @@ def _flowjax_case(case, seconds):
     t = time.perf_counter()
     jax.block_until_ready(run_calls(1))
     first = time.perf_counter() - t
-    calls_per_s, n = _timed(run_calls, jax.block_until_ready, seconds / 1, warmup=max(2, 20 // k))
+    calls_per_s, n = _timed(run_calls, jax.block_until_ready, seconds, warmup=max(2, 20 // k))
     n_params = sum(p.size for p in jax.tree.leaves(params))
     return {"steps_per_s": calls_per_s * k, "steps_timed": n * k, "first_step_s": first,
             "params": int(n_params), "base_rss_mb": base_rss}
