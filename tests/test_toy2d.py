@@ -75,11 +75,13 @@ def test_each_run_compiles_its_train_step_once(tiny_run):
         assert multi_step._cache_size() == 1, run
 
 
-@pytest.mark.parametrize("methods", [toy2d.CFM_METHODS, toy2d.FLOW_MAP_METHODS + ("reflow",)],
+@pytest.mark.parametrize("methods", [toy2d.CFM_METHODS + toy2d.DIFFUSION_METHODS,
+                                     toy2d.FLOW_MAP_METHODS + ("reflow",)],
                          ids=["cfm", "fewstep"])  # two halves: they run on both workers
 def test_every_method_trains_and_samples(tmp_path, methods):
     """All methods of the config run end to end (a few steps each)."""
-    assert set(toy2d.CFM_METHODS + toy2d.FLOW_MAP_METHODS + ("reflow",)) == set(toy2d.METHODS)
+    assert set(toy2d.CFM_METHODS + toy2d.DIFFUSION_METHODS + toy2d.FLOW_MAP_METHODS
+               + ("reflow",)) == set(toy2d.METHODS)
     config = tiny.get_config()
     config.methods = methods
     config.num_train_steps = config.steps_per_call = config.checkpoint_every = 10
@@ -88,6 +90,8 @@ def test_every_method_trains_and_samples(tmp_path, methods):
     config.eval.flow_map_steps = (1, 2)
     config.shortcut.max_steps = 4
     config.reflow.num_pairs = 256
+    config.eval.sde_steps = (4,)
+    config.eval.heun_steps = (3,)
     config.plot = False
     rows = toy2d.train_and_evaluate(config, str(tmp_path))
     runs = [run for m in methods for run in toy2d.runs_of(m, config)]
@@ -99,6 +103,13 @@ def test_every_method_trains_and_samples(tmp_path, methods):
     assert len(table) == 2 + len(runs)
     if "reflow" not in methods:
         assert table[0] == "| method | 2 NFE | Dopri5 (NFE) |"
+        # The diffusion samplers: reverse SDE (vp_eps) and EDM's Heun, 2N - 1 evaluations.
+        solvers = {(r["method"], r["solver"]): r["nfe"] for r in rows}
+        assert solvers[("vp_eps", "sde-4")] == 4 and solvers[("vp_eps", "heun-3")] == 5
+        assert solvers[("edm", "heun-3")] == 5 and ("edm", "sde-4") not in solvers
+        sampler_table = toy2d.format_sampler_table(rows, "normal").splitlines()
+        assert len(sampler_table) == 2 + len(rows)
+        assert "| vp_eps | reverse SDE Euler-Maruyama 4 | 4 |" in "\n".join(sampler_table)
         return
     assert runs[-3:] == ["reflow-2", "reflow-3", "reflow-2-distill"]
     solvers = {(r["method"], r["solver"]): r["nfe"] for r in rows}
@@ -124,6 +135,15 @@ def test_config_errors_name_the_field(field, value, expected):
     config.update_from_flattened_dict({field: value})
     with pytest.raises(ValueError, match=expected):
         toy2d.validate_config(config)
+
+
+def test_diffusion_methods_need_the_gaussian_source():
+    config = tiny.get_config()
+    config.methods, config.sources = ("icfm", "edm"), ("normal", "8gaussians")
+    with pytest.raises(ValueError, match="need the Gaussian source alone"):
+        toy2d.validate_config(config)
+    config.sources = ("normal",)
+    toy2d.validate_config(config)
 
 
 TINY = "--config=experiments/toy2d/configs/tiny.py"
