@@ -26,13 +26,14 @@ def test_digits_run_writes_its_files_and_rows(digits_run):
     config, workdir, rows = digits_run
     for name in ("config.json", "metrics.jsonl", "results.json", "classifier.msgpack",
                  "metrics_vs_nfe.png", "samples_data.png", "samples_otcfm_euler2_w2.png",
-                 "samples_meanflow_meanflow1_w4.png"):
+                 "samples_meanflow_meanflow1_w4.png", "noisy_classifier.msgpack",
+                 "samples_otcfm_cg-euler2_w2.png", "guidance.png"):
         assert os.path.getsize(os.path.join(workdir, name)) > 0, name
     with open(os.path.join(workdir, "results.json")) as f:
         assert json.load(f) == rows
     cfm = [r for r in rows if r["method"] == "otcfm"]
     assert {(r["sampler"], r["guidance"], r["nfe"]) for r in cfm} == {
-        ("euler", 1.0, 2), ("euler", 2.0, 2)}
+        ("euler", 1.0, 2), ("euler", 2.0, 2), ("cg-euler", 2.0, 2)}
     (mf,) = [r for r in rows if r["method"] == "meanflow"]
     assert mf["nfe"] == 1 and mf["guidance"] == pytest.approx(2.0 / 0.5)
     for r in rows:
@@ -99,6 +100,7 @@ def test_tiny_cifar10_configs_train_checkpoint_and_sample(module, tmp_path):
     ("otcfm.coupling", "sinkhorn", "coupling"),
     ("model.name", "resnet", "model.name"),
     ("otcfm.cond_drop_prob", 1.0, "cond_drop_prob"),
+    ("otcfm.cond_drop_prob", 0.0, "label dropout"),  # classifier guidance needs v(x | null)
     ("batch_size", 0, "batch_size"),
     ("sharding.strategy", "zero", "sharding.strategy"),
     ("sharding.num_devices", 16, "sharding.num_devices"),
