@@ -252,5 +252,7 @@ def test_edm_precondition_is_the_denoiser_in_edm_variables(x64):
     np.testing.assert_allclose(end, x_edm, atol=1e-4)  # at the data end D returns its input
     with pytest.raises(ValueError, match="`sigma_data`"):
         paths.edm_precondition(raw, paths.VP(), sigma_data=0.0)
+    with pytest.raises(ValueError, match="`sigma` must be positive"):
+        paths.edm_scalings(jnp.array([1.0, 0.0]))
     with pytest.raises(ValueError, match="`apply_fn` returned shape"):
         paths.edm_precondition(lambda p, x, c, k: x[:, :1], paths.VP())(None, x_edm, t)

@@ -32,8 +32,9 @@ from __future__ import annotations
 import math
 
 import jax.numpy as jnp
+import numpy as np
 
-from flowjax._checks import broadcast_time, check_array, check_time
+from flowjax._checks import broadcast_time, check_array, check_time, is_concrete
 from flowjax.paths._conversions import _coeffs
 
 
@@ -54,6 +55,8 @@ def edm_scalings(sigma, sigma_data: float = 0.5):
     """
     _check_sigma_data(sigma_data)
     sigma = jnp.asarray(sigma, jnp.result_type(sigma, float))
+    if is_concrete(sigma) and not bool(np.all(np.asarray(sigma) > 0)):
+        raise ValueError("`sigma` must be positive (EDM's c_noise is ln(sigma) / 4).")
     total = sigma ** 2 + sigma_data ** 2
     c_skip = sigma_data ** 2 / total
     c_out = sigma * sigma_data / jnp.sqrt(total)

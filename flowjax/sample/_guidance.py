@@ -115,7 +115,9 @@ def classifier_guidance(velocity_fn, classifier_fn, *, path, scale: float,
     Args:
       velocity_fn: the (unconditional) field, `velocity_fn(x, t [B], args)`.
       classifier_fn: `classifier_fn(params, x, t) -> logits [B, K]`, trained on
-        the path's noisy points (:func:`flowjax.losses.classifier_loss`).
+        the path's noisy points (:func:`flowjax.losses.classifier_loss`). Rows
+        must not interact (no batch statistics): the gradient of the summed
+        log-probabilities is taken as each row's own.
       path: the affine path `velocity_fn` and the classifier were trained on.
       scale: the guidance weight w.
       interval: times where the classifier term applies.

@@ -66,6 +66,13 @@ def reverse_diffusion(path, scale: float = 1.0):
     scale keeps the marginals. On rectified flow `g` is infinite at t = 0
     (it is floored there, see :func:`flowjax.paths.sde_diffusion`); VP and VE
     are finite everywhere.
+
+    Args:
+      path: the affine path the model was trained on.
+      scale: a factor on `g`, >= 0.
+
+    Returns:
+      `g(t) -> ` an array shaped like `t`, for :func:`solve_sde`'s `diffusion`.
     """
     _check_scale(scale)
     return lambda t: scale * sde_diffusion(path, t).reshape(jnp.shape(t))
