@@ -27,7 +27,4 @@ def get_config():
     config.eval.bpd_subset = 4
     config.eval.bpd_probes = 1
     config.eval.classifier_steps = 50
-    config.eval.classifier_guidance_scales = (2.0,)
-    config.eval.classifier_guidance_steps = 2
-    config.eval.noisy_classifier_steps = 4
     return config
