@@ -8,9 +8,12 @@ sampler, prediction target and weighting.
 with :math:`x_t` from the path, :math:`\pi` the coupling, D the number of
 dimensions, and the target :math:`y_t` the conditional velocity
 :math:`\dot\alpha x_1 + \dot\sigma x_0 + \dot\gamma z` (Lipman et al. 2023;
-Tong et al. 2023), the data `x1`, or the standardized noise (see
-:meth:`AffinePath.noise_target`). Its gradient equals that of the marginal
-flow-matching loss (Lipman et al. 2023, Thm. 2).
+Tong et al. 2023), the data `x1`, the standardized noise (see
+:meth:`AffinePath.noise_target`) or the conditional score. Its gradient
+equals that of the marginal flow-matching loss (Lipman et al. 2023, Thm. 2).
+With a weighting from :func:`loss_weighting`, the four targets give the same
+loss for the same model (:mod:`flowjax.losses._diffusion` lists the
+diffusion losses this covers).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import jax.numpy as jnp
 from flowjax._checks import check_array, check_finite, check_same_shape
 from flowjax.couplings import independent
 from flowjax.paths import Prediction
-from flowjax.paths._conversions import _coeffs
+from flowjax.paths._conversions import _coefficient, _coeffs
 from flowjax.time import uniform
 
 
@@ -85,36 +88,71 @@ def check_output(out, target, name="apply_fn"):
             f"`{name}` returned shape {tuple(out.shape)}, expected {tuple(target.shape)}.")
 
 
-def velocity_weighting(path, prediction: Prediction, *, t_clip: float = 1e-5):
-    r"""The weight w(t) that makes a data- or noise-prediction loss a velocity loss.
+def loss_weighting(path, given: Prediction, to: Prediction, *, t_clip: float = 1e-5):
+    r"""The weight w(t) that turns a loss on prediction `given` into the loss on prediction `to`.
 
-    If :math:`f` predicts `x1` and :math:`v_f` is its conversion to a
-    velocity, :math:`\|v_f - u_t\|^2 = (\Delta/\bar\sigma)^2\|f - x_1\|^2`;
-    for noise prediction the factor is :math:`(\Delta/\alpha)^2`, with
-    :math:`\Delta = \alpha\dot{\bar\sigma} - \bar\sigma\dot\alpha`
-    (see :mod:`flowjax.paths`), with the denominators floored like :func:`convert`.
+    At fixed :math:`(x_t, t)` every prediction is an affine function of every
+    other (:func:`flowjax.paths.convert`), and so are the conditional targets,
+    with the same slope. Writing each through the noise prediction
+    :math:`\hat\varepsilon`, with :math:`\Delta = \alpha\dot{\bar\sigma} - \bar\sigma\dot\alpha`,
+
+    .. math:: \delta\hat x_1 = -\frac{\bar\sigma}{\alpha}\delta\hat\varepsilon,\quad
+              \delta\hat s = -\frac{1}{\bar\sigma}\delta\hat\varepsilon,\quad
+              \delta\hat v = \frac{\Delta}{\alpha}\delta\hat\varepsilon,
+
+    so for a model :math:`f` of kind `given` and its conversion :math:`f'` to kind `to`,
+    :math:`\|f' - y'_t\|^2 = w(t)\,\|f - y_t\|^2` per sample, exactly, with
+    :math:`w = (\partial f'/\partial f)^2`: e.g. noise -> data :math:`(\bar\sigma/\alpha)^2`
+    (1/SNR), noise -> score :math:`1/\bar\sigma^2`, score -> noise :math:`\bar\sigma^2`
+    (the score-matching weight :math:`\lambda = \bar\sigma^2` of Song et al. 2021
+    is the noise loss), noise -> velocity :math:`(\Delta/\alpha)^2`. Kingma et
+    al. 2021 ("Variational diffusion models") and Kingma & Gao 2023
+    ("Understanding diffusion objectives as the ELBO with simple data
+    augmentation") write all these losses as one weighted noise loss; this is
+    that table in flow time. The factor is read off :func:`flowjax.paths.convert`,
+    so it has the same floors and the identity holds there too.
     Valid for paths without extra noise, or with it folded into
-    :math:`\bar\sigma` (independent Gaussian source).
+    :math:`\bar\sigma` (independent Gaussian source) for targets other than the velocity.
+
+    Args:
+      path: an :class:`flowjax.paths.AffinePath`.
+      given: the kind the loss is computed on (a :class:`flowjax.paths.Prediction`).
+      to: the kind whose loss it should equal.
+      t_clip: the floors, as in :func:`flowjax.paths.convert`.
+
+    Returns:
+      `w(t [B]) -> [B]`.
+    """
+    for name, kind in (("given", given), ("to", to)):
+        if not isinstance(kind, Prediction):
+            raise TypeError(f"`{name}` must be a flowjax.paths.Prediction, got {kind!r}.")
+
+    def weight(t):
+        return _coefficient(path, t, given, to, t_clip) ** 2
+
+    return weight
+
+
+def velocity_weighting(path, prediction: Prediction, *, t_clip: float = 1e-5):
+    r"""The weight w(t) that makes a data-, noise- or score-prediction loss a velocity loss.
+
+    :func:`loss_weighting` with `to=Prediction.VELOCITY`: if :math:`f` predicts
+    `x1` and :math:`v_f` is its conversion to a velocity,
+    :math:`\|v_f - u_t\|^2 = (\Delta/\bar\sigma)^2\|f - x_1\|^2`; for noise
+    prediction the factor is :math:`(\Delta/\alpha)^2`, with
+    :math:`\Delta = \alpha\dot{\bar\sigma} - \bar\sigma\dot\alpha`
+    (see :mod:`flowjax.paths`).
     """
     if not isinstance(prediction, Prediction):
         raise TypeError(f"`prediction` must be a flowjax.paths.Prediction, got {prediction!r}.")
-
-    def weight(t):
-        c = _coeffs(path, t, t_clip)
-        if prediction == Prediction.DATA:
-            return (c.det / c.s_div) ** 2
-        if prediction == Prediction.NOISE:
-            return (c.det / c.a_div) ** 2
-        return jnp.ones_like(t)
-
-    return weight
+    return loss_weighting(path, prediction, Prediction.VELOCITY, t_clip=t_clip)
 
 
 def cfm_loss(params, key, batch, *, apply_fn, path, coupling=None,
              time_sampler=None, prediction: Prediction = Prediction.VELOCITY,
              weighting=None, cond_drop_prob: float = 0.0, null_cond=None,
              model_key: bool = False):
-    """The conditional flow-matching loss, pure and ready for `jax.value_and_grad(has_aux=True)`.
+    r"""The conditional flow-matching loss, pure and ready for `jax.value_and_grad(has_aux=True)`.
 
     Bind the options first: `loss = functools.partial(cfm_loss, apply_fn=..., path=...)`.
 
@@ -130,8 +168,11 @@ def cfm_loss(params, key, batch, *, apply_fn, path, coupling=None,
         Couplings keep `x1` (and so `cond`) in place.
       time_sampler: `(key, shape) -> t`; uniform by default.
       prediction: what the model predicts and is regressed on:
-        `Prediction.VELOCITY`, `DATA` or `NOISE`.
-      weighting: optional `w(t) -> [B]` weights (e.g. :func:`velocity_weighting`).
+        `Prediction.VELOCITY`, `DATA`, `NOISE` (DDPM's :math:`\varepsilon`; see
+        :func:`noise_prediction_loss`) or `SCORE` (the conditional score
+        :math:`-\varepsilon/\bar\sigma`, denoising score matching; see :func:`dsm_loss`).
+      weighting: optional `w(t) -> [B]` weights (e.g. :func:`velocity_weighting`,
+        :func:`loss_weighting`, :func:`likelihood_weighting`, :func:`edm_weighting`).
       cond_drop_prob: probability of replacing a row's label by `null_cond`
         (label dropout, so one model learns the conditional and unconditional
         fields for classifier-free guidance; Ho and Salimans 2022). The
@@ -144,9 +185,8 @@ def cfm_loss(params, key, batch, *, apply_fn, path, coupling=None,
       `(loss, aux)` with `aux = {"mse", "coupling_cost"}` (unweighted mean
       squared error and the transport cost of the pairs).
     """
-    if prediction not in (Prediction.VELOCITY, Prediction.DATA, Prediction.NOISE):
-        raise ValueError(
-            f"`prediction` must be Prediction.VELOCITY, DATA or NOISE, got {prediction!r}.")
+    if not isinstance(prediction, Prediction):
+        raise TypeError(f"`prediction` must be a flowjax.paths.Prediction, got {prediction!r}.")
     check_label_dropout(cond_drop_prob, null_cond, batch)
     time_sampler = uniform() if time_sampler is None else time_sampler
     k_x0, k_pair, k_t, k_z, k_drop, k_model = jax.random.split(key, 6)
@@ -162,8 +202,11 @@ def cfm_loss(params, key, batch, *, apply_fn, path, coupling=None,
         target = path.velocity(x0, x1, t, z)
     elif prediction == Prediction.DATA:
         target = x1
-    else:
+    elif prediction == Prediction.NOISE:
         target = path.noise_target(x0, t, z)
+    else:  # the conditional score -eps / sigma_total, floored like `convert`
+        s_div = _coeffs(path, t, 1e-5).s_div.reshape((-1,) + (1,) * (x1.ndim - 1))
+        target = -path.noise_target(x0, t, z) / s_div
 
     out = call_model(apply_fn, k_model if model_key else None, params, x_t, t, cond)
     check_output(out, target)

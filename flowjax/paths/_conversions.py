@@ -123,3 +123,76 @@ def convert(path, x_t, t, value, *, given: Prediction, to: Prediction,
     if to == Prediction.SCORE:
         return -eps / c.s_div
     return c.da * x1 + c.ds * eps
+
+
+def _coefficient(path, t, given: Prediction, to: Prediction, t_clip: float):
+    """The factor c(t) with d(prediction `to`) = c(t) d(prediction `given`) at fixed `x_t`.
+
+    :func:`convert` is affine in `value` at fixed `x_t` and zero at
+    `x_t = value = 0`, so the factor is `convert(0, t, 1)`: the same floors.
+    """
+    t = jnp.atleast_1d(jnp.asarray(t, jnp.result_type(t, float)))
+    one = jnp.ones(t.shape + (1,), t.dtype)
+    return convert(path, jnp.zeros_like(one), t, one, given=given, to=to, t_clip=t_clip)[:, 0]
+
+
+def noise_ratio(path, t, *, t_clip: float = 1e-5):
+    r"""The noise-to-signal ratio :math:`\bar\sigma(t)/\alpha(t)`: EDM's noise level :math:`\sigma`.
+
+    Karras et al. 2022 ("Elucidating the design space of diffusion-based
+    generative models", Sec. 2) write every Gaussian diffusion as
+    :math:`x = s(\sigma)(x_1 + \sigma\varepsilon)`; on an affine path
+    :math:`x_t/\alpha = x_1 + (\bar\sigma/\alpha)\varepsilon`, so their
+    :math:`\sigma` is this ratio and their :math:`s` is :math:`\alpha`. It decreases
+    from :math:`\infty` (or :math:`\sigma_{max}` on VE) at t = 0 to 0 (or
+    :math:`\sigma_{min}`) at t = 1; :func:`flowjax.time.time_of_noise_ratio` inverts it.
+    Both are floored like :func:`convert` (by :math:`\bar\sigma(1 - t_{clip})` and
+    :math:`\alpha(t_{clip})`), so the ratio is positive and finite at both ends.
+
+    Args:
+      path: an :class:`AffinePath`.
+      t: times, a scalar or `[B]`, in [0, 1].
+      t_clip: sets the floors.
+
+    Returns:
+      `[B]` (a scalar `t` gives `[1]`).
+    """
+    t = check_time(t)
+    c = _coeffs(path, jnp.atleast_1d(t).astype(jnp.result_type(t, float)), t_clip)
+    return c.s_div / c.a_div
+
+
+def sde_diffusion(path, t, *, t_clip: float = 1e-5):
+    r"""The diffusion :math:`g(t)` of the forward (noising) SDE whose marginals are the path's.
+
+    A linear SDE :math:`dx = f(s)x\,ds + g(s)\,dW` run in diffusion time
+    :math:`s = 1 - t` (from data to noise, the direction of Song et al. 2021,
+    "Score-based generative modeling through SDEs", Eq. 5) has the marginals
+    :math:`\alpha x_1 + \bar\sigma\varepsilon` iff :math:`f = d\log\alpha/ds` and
+    :math:`g^2 = d\bar\sigma^2/ds - 2f\bar\sigma^2`; in flow time
+
+    .. math:: g(t)^2 = \frac{2\bar\sigma\,(\bar\sigma\dot\alpha - \alpha\dot{\bar\sigma})}{\alpha}
+              = \bar\sigma^2\,\frac{d}{dt}\log\mathrm{SNR}(t),
+              \qquad \mathrm{SNR} = \alpha^2/\bar\sigma^2.
+
+    VP gives Song et al.'s :math:`g^2 = \beta(1 - t)`, VE
+    :math:`g^2 = 2\log(\sigma_{max}/\sigma_{min})\,\sigma(t)^2`, rectified flow
+    :math:`2(1 - t)/t`. It is also the factor between score and velocity:
+    :math:`v = \dot\alpha x/\alpha + \tfrac12 g^2\nabla\log p_t` (the
+    probability-flow ODE), so with :math:`g` as the diffusion of
+    :func:`flowjax.sample.solve_sde` the sampler is the reverse-time SDE.
+    :math:`\alpha` is floored at :math:`\alpha(t_{clip})` (rectified flow's
+    :math:`g` is infinite at t = 0).
+
+    Args:
+      path: an :class:`AffinePath`.
+      t: times, a scalar or `[B]`, in [0, 1].
+      t_clip: sets the floor of :math:`\alpha`.
+
+    Returns:
+      `[B]` (a scalar `t` gives `[1]`), non-negative.
+    """
+    t = check_time(t)
+    # (1/2) g^2 is the score -> velocity factor of `convert`: d v = (g^2 / 2) d score.
+    return jnp.sqrt(jnp.maximum(2.0 * _coefficient(path, t, Prediction.SCORE,
+                                                   Prediction.VELOCITY, t_clip), 0.0))

@@ -31,7 +31,7 @@ import lineax
 import numpy as np
 
 from flowjax._checks import check_array, check_finite
-from flowjax.paths import Prediction, convert
+from flowjax.paths import Prediction, convert, sde_diffusion
 
 
 def constant_diffusion(scale: float):
@@ -44,6 +44,38 @@ def sigma_diffusion(path, scale: float):
     """`g(t) = scale * sigma_total(t)`: proportional to the path's noise level (0 at t = 1)."""
     _check_scale(scale)
     return lambda t: scale * path.sigma_total(t)
+
+
+def reverse_diffusion(path, scale: float = 1.0):
+    r"""`g(t) = scale * sde_diffusion(path, t)`; scale 1 makes :func:`solve_sde` the reverse SDE.
+
+    :func:`flowjax.paths.sde_diffusion` is the diffusion of the path's own
+    forward (noising) SDE, so with `scale = 1` the sampler integrates the
+    reverse-time SDE of Anderson 1982 and Song et al. 2021 ("Score-based
+    generative modeling through SDEs", Eq. 6),
+
+    .. math:: dx = \big[f x - g^2\nabla\log p_s(x)\big]ds + g\,d\bar W_s,
+
+    written in flow time (:math:`dt = -ds`, :math:`f = -\dot\alpha/\alpha`), whose drift
+    :math:`\dot\alpha x/\alpha + g^2\nabla\log p_t` is :func:`solve_sde`'s
+    :math:`v + \tfrac12 g^2\nabla\log p_t`, because the probability-flow ODE is
+    :math:`v = \dot\alpha x/\alpha + \tfrac12 g^2\nabla\log p_t`. VP gives
+    :math:`g^2 = \beta(1 - t)` (the
+    VP-SDE's reverse, the continuous limit of DDPM's ancestral sampler), VE
+    :math:`g^2 = d\sigma^2/ds`. `scale = 0` is the probability-flow ODE; any
+    scale keeps the marginals. On rectified flow `g` is infinite at t = 0
+    (it is floored there, see :func:`flowjax.paths.sde_diffusion`); VP and VE
+    are finite everywhere.
+
+    Args:
+      path: the affine path the model was trained on.
+      scale: a factor on `g`, >= 0.
+
+    Returns:
+      `g(t) -> ` an array shaped like `t`, for :func:`solve_sde`'s `diffusion`.
+    """
+    _check_scale(scale)
+    return lambda t: scale * sde_diffusion(path, t).reshape(jnp.shape(t))
 
 
 def vanishing_diffusion(scale: float, power: float = 1.0):
