@@ -135,6 +135,8 @@ def check_number(name: str, value, *, low=None, high=None, low_open: bool = Fals
     if not np.isfinite(v):
         raise ValueError(f"`{name}` must be finite, got {value!r}.")
     if low is not None and (v < low or (low_open and v == low)):
+        if integer and low == 1:
+            raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
         raise ValueError(f"`{name}` must be {'>' if low_open else '>='} {low}, got {value!r}.")
     if high is not None and (v > high or (high_open and v == high)):
         raise ValueError(f"`{name}` must be {'<' if high_open else '<='} {high}, got {value!r}.")
@@ -186,3 +188,60 @@ def check_path(name: str, path):
         raise TypeError(f"`{name}` must be an affine path (a flowjax.paths.AffinePath), "
                         f"got {type(path).__name__}.")
     return path
+
+
+def check_grid(name: str, ts, *, increasing: bool | None = True, start=None,
+               end=None) -> np.ndarray:
+    """Checks a concrete time grid `[N + 1]` (N >= 1): finite, in [0, 1], strictly monotone.
+
+    `increasing=False` asks for a strictly decreasing grid, `None` for either;
+    `start`/`end`, when given, are the times it must begin and end at (up to
+    rounding). Returns the grid as a float64 NumPy array.
+    """
+    if ts is None or isinstance(ts, (str, bytes, dict)):
+        raise TypeError(f"`{name}` must be an array of times, got {type(ts).__name__}.")
+    try:
+        grid = np.asarray(ts, dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"`{name}` must be an array of times, got {type(ts).__name__}.") from err
+    if grid.ndim != 1 or grid.size < 2:
+        raise ValueError(f"`{name}` must be a grid [N + 1] with N >= 1, got shape {grid.shape}.")
+    if not np.all(np.isfinite(grid)) or np.any(grid < 0) or np.any(grid > 1):
+        raise ValueError(f"`{name}` must hold finite times in [0, 1], got {grid}.")
+    if increasing is None:
+        increasing = bool(grid[-1] > grid[0])
+        what = "a monotone"
+    else:
+        what = "an increasing" if increasing else "a decreasing"
+    steps = np.diff(grid) if increasing else -np.diff(grid)
+    if np.any(steps <= 0):
+        raise ValueError(f"`{name}` must be {what} grid (strictly), got {grid}.")
+    for where, want, got in (("start", start, grid[0]), ("end", end, grid[-1])):
+        if want is not None and not np.isclose(got, want):
+            raise ValueError(f"`{name}` must {where} at {want}, got {got}.")
+    return grid
+
+
+def check_output_shape(name: str, out, like, what: str = "x"):
+    """Raises if `out`, what the user function `name` returned, is not shaped like `like`."""
+    if not hasattr(out, "shape") or tuple(out.shape) != tuple(like.shape):
+        got = tuple(out.shape) if hasattr(out, "shape") else type(out).__name__
+        raise ValueError(f"`{name}` returned {got}, expected the shape of `{what}`, "
+                         f"{tuple(like.shape)}.")
+    return out
+
+
+def check_signature(name: str, fn, num_args: int):
+    """Checks that `fn` can be called with `num_args` positional arguments, when Python can tell."""
+    import inspect
+
+    check_callable(name, fn)
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):  # builtins and some C callables: nothing to check
+        return fn
+    try:
+        signature.bind(*range(num_args))
+    except TypeError as err:
+        raise TypeError(f"`{name}` must take {num_args} positional arguments: {err}.") from None
+    return fn
