@@ -101,12 +101,13 @@ def _checked_t(method):
 
 
 def _param(name, value, **bounds):
-    """Checks a constructor parameter given as a Python number (or a string, by mistake).
+    """Checks a constructor parameter given as a Python number (or as a string, list, ...).
 
-    Arrays and tracers pass unchecked, and so do `None` and booleans: JAX and
-    equinox rebuild these pytrees with such placeholders as leaves.
+    Arrays and tracers pass unchecked, and so do `None`, booleans and other
+    objects: JAX and equinox rebuild these pytrees with such placeholders as
+    leaves (gradients, `vmap` axis specs, `eqx.partition`).
     """
-    if isinstance(value, (str, bytes)):
+    if isinstance(value, (str, bytes, list, tuple, dict, complex)):
         raise TypeError(f"`{name}` must be a real number, got {value!r}.")
     if isinstance(value, (int, float, np.integer, np.floating)) \
             and not isinstance(value, (bool, np.bool_)):
