@@ -250,6 +250,12 @@ def gaussian_average_velocity(path, mean, cov, x, r, t):
     :math:`\dot\alpha\mu + \tfrac12\dot C_t C_t^{-1}(x - \alpha\mu)`.
     Smooth in `(x, r, t)`, so `jax.jvp` through it is exact.
 
+    At the data end a singular `cov` makes :math:`C_t` singular (the velocity
+    off the support grows like :math:`1/(1 - t)`, and is 0/0 at t = 1): as for
+    the mixture fields, the noise variance in :math:`C` is floored at
+    :math:`\bar\sigma(1 - t_{clip})^2`, which changes nothing for
+    `r, t <= 1 - t_clip` and keeps the field finite up to t = 1.
+
     Args:
       path: an affine path.
       mean: `[d]`; cov: `[d, d]`.
@@ -266,17 +272,20 @@ def gaussian_average_velocity(path, mean, cov, x, r, t):
     if is_concrete(r) and is_concrete(t) and np.any(np.asarray(r) > np.asarray(t)):
         raise ValueError("`r` must not exceed `t`.")
     lam, u = jnp.linalg.eigh(cov)
+    lam = jnp.maximum(lam, 0.0)  # PSD; rounding can leave -1e-8 for a singular cov
     r = jnp.broadcast_to(r.astype(x.dtype), x.shape[:1])[:, None]
     t = jnp.broadcast_to(t.astype(x.dtype), x.shape[:1])[:, None]
+    floor = path.sigma_total(jnp.asarray(1.0 - T_CLIP, x.dtype))
 
-    def var(s):  # eigenvalues of C_s, [B, d]
-        return path.alpha(s) ** 2 * lam[None] + path.sigma_total(s) ** 2
+    def var(s):  # eigenvalues of C_s, [B, d], with the noise floored (see above)
+        return path.alpha(s) ** 2 * lam[None] + jnp.maximum(path.sigma_total(s), floor) ** 2
 
     y = (x - path.alpha(r) * mean) @ u  # centred state in the eigenbasis
     jump = path.alpha(t) * mean + (y * jnp.sqrt(var(t) / var(r))) @ u.T
     equal = t == r
     average = (jump - x) / jnp.where(equal, 1.0, t - r)
+    s_r = path.sigma_total(r)
     d_var = 2 * path.alpha(r) * path.d_alpha(r) * lam[None] \
-        + 2 * path.sigma_total(r) * path.d_sigma_total(r)
+        + jnp.where(s_r > floor, 2 * s_r * path.d_sigma_total(r), 0.0)
     velocity = path.d_alpha(r) * mean + (0.5 * d_var / var(r) * y) @ u.T
     return jnp.where(equal, velocity, average)
