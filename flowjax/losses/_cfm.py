@@ -118,9 +118,13 @@ def drop_labels(key, cond, null_cond, prob):
 
 
 def check_batch(batch, keys=("x1",)):
+    """A dict with `keys`; its `cond`, if any, aligned with `x1` (before any work is done)."""
     if not isinstance(batch, dict) or any(k not in batch for k in keys):
         raise ValueError(f"`batch` must be a dict with the keys {list(keys)} (and optionally "
                          "'x0', 'cond').")
+    x1 = batch["x1"]
+    if hasattr(x1, "shape") and len(x1.shape) >= 1:
+        check_cond("batch['cond']", batch.get("cond"), x1.shape[0])
 
 
 def check_label_dropout(cond_drop_prob, null_cond, batch):

@@ -11,6 +11,11 @@ divergence integrated alongside. The divergence is the exact trace of the
 Jacobian (`d` forward-mode passes; small `d`) or Hutchinson's estimate
 :math:`E[\varepsilon^\top J\varepsilon]` with fixed probes per sample
 (Grathwohl et al. 2019, "FFJORD"), which is unbiased for the log-likelihood.
+
+The reverse solve starts at the data end, t = 1, where the field of a data-
+or noise-prediction model comes from the floored formulas of
+:func:`flowjax.paths.convert`; the field and its divergence are finite at
+t = 1, 1 - 1e-7, 1e-7 and 0 (tests/test_time_edges.py).
 """
 
 from __future__ import annotations

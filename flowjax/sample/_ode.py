@@ -5,6 +5,13 @@ to data by default, data to noise with `t0=1, t1=0`) for a whole batch.
 One state `[B, *dims]` is integrated, so an adaptive controller measures the
 error as the RMS over the whole batch (one step-size sequence for all
 samples), which is what makes it fast on accelerators.
+
+The ends: a solve evaluates the field at t = 0 and t = 1 exactly (a grid's
+end points, Heun's and Dopri5's last stages), where alpha or sigma_total
+vanish on most paths. :func:`model_velocity` converts data, noise and score
+predictions with :func:`flowjax.paths.convert`, which is finite there (and
+exact where the problem is well posed), so every sampler here is finite on
+grids that contain 0, 1e-7, 1 - 1e-7 and 1 (tests/test_time_edges.py).
 """
 
 from __future__ import annotations
