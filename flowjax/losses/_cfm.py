@@ -20,11 +20,14 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from flowjax._checks import check_array, check_finite, check_same_shape
+from flowjax._checks import (as_real_array, check_array, check_callable, check_finite,
+                             check_key, check_number, check_path, check_same_shape,
+                             check_unit_interval, is_concrete)
 from flowjax.couplings import independent
 from flowjax.paths import Prediction
-from flowjax.paths._conversions import _coefficient, _coeffs
+from flowjax.paths._conversions import _coefficient, _coeffs, check_prediction
 from flowjax.time import uniform
 
 
@@ -42,16 +45,63 @@ def paired_batch(k_x0, k_pair, batch, coupling=None):
     if x0 is None:
         x0 = jax.random.normal(k_x0, x1.shape, x1.dtype)
     else:
+        check_array("batch['x0']", x0)
         check_same_shape("batch['x0']", x0, "batch['x1']", x1)
         check_finite("batch['x0']", x0)
-    coupling = independent() if coupling is None else coupling
+    check_cond("batch['cond']", batch.get("cond"), x1.shape[0])
+    coupling = independent() if coupling is None else check_callable("coupling", coupling)
     if getattr(coupling, "uses_cond", False):
         if batch.get("cond") is None:
             raise ValueError("this coupling pairs by condition: the batch needs 'cond'.")
-        (x0, x1), pair_aux = coupling(k_pair, x0, x1, batch["cond"])
+        out = coupling(k_pair, x0, x1, batch["cond"])
     else:
-        (x0, x1), pair_aux = coupling(k_pair, x0, x1)
-    return x0, x1, pair_aux
+        out = coupling(k_pair, x0, x1)
+    try:
+        (x0_c, x1_c), pair_aux = out
+        shapes_ok = x0_c.shape == x0.shape and x1_c.shape == x1.shape and "cost" in pair_aux
+    except (TypeError, ValueError, AttributeError):
+        shapes_ok = False
+    if not shapes_ok:
+        raise ValueError("`coupling` must return ((x0, x1), aux) with x0 and x1 shaped like the "
+                         "batch and aux['cost'].")
+    return x0_c, x1_c, pair_aux
+
+
+def check_cond(name, cond, batch_size):
+    """`cond` (a pytree or None) must have arrays with a leading batch axis as leaves."""
+    if cond is None:
+        return
+    for leaf in jax.tree.leaves(cond):
+        if not hasattr(leaf, "shape") or not hasattr(leaf, "dtype"):
+            raise TypeError(f"`{name}` must be an array (or a pytree of arrays), "
+                            f"got {type(leaf).__name__}.")
+        if leaf.ndim < 1 or leaf.shape[0] != batch_size:
+            raise ValueError(f"`{name}` must have a leading batch axis of {batch_size}, "
+                             f"got shape {tuple(leaf.shape)}.")
+
+
+def check_model(key, apply_fn):
+    """The arguments every loss takes: the PRNG key and the model function."""
+    check_key("key", key)
+    check_callable("apply_fn", apply_fn)
+
+
+def sample_times(time_sampler, key, n, dtype, *, pairs=False):
+    """`time_sampler(key, (n,))`, checked: `[n]` times in [0, 1] (an `(r, t)` pair, r <= t)."""
+    out = time_sampler(key, (n,))
+    outs = out if pairs else (out,)
+    what = "a pair (r, t) of [B] arrays" if pairs else "a [B] array"
+    if not isinstance(outs, tuple) or len(outs) != (2 if pairs else 1) or not all(
+            hasattr(o, "shape") and o.shape == (n,) for o in outs):
+        raise ValueError(f"`time_sampler` must return {what} (B = {n}).")
+    outs = tuple(as_real_array("time_sampler", o).astype(dtype) for o in outs)
+    for o in outs:
+        if is_concrete(o) and not np.all((np.asarray(o) >= 0) & (np.asarray(o) <= 1)):
+            raise ValueError("`time_sampler` returned times outside [0, 1] (or NaN).")
+    if pairs and is_concrete(outs[0]) and is_concrete(outs[1]) \
+            and np.any(np.asarray(outs[0]) > np.asarray(outs[1])):
+        raise ValueError("`time_sampler` must return pairs with r <= t.")
+    return outs if pairs else outs[0]
 
 
 def drop_labels(key, cond, null_cond, prob):
@@ -70,9 +120,18 @@ def drop_labels(key, cond, null_cond, prob):
     return jax.tree.map(swap, cond), dropped
 
 
+def check_batch(batch, keys=("x1",)):
+    """A dict with `keys`; its `cond`, if any, aligned with `x1` (before any work is done)."""
+    if not isinstance(batch, dict) or any(k not in batch for k in keys):
+        raise ValueError(f"`batch` must be a dict with the keys {list(keys)} (and optionally "
+                         "'x0', 'cond').")
+    x1 = batch["x1"]
+    if hasattr(x1, "shape") and len(x1.shape) >= 1:
+        check_cond("batch['cond']", batch.get("cond"), x1.shape[0])
+
+
 def check_label_dropout(cond_drop_prob, null_cond, batch):
-    if not 0.0 <= cond_drop_prob < 1.0:
-        raise ValueError(f"`cond_drop_prob` must lie in [0, 1), got {cond_drop_prob!r}.")
+    check_number("cond_drop_prob", cond_drop_prob, low=0.0, high=1.0, high_open=True)
     if cond_drop_prob > 0 and (null_cond is None or batch.get("cond") is None):
         raise ValueError("label dropout (`cond_drop_prob` > 0) needs `null_cond` and batch['cond'].")
 
@@ -123,11 +182,14 @@ def loss_weighting(path, given: Prediction, to: Prediction, *, t_clip: float = 1
     Returns:
       `w(t [B]) -> [B]`.
     """
-    for name, kind in (("given", given), ("to", to)):
-        if not isinstance(kind, Prediction):
-            raise TypeError(f"`{name}` must be a flowjax.paths.Prediction, got {kind!r}.")
+    check_path("path", path)
+    check_prediction("given", given)
+    check_prediction("to", to)
+    check_number("t_clip", t_clip, low=0.0, high=0.5, low_open=True, high_open=True)
 
     def weight(t):
+        t = as_real_array("t", t)
+        check_unit_interval("t", t)
         return _coefficient(path, t, given, to, t_clip) ** 2
 
     return weight
@@ -143,8 +205,9 @@ def velocity_weighting(path, prediction: Prediction, *, t_clip: float = 1e-5):
     :math:`\Delta = \alpha\dot{\bar\sigma} - \bar\sigma\dot\alpha`
     (see :mod:`flowjax.paths`).
     """
-    if not isinstance(prediction, Prediction):
-        raise TypeError(f"`prediction` must be a flowjax.paths.Prediction, got {prediction!r}.")
+    check_path("path", path)
+    check_prediction("prediction", prediction)
+    check_number("t_clip", t_clip, low=0.0, high=0.5, low_open=True, high_open=True)
     return loss_weighting(path, prediction, Prediction.VELOCITY, t_clip=t_clip)
 
 
@@ -185,8 +248,12 @@ def cfm_loss(params, key, batch, *, apply_fn, path, coupling=None,
       `(loss, aux)` with `aux = {"mse", "coupling_cost"}` (unweighted mean
       squared error and the transport cost of the pairs).
     """
-    if not isinstance(prediction, Prediction):
-        raise TypeError(f"`prediction` must be a flowjax.paths.Prediction, got {prediction!r}.")
+    check_prediction("prediction", prediction)
+    check_model(key, apply_fn)
+    check_batch(batch)
+    check_path("path", path)
+    check_callable("time_sampler", time_sampler, allow_none=True)
+    check_callable("weighting", weighting, allow_none=True)
     check_label_dropout(cond_drop_prob, null_cond, batch)
     time_sampler = uniform() if time_sampler is None else time_sampler
     k_x0, k_pair, k_t, k_z, k_drop, k_model = jax.random.split(key, 6)
@@ -194,7 +261,7 @@ def cfm_loss(params, key, batch, *, apply_fn, path, coupling=None,
     cond = batch.get("cond")
     if cond_drop_prob > 0:
         cond, _ = drop_labels(k_drop, cond, null_cond, cond_drop_prob)
-    t = time_sampler(k_t, (x1.shape[0],)).astype(x1.dtype)
+    t = sample_times(time_sampler, k_t, x1.shape[0], x1.dtype)
     z = None if path.noise is None else jax.random.normal(k_z, x1.shape, x1.dtype)
 
     x_t = path.interpolate(x0, x1, t, z)

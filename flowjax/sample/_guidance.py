@@ -30,16 +30,20 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from flowjax._checks import check_callable, check_number, check_path
 from flowjax.paths import Prediction, convert
-from flowjax.paths._conversions import _coefficient
+from flowjax.paths._conversions import _coefficient, check_prediction
 
 
 def _check(scale, interval):
+    check_number("scale", scale)
+    if not isinstance(interval, (tuple, list)) or len(interval) != 2:
+        raise ValueError(f"`interval` must be a pair (lo, hi), got {interval!r}.")
     lo, hi = interval
+    for bound in interval:
+        check_number("interval", bound)
     if not 0.0 <= lo <= hi <= 1.0:
         raise ValueError(f"`interval` must satisfy 0 <= lo <= hi <= 1, got {interval!r}.")
-    if not isinstance(scale, (int, float)):
-        raise TypeError(f"`scale` must be a number, got {scale!r}.")
 
 
 def _weight(t, scale, interval):
@@ -53,6 +57,8 @@ def classifier_free_guidance(cond_fn, uncond_fn, *, scale: float,
 
     Returns `velocity_fn(x, t, args)`; both functions are evaluated at every call.
     """
+    check_callable("cond_fn", cond_fn)
+    check_callable("uncond_fn", uncond_fn)
     _check(scale, interval)
 
     def velocity_fn(x, t, args):
@@ -79,7 +85,11 @@ def guided_model_velocity(apply_fn, *, scale: float, null_cond,
     Returns:
       `velocity_fn(x, t, args)` with `args = (params, cond)`.
     """
+    check_callable("apply_fn", apply_fn)
     _check(scale, interval)
+    check_prediction("prediction", prediction)
+    if path is not None:
+        check_path("path", path)
     if prediction != Prediction.VELOCITY and path is None:
         raise ValueError("`path` is needed to convert a non-velocity prediction.")
 

@@ -11,6 +11,11 @@ divergence integrated alongside. The divergence is the exact trace of the
 Jacobian (`d` forward-mode passes; small `d`) or Hutchinson's estimate
 :math:`E[\varepsilon^\top J\varepsilon]` with fixed probes per sample
 (Grathwohl et al. 2019, "FFJORD"), which is unbiased for the log-likelihood.
+
+The reverse solve starts at the data end, t = 1, where the field of a data-
+or noise-prediction model comes from the floored formulas of
+:func:`flowjax.paths.convert`; the field and its divergence are finite at
+t = 1, 1 - 1e-7, 1e-7 and 0 (tests/test_time_edges.py).
 """
 
 from __future__ import annotations
@@ -21,9 +26,11 @@ import math
 import diffrax
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from flowjax._checks import check_array, check_finite
-from flowjax.sample._ode import evaluations_per_step
+from flowjax._checks import (check_array, check_callable, check_finite, check_grid, check_key,
+                             check_number, check_output_shape, check_signature)
+from flowjax.sample._ode import check_adaptive, evaluations_per_step
 
 
 class Probe(enum.Enum):
@@ -35,13 +42,19 @@ class Probe(enum.Enum):
 
 def standard_normal_log_prob(x):
     """`log N(x; 0, I)` per sample, for `x: [B, *dims]`."""
+    check_array("x", x)
+    check_finite("x", x)
     flat = x.reshape(x.shape[0], -1)
     return -0.5 * jnp.sum(flat ** 2, -1) - 0.5 * flat.shape[1] * math.log(2.0 * math.pi)
 
 
+def _field(velocity_fn, x, t, args):
+    return check_output_shape("velocity_fn", velocity_fn(x, t, args), x)
+
+
 def _exact_divergence(velocity_fn, x, t, args):
     def single(xi, ti):
-        f = lambda y: velocity_fn(y[None], ti[None], args)[0]  # noqa: E731
+        f = lambda y: _field(velocity_fn, y[None], ti[None], args)[0]  # noqa: E731
         jac = jax.jacfwd(f)(xi).reshape(xi.size, xi.size)
         return f(xi), jnp.trace(jac)
 
@@ -50,7 +63,7 @@ def _exact_divergence(velocity_fn, x, t, args):
 
 def _hutchinson_divergence(velocity_fn, x, t, args, probes):
     def jvp(probe):
-        return jax.jvp(lambda y: velocity_fn(y, t, args), (x,), (probe,))
+        return jax.jvp(lambda y: _field(velocity_fn, y, t, args), (x,), (probe,))
 
     v, jv = jax.vmap(jvp)(probes)  # [P, B, ...]
     est = jnp.sum((probes * jv).reshape(probes.shape[0], x.shape[0], -1), -1)
@@ -81,15 +94,27 @@ def log_likelihood(velocity_fn, x1, args=None, *, key=None, num_probes: int | No
       `(log_prob [B], nfe)`; nfe counts evaluations of the augmented field
       (each one velocity plus its divergence).
     """
+    check_signature("velocity_fn", velocity_fn, 3)
     check_array("x1", x1)
     check_finite("x1", x1)
     solver = diffrax.Dopri5() if solver is None else solver
     init_evals, step_evals = evaluations_per_step(solver)
+    if not isinstance(probe, Probe):
+        raise TypeError(f"`probe` must be a flowjax.sample.Probe, got {probe!r}.")
+    check_callable("source_log_prob", source_log_prob)
+    check_number("rtol", rtol, low=0.0, low_open=True)
+    check_number("atol", atol, low=0.0, low_open=True)
+    check_number("num_steps", num_steps, low=1, integer=True, allow_none=True)
+    check_number("max_steps", max_steps, low=1, integer=True)
+    if ts is not None:
+        check_grid("ts", ts, start=0.0, end=1.0)
+    elif num_steps is None:
+        check_adaptive(solver)
     if num_probes is not None:
-        if not isinstance(num_probes, int) or num_probes < 1:
-            raise ValueError(f"`num_probes` must be a positive int or None, got {num_probes!r}.")
+        check_number("num_probes", num_probes, low=1, integer=True)
         if key is None:
             raise ValueError("`key` is needed for Hutchinson probes (`num_probes` is set).")
+        check_key("key", key)
         shape = (num_probes,) + x1.shape
         probes = (jax.random.rademacher(key, shape, x1.dtype) if probe == Probe.RADEMACHER
                   else jax.random.normal(key, shape, x1.dtype))
@@ -133,8 +158,18 @@ def bits_per_dim(log_prob, shape, *, num_bins: int = 256, data_range: float = 2.
     on the discrete model's bpd under uniform dequantization).
 
     Args:
-      log_prob: `[B]` log-densities in nats.
+      log_prob: `[B]` (or scalar) finite log-densities in nats.
       shape: the shape of one data point (D is its size).
     """
+    check_array("log_prob", log_prob, min_rank=0)
+    if log_prob.size == 0:
+        raise ValueError(f"`log_prob` is empty (shape {tuple(log_prob.shape)}).")
+    check_finite("log_prob", log_prob)
+    if isinstance(shape, (str, bytes)) or not isinstance(shape, (tuple, list)) or not all(
+            isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s > 0
+            for s in shape):
+        raise ValueError(f"`shape` must be a tuple of positive ints, got {shape!r}.")
+    check_number("num_bins", num_bins, low=1, integer=True)
+    check_number("data_range", data_range, low=0.0, low_open=True)
     d = math.prod(shape)
     return -log_prob / (d * math.log(2.0)) - math.log2(data_range / num_bins)

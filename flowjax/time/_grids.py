@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from flowjax._checks import as_real_array, check_number, check_path, is_concrete
 from flowjax.time._samplers import shift_time
 
 
 def _check_steps(num_steps):
-    if not isinstance(num_steps, int) or num_steps < 1:
-        raise ValueError(f"`num_steps` must be a positive int, got {num_steps!r}.")
+    check_number("num_steps", num_steps, low=1, integer=True)
 
 
 def uniform_grid(num_steps: int):
@@ -37,8 +38,17 @@ def time_of_noise_ratio(path, ratio, *, iterations: int = 60):
     decreases from :math:`\infty` (or a large value) at t = 0 to 0 (or
     :math:`\sigma_{min}`) at t = 1 on every path here, so bisection finds t
     to float precision. Rectified flow has the closed form t = 1/(1 + ratio).
+
+    Args:
+      path: an affine path.
+      ratio: noise-to-signal ratios >= 0 (`inf` gives t = 0), any shape.
+      iterations: bisection steps (60 reach float64 precision).
     """
-    ratio = jnp.asarray(ratio, jnp.result_type(float))
+    check_path("path", path)
+    ratio = as_real_array("ratio", ratio).astype(jnp.result_type(float))
+    if is_concrete(ratio) and np.any(~(np.asarray(ratio) >= 0)):
+        raise ValueError("`ratio` must be >= 0 (not NaN).")
+    check_number("iterations", iterations, low=1, integer=True)
 
     def noise_ratio(t):
         return path.sigma_total(t) / jnp.maximum(path.alpha(t), jnp.finfo(t.dtype).tiny)
@@ -101,6 +111,13 @@ def edm_grid(num_steps: int, path, *, sigma_min: float = 0.002, sigma_max: float
       path: the affine path that gives the time mapping.
       sigma_min, sigma_max, rho: EDM's parameters (defaults from the paper).
     """
+    _check_steps(num_steps)
+    check_path("path", path)
+    check_number("sigma_min", sigma_min, low=0.0, low_open=True)
+    check_number("sigma_max", sigma_max, low=0.0, low_open=True)
+    check_number("rho", rho, low=0.0, low_open=True)
+    if not sigma_min < sigma_max:
+        raise ValueError(f"`sigma_min` must be below `sigma_max`, got {sigma_min}, {sigma_max}.")
     sig = edm_sigmas(num_steps, sigma_min=sigma_min, sigma_max=sigma_max, rho=rho)
     if num_steps == 1:
         return jnp.array([0.0, 1.0])
