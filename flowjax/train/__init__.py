@@ -16,5 +16,6 @@ from flowjax.train._step import TrainState as TrainState
 from flowjax.train._step import create_train_state as create_train_state
 from flowjax.train._step import make_multi_step as make_multi_step
 from flowjax.train._step import make_train_step as make_train_step
+from flowjax.train._step import summarize_metrics as summarize_metrics
 from flowjax.train._sharded_couplings import global_coupling as global_coupling
 from flowjax.train._sharded_couplings import local_coupling as local_coupling
