@@ -3,6 +3,7 @@ devices and hosts, orbax checkpoints, metrics files."""
 
 from flowjax.train._checkpoint import Checkpointer as Checkpointer
 from flowjax.train._checkpoint import Restored as Restored
+from flowjax.train._checkpoint import state_checksums as state_checksums
 from flowjax.train._logging import MetricsWriter as MetricsWriter
 from flowjax.train._sharding import STRATEGIES as STRATEGIES
 from flowjax.train._sharding import batch_sharding as batch_sharding
