@@ -183,10 +183,12 @@ _COUNTERS = ("nonfinite_total", "nonfinite_consecutive")
 def summarize_metrics(metrics: dict) -> dict:
     """One record of scalars from the metrics of a step or a :func:`make_multi_step` call.
 
-    Device operations only (no host sync). The skip counters (`nonfinite_total`, `nonfinite_consecutive`) take their
-    value after the last step, `skipped` is summed (steps skipped in the
-    call), every other entry is averaged over the steps, ignoring NaNs (the
-    loss of a skipped step would otherwise hide the others').
+    Device operations only (no host sync). The skip counters
+    (`nonfinite_total`, `nonfinite_consecutive`) take their value after the
+    last step, `skipped` is summed (steps skipped in the call), every other
+    entry is averaged over its finite values (NaN if it
+    has none): the NaN loss of one skipped step would otherwise hide the
+    others'.
     """
     def reduce(name, value):
         value = jnp.asarray(value)
@@ -195,7 +197,8 @@ def summarize_metrics(metrics: dict) -> dict:
         if name == "skipped":
             return jnp.sum(value)
         if jnp.issubdtype(value.dtype, jnp.inexact):
-            return jnp.nanmean(value)
+            finite = jnp.isfinite(value)
+            return jnp.sum(jnp.where(finite, value, 0)) / jnp.sum(finite)  # NaN if none
         return jnp.mean(value)
 
     return {name: jax.tree.map(lambda v, n=name: reduce(n, v), value)
