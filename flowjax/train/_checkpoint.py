@@ -277,16 +277,18 @@ class Checkpointer:
         """Saves `state` (and the pipeline position and config) at `step` if it is due.
 
         Returns whether a save was started. A save at a step that is already
-        saved is skipped. A write that fails (here, or in the background
-        for the previous asynchronous save) raises `OSError` with its errno
+        saved is skipped. A write that fails raises `OSError` with its errno
         (`ENOSPC` for a full disk), naming the step and the directory; the
-        checkpoints written before stay readable.
+        checkpoints written before stay readable. An asynchronous save that
+        failed in the background is reported by the first call after it
+        ended, due or not (the check costs nothing while it still runs).
         """
         step = int(step)
+        if self._saving is not None and (
+                force or step % self.save_every == 0 or not self._manager.is_saving_in_progress()):
+            self._finish()  # a background failure is reported at the next call, due or not
         if not force and step % self.save_every:
             return False
-        if self._saving is not None:  # orbax waits for it anyway; a failure is its own step's
-            self._finish()
         if step in self._manager.all_steps():
             return False
         integrity = {"checksum": "uint32 position-weighted word sum",
