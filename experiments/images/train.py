@@ -234,7 +234,7 @@ def train_method(config, workdir: str, method: str, writer, source):
 
     ckpt = train.Checkpointer(os.path.join(workdir, "checkpoints", method),
                               save_every=config.checkpoint_every, keep=config.keep_checkpoints,
-                              catch_sigterm=True)
+                              async_save=config.async_checkpoint, catch_sigterm=True)
     restored = restore(ckpt, state)
     if restored is not None:
         state = restored.state

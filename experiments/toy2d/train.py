@@ -269,7 +269,7 @@ def train_one(config, workdir: str, source: str, run: str, writer, apply_fn, ini
 
     ckpt = train.Checkpointer(os.path.join(workdir, "checkpoints", f"{source}_{run}"),
                               save_every=config.checkpoint_every, keep=config.keep_checkpoints,
-                              catch_sigterm=True)
+                              async_save=config.async_checkpoint, catch_sigterm=True)
     restored = restore(ckpt, state)
     if restored is not None:
         state = restored.state
