@@ -620,7 +620,8 @@ def _plot(path, results):
     b.bar(names, lost, color="tab:blue", label="max steps lost")
     b.axhline(1.0, color="k", ls="--", label="one save interval")
     b.set_ylabel("steps to redo / save interval")
-    b.legend(loc="upper left")
+    b.set_ylim(0, 1.4)
+    b.legend(loc="upper right")
     for ax in (a, b):
         ax.tick_params(axis="x", rotation=60)
     fig.tight_layout()

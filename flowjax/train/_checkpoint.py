@@ -315,11 +315,13 @@ class Checkpointer:
         missing = sorted(set(target) - set(metadata))
         extra = sorted(set(metadata) - set(target))
         if missing or extra:
+            parts = [f"{what} {len(paths)} leaves of the {whose}, e.g. {paths[:3]}"
+                     for what, paths, whose in (("the checkpoint lacks", missing, "state"),
+                                                ("the state lacks", extra, "checkpoint"))
+                     if paths]
             raise ValueError(
-                f"{where}: the state has leaves the checkpoint lacks {missing[:4]} and the "
-                f"checkpoint has leaves the state lacks {extra[:4]}. Was it saved by another "
-                "model or version? Resume with the config it was saved with, or use a new "
-                "directory.")
+                f"{where}: {'; '.join(parts)}. Was it saved by another model or version? "
+                "Resume with the config it was saved with, or use a new directory.")
         bad = [(p, tuple(metadata[p].shape), tuple(target[p].shape),
                 np.dtype(metadata[p].dtype), np.dtype(target[p].dtype)) for p in target
                if tuple(metadata[p].shape) != tuple(target[p].shape)
