@@ -1,9 +1,13 @@
 """The experiments' shared command line: `--config=CONFIG --workdir=DIR [--config.FIELD=VALUE]`.
 
 A bad command line (an unknown config key, a config file that does not
-load, a bad value, a workdir that cannot be written) exits with status 2 and
-one line saying what is wrong. A run stopped by SIGTERM saves its state first
-and exits with status 143 (128 + SIGTERM); the same command resumes it.
+load, a bad value, a data directory that cannot be read, a workdir that
+cannot be written) exits with status 2 and one line saying what is wrong,
+before JAX compiles anything. A run stopped by SIGTERM saves its state first
+and exits with status 143 (128 + SIGTERM); the same command resumes it. A run
+whose steps stay non-finite (`config.max_consecutive_nonfinite` skipped in a
+row) exits with status 1 and one line naming its last checkpoint, which it
+leaves as it was.
 
 Compiled XLA programs are kept in JAX's persistent compilation cache, so a
 second run of the same config (or a resumed one) loads its train steps and
@@ -23,6 +27,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 PREEMPTED_EXIT = 143  # 128 + SIGTERM: what a scheduler sees from a process it terminated
+NONFINITE_EXIT = 1
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to an ml_collections config.",
                                           lock_config=True)
@@ -63,7 +68,7 @@ def _main(train, argv):
         _fail(f"unexpected arguments: {' '.join(argv[1:])}")
     if isinstance(train, str):  # imported only now: a bad flag fails before JAX loads
         train = importlib.import_module(train)
-    from experiments._workdir import Preempted
+    from experiments._workdir import BadInput, NonFiniteStop, Preempted
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
     try:
         config = _CONFIG.value
@@ -94,6 +99,11 @@ def _main(train, argv):
     except Preempted as e:
         print(f"{e}", file=sys.stderr)
         sys.exit(PREEMPTED_EXIT)
+    except NonFiniteStop as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(NONFINITE_EXIT)
+    except BadInput as e:
+        _fail(str(e))
 
 
 def _flags_parser(argv):

@@ -344,3 +344,32 @@ def test_acceleration_bad_parameters():
             couplings.sinkhorn(0.1, momentum=bad)
     with pytest.raises(ValueError, match="`momentum`"):
         couplings.sinkhorn_plan(jnp.ones((4, 2)), jnp.ones((4, 2)), epsilon=0.1, momentum=-1.0)
+
+
+def test_failed_sinkhorn_falls_back_to_independent_pairs_per_batch():
+    """A solve that does not converge, or overflows, pairs its batch independently and says so."""
+    x0, x1 = _clouds(32, 2)
+    scales = jnp.array([1.0, 1e6, 1e19])  # costs ~10, ~1e13 (no convergence), inf (NaN plan)
+    x0s, x1s = x0 * scales[:, None, None], x1 * scales[:, None, None]
+    keys = jax.random.split(jax.random.PRNGKey(0), 3)
+    c = couplings.sinkhorn(0.5, max_iterations=100, warm_start=True)
+    (y0, y1), aux = jax.jit(jax.vmap(c))(keys, x0s, x1s)
+    np.testing.assert_array_equal(aux["fallback"], [0, 1, 1])
+    assert np.all(np.isfinite(y0)) and np.all(np.isfinite(aux["renormalized_entropy"]))
+    np.testing.assert_array_equal(y1, x1s)
+    for b in (1, 2):  # the independent coupling: x0 as it was given
+        np.testing.assert_array_equal(y0[b], x0s[b])
+        assert float(aux["renormalized_entropy"][b]) == 1.0
+        np.testing.assert_array_equal(aux["potentials"].g[b], 0.0)  # the next solve starts cold
+    rows = np.asarray(x0)  # batch 0 is paired from its plan: every row is a row of x0
+    assert all(np.any(np.all(rows == r, axis=1)) for r in np.asarray(y0[0]))
+    assert not np.array_equal(y0[0], x0) and np.all(np.isfinite(aux["potentials"].g[0]))
+    # An infinite tolerance keeps a finite plan however far from converged; a
+    # non-finite one still falls back.
+    lax = couplings.sinkhorn(0.005, max_iterations=10, warm_start=True,
+                             fallback_tolerance=float("inf"))
+    (y0, _), aux = jax.jit(jax.vmap(lax))(keys, x0s, x1s)
+    assert int(aux["fallback"][0]) == 0 and not bool(aux["converged"][0])
+    assert not np.array_equal(y0[0], x0) and int(aux["fallback"][2]) == 1
+    with pytest.raises(ValueError, match="`fallback_tolerance`"):
+        couplings.sinkhorn(0.1, fallback_tolerance=0.0)

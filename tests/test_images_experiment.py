@@ -137,6 +137,9 @@ def test_tiny_cifar10_configs_train_checkpoint_and_sample(module, tmp_path):
     ("batch_size", 0, "batch_size"),
     ("sharding.strategy", "zero", "sharding.strategy"),
     ("sharding.num_devices", 16, "sharding.num_devices"),
+    ("max_consecutive_nonfinite", 0, "max_consecutive_nonfinite"),
+    ("data_dir", "/no/such/tfds", "config.data_dir: '/no/such/tfds' does not exist"),
+    ("data_dir", os.path.abspath(__file__), "is not a directory"),
 ])
 def test_bad_configs_name_the_field(field, value, message):
     config = digits_tiny.get_config()
@@ -147,3 +150,19 @@ def test_bad_configs_name_the_field(field, value, message):
     config.conditional = False
     with pytest.raises(ValueError, match="conditional"):
         images.validate_config(config)
+
+
+def test_cli_unreadable_data_dir_exits_2_with_one_line(tmp_path):
+    """Checked before JAX compiles anything: one `error:` line, status 2, no traceback."""
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run(
+        [sys.executable, "-m", "experiments.images", "--config=experiments/images/configs/mnist.py",
+         f"--workdir={tmp_path}", f"--config.data_dir={tmp_path / 'missing'}"],
+        cwd=root, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "config.data_dir" in errors[0] and "does not exist" in errors[0]
+    assert "Traceback" not in proc.stderr

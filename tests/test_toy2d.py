@@ -216,3 +216,61 @@ def test_sigterm_saves_the_current_step_and_exits_143(tmp_path):
     saved = sorted(int(n) for n in os.listdir(tmp_path / "checkpoints" / "normal_icfm")
                    if n.isdigit())
     assert saved == [last] and last % 10 == 0 and 30 <= last < 50000
+
+
+def test_nonfinite_steps_stop_the_run_keeping_its_last_good_checkpoint(tmp_path):
+    """NaN batches from call 3 on: the run stops after K skips, its checkpoints hold good
+    params, resuming on clean data goes on; a resume with another model is refused."""
+    from experiments._workdir import BadInput, NonFiniteStop
+    from flowjax import train
+
+    def config_of(hidden):
+        config = tiny.get_config()
+        config.methods, config.hidden, config.sharding.num_devices = ("icfm",), hidden, 1
+        config.num_train_steps, config.steps_per_call, config.checkpoint_every = 60, 10, 10
+        config.max_consecutive_nonfinite = 15
+        return config
+
+    inits = {}
+
+    def run(config, poison_from=None):
+        calls = []
+        if config.hidden not in inits:
+            inits[config.hidden] = toy2d._init_params(config, "icfm", "normal")
+
+        def factory():
+            make = toy2d.sampled_batches(config, "normal")
+
+            def batches(key):
+                calls.append(key)
+                b = make(key)
+                return b if poison_from is None or len(calls) < poison_from else \
+                    {**b, "x1": b["x1"] * float("nan")}
+            return batches
+
+        apply_fn = toy2d._apply_fns(config.to_json(), "icfm")
+        return toy2d.train_one(config, str(tmp_path), "normal", "icfm",
+                               train.MetricsWriter(str(tmp_path)), apply_fn,
+                               inits[config.hidden], factory)
+
+    config = config_of((32, 32))
+    with pytest.raises(NonFiniteStop, match="stopped at step 40: 20 consecutive non-finite "
+                                            "steps .* the latest checkpoint is step 30") as stop:
+        run(config, poison_from=3)
+    assert (stop.value.latest, stop.value.total) == (30, 20)
+    ckpt = train.Checkpointer(str(tmp_path / "checkpoints" / "normal_icfm"), save_every=10)
+    assert ckpt.all_steps() == [20, 30]  # nothing saved after the stop
+    abstract = jax.eval_shape(lambda: train.create_train_state(
+        jax.random.PRNGKey(0), inits[config.hidden], toy2d._optimizer(config)))
+    good, during = (ckpt.restore(abstract, step=s).state for s in (20, 30))
+    ckpt.close()
+    for a, b in zip(jax.tree.leaves(good.params), jax.tree.leaves(during.params), strict=True):
+        np.testing.assert_array_equal(a, b)  # the skipped steps changed nothing
+    assert (int(during.step), int(during.nonfinite_total)) == (20, 10)
+    # Clean data again: the run resumes from step 30 (20 updates + 10 skips) and finishes.
+    state = run(config)
+    assert (int(state.step), int(state.nonfinite_total), int(state.nonfinite_consecutive)) == (
+        50, 10, 0)
+    with pytest.raises(BadInput, match=r"leaf 'params/.*' is float32\[.*\] in the checkpoint "
+                                       r"but float32\[.*\] in the state"):
+        run(config_of((16, 16)))

@@ -101,3 +101,55 @@ def test_bad_ema_decay():
     _, _, loss = _setup()
     with pytest.raises(ValueError, match="`ema_decay`"):
         train.make_train_step(loss, optax.sgd(0.1), ema_decay=1.0)
+
+
+def test_nonfinite_steps_are_skipped_counted_and_use_fresh_keys():
+    """A NaN batch leaves params, EMA, optimizer state and step as they were; counters grow."""
+    _, params, loss = _setup(hidden=(16,))
+
+    def keyed_loss(params, key, batch):  # reports each step's key
+        value, aux = loss(params, key, batch)
+        return value, {**aux, "key": key}
+
+    opt = optax.adam(1e-2)
+    batches = _batches(5, b=16)
+    batches["x1"] = batches["x1"].at[1:3].set(jnp.nan).at[4, 0, 0].set(jnp.inf)
+    multi = train.make_multi_step(keyed_loss, opt, ema_decay=0.9)
+    base = jax.random.PRNGKey(3)
+    state, m = multi(train.create_train_state(base, params, opt), batches)
+    np.testing.assert_array_equal(m["skipped"], [0, 1, 1, 0, 1])
+    np.testing.assert_array_equal(m["nonfinite_consecutive"], [0, 1, 2, 0, 1])
+    np.testing.assert_array_equal(m["nonfinite_total"], [0, 1, 2, 2, 3])
+    counters = (state.step, state.nonfinite_total, state.nonfinite_consecutive)
+    assert tuple(int(c) for c in counters) == (2, 3, 1)
+    # Each call draws a fresh key, skipped or not: fold_in(key, number of calls so far).
+    expected_keys = [jax.random.fold_in(base, i) for i in range(5)]
+    np.testing.assert_array_equal(m["key"], np.stack(expected_keys))
+    assert np.all(np.isfinite(m["param_norm"]))
+    np.testing.assert_array_equal(np.asarray(m["update_norm"])[[1, 2, 4]], 0.0)
+    summary = train.summarize_metrics(m)
+    assert int(summary["skipped"]) == 3 and int(summary["nonfinite_total"]) == 3
+    assert np.isfinite(summary["loss"])  # the mean of the finite steps' losses
+    np.testing.assert_allclose(summary["loss"], np.mean(np.asarray(m["loss"])[[0, 3]]), rtol=1e-6)
+
+    # The same run one step at a time: after the skipped steps the state is bit-identical
+    # to the state before them (only the counters differ).
+    single = train.make_train_step(keyed_loss, opt, ema_decay=0.9)
+    s = train.create_train_state(base, params, opt)
+    s, _ = single(s, jax.tree.map(lambda x: x[0], batches))
+    before = jax.tree.map(np.asarray, s)
+    for i in (1, 2):
+        s, _ = single(s, jax.tree.map(lambda x, i=i: x[i], batches))
+    after = jax.tree.map(np.asarray, s)
+    for name in ("params", "ema_params", "opt_state", "step", "key"):
+        _assert_equal(getattr(before, name), getattr(after, name))
+    assert (int(after.nonfinite_total), int(after.nonfinite_consecutive)) == (2, 2)
+    for i in (3, 4):
+        s, _ = single(s, jax.tree.map(lambda x, i=i: x[i], batches))
+    for a, b in zip(jax.tree.leaves(s), jax.tree.leaves(state), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def _assert_equal(a, b):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(x, y)

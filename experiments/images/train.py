@@ -34,7 +34,8 @@ from flax import serialization
 from tqdm import tqdm
 
 from experiments._devices import make_mesh, validate_sharding
-from experiments._workdir import Preempted, start_run, write_results
+from experiments._workdir import (BadInput, Preempted, check_nonfinite, restore,
+                                  start_run, write_results)
 from flowjax import couplings, data, losses, metrics, models, paths, sample, train
 from flowjax import time as ftime
 
@@ -74,7 +75,7 @@ def validate_config(config):
         raise ValueError(f"config.model.dtype must be one of {tuple(DTYPES)}, "
                          f"got {config.model.dtype!r}")
     for field in ("batch_size", "num_train_steps", "steps_per_call", "log_every",
-                  "checkpoint_every", "keep_checkpoints"):
+                  "checkpoint_every", "keep_checkpoints", "max_consecutive_nonfinite"):
         if not isinstance(config[field], int) or config[field] < 1:
             raise ValueError(f"config.{field} must be a positive int, got {config[field]!r}")
     validate_sharding(config, config.batch_size)
@@ -91,15 +92,36 @@ def validate_config(config):
             config[m].cond_drop_prob <= 0 for m in config.methods if not is_flow_map(config, m)):
         raise ValueError("config.eval.classifier_guidance_scales guide the unconditional field: "
                          "train with label dropout (config.<method>.cond_drop_prob > 0)")
+    if config.data_dir:
+        _check_data_dir(config.data_dir)
+
+
+def _check_data_dir(path: str):
+    """A data_dir that is not a readable directory fails here, before any data set is opened."""
+    if not os.path.exists(path):
+        raise ValueError(f"config.data_dir: {path!r} does not exist")
+    if not os.path.isdir(path):
+        raise ValueError(f"config.data_dir: {path!r} is not a directory")
+    try:
+        os.listdir(path)
+    except OSError as e:
+        raise ValueError(f"config.data_dir: cannot read {path!r} ({e.strerror or e})") from None
 
 
 # --------------------------------------------------------------------------- data
 
 def make_source(config, split: str):
-    """The data set's `split` ("train" or "test") as a random-access source."""
+    """The data set's `split` ("train" or "test") as a random-access source.
+
+    Raises :class:`BadInput` (one line, exit status 2 from the command line)
+    if the data set is not prepared in `config.data_dir`.
+    """
     if config.dataset == "digits":
         return data.digits_source(split)
-    return data.tfds_source(config.dataset, split, data_dir=config.data_dir or None)
+    try:
+        return data.tfds_source(config.dataset, split, data_dir=config.data_dir or None)
+    except ValueError as e:
+        raise BadInput(f"config.dataset: {str(e).splitlines()[0]}") from e
 
 
 def load_images(source, limit: int | None = None, seed: int = 0):
@@ -198,7 +220,10 @@ def train_method(config, workdir: str, method: str, writer, source):
     own rows of every batch (`ImagePipeline` with its process index), joined
     into one global array. Checkpoints hold the state, the pipeline position
     and the config; on SIGTERM the current step is saved and
-    :class:`Preempted` raised.
+    :class:`Preempted` raised. Steps count batches, skipped (non-finite) ones
+    included; a logged or saved step that shows
+    `config.max_consecutive_nonfinite` skipped steps in a row stops the run
+    with :class:`NonFiniteStop` before it saves again.
     """
     apply_fn = apply_fn_of(config, method)
     loss_fn = make_loss(config, method, apply_fn)
@@ -220,12 +245,13 @@ def train_method(config, workdir: str, method: str, writer, source):
 
     ckpt = train.Checkpointer(os.path.join(workdir, "checkpoints", method),
                               save_every=config.checkpoint_every, keep=config.keep_checkpoints,
-                              catch_sigterm=True)
-    restored = ckpt.restore(state)
+                              async_save=config.async_checkpoint, catch_sigterm=True)
+    restored = restore(ckpt, state)
     if restored is not None:
         state = restored.state
         pipeline.restore(restored.pipeline)
-    start = int(state.step)
+    start = int(state.step + state.nonfinite_total)  # batches used, skipped steps included
+    limit = config.max_consecutive_nonfinite
     bar = tqdm(total=config.num_train_steps, initial=start, desc=f"{config.dataset} {method}",
                leave=False, dynamic_ncols=True)
     prev, timed_from, timed_steps = None, None, 0
@@ -241,7 +267,8 @@ def train_method(config, workdir: str, method: str, writer, source):
             if done % config.log_every == 0 or done == config.num_train_steps:
                 if prev is not None:  # log the previous record: no host sync on this step
                     writer.write(prev[0], prev[1], **prev[2])
-                prev = (done, jax.tree.map(jnp.mean, m), {"method": method})
+                    check_nonfinite(prev[1], limit, prev[0], ckpt)
+                prev = (done, train.summarize_metrics(m), {"method": method})
             if timed_from is None and step > start:  # time after the first (compiling) call
                 jax.block_until_ready(state.params)
                 timed_from = time.perf_counter()
@@ -249,8 +276,10 @@ def train_method(config, workdir: str, method: str, writer, source):
                 timed_steps += k
             bar.update(k)
             preempted = ckpt.reached_preemption(done)
-            ckpt.save(done, state, pipeline=pipeline.state(), config=config,
-                      force=preempted or done == config.num_train_steps)
+            force = preempted or done == config.num_train_steps
+            if force or done % config.checkpoint_every == 0:  # a save syncs anyway
+                check_nonfinite(train.summarize_metrics(m), limit, done, ckpt)
+            ckpt.save(done, state, pipeline=pipeline.state(), config=config, force=force)
             if preempted:
                 raise Preempted(done, ckpt.directory)
     finally:

@@ -30,7 +30,8 @@ import optax
 from tqdm import tqdm
 
 from experiments._devices import make_mesh, validate_sharding
-from experiments._workdir import Preempted, start_run, write_results
+from experiments._workdir import (Preempted, check_nonfinite, restore, start_run,
+                                  write_results)
 from flowjax import couplings, data, losses, metrics, models, paths, sample, time, train
 
 SOURCES = {
@@ -195,7 +196,7 @@ def validate_config(config):
         raise ValueError(f"config.target: unknown target {config.target!r}; "
                          f"choose from {tuple(TARGETS)}.")
     for field in ("num_train_steps", "batch_size", "steps_per_call", "checkpoint_every",
-                  "keep_checkpoints"):
+                  "keep_checkpoints", "max_consecutive_nonfinite"):
         if int(config[field]) < 1:
             raise ValueError(f"config.{field} must be a positive integer, got {config[field]}.")
     validate_sharding(config, config.batch_size)
@@ -294,6 +295,10 @@ def train_one(config, workdir: str, source: str, run: str, writer, apply_fn, ini
     the input pipeline's position is the step itself: a run resumed from
     step `s` sees the batches an uninterrupted run would. On SIGTERM the
     state is saved at the current step and :class:`Preempted` is raised.
+
+    Steps count batches, skipped (non-finite) ones included. When a logged or
+    saved call shows `config.max_consecutive_nonfinite` skipped steps in a
+    row, the run stops with :class:`NonFiniteStop` before saving again.
     """
     optimizer, shardings, multi_step = _compiled_steps(config.to_json(), run, apply_fn)
     key = _run_key(config.seed, source, run)
@@ -303,12 +308,13 @@ def train_one(config, workdir: str, source: str, run: str, writer, apply_fn, ini
 
     ckpt = train.Checkpointer(os.path.join(workdir, "checkpoints", f"{source}_{run}"),
                               save_every=config.checkpoint_every, keep=config.keep_checkpoints,
-                              catch_sigterm=True)
-    restored = ckpt.restore(state)
+                              async_save=config.async_checkpoint, catch_sigterm=True)
+    restored = restore(ckpt, state)
     if restored is not None:
         state = restored.state
-    start = int(state.step)
+    start = int(state.step + state.nonfinite_total)  # batches used, skipped steps included
     make_batches = batches_factory() if start < config.num_train_steps else None
+    limit = config.max_consecutive_nonfinite
     bar = tqdm(total=config.num_train_steps, initial=start, desc=f"{source}->{config.target} "
                f"{run}", leave=False, dynamic_ncols=True)
     prev = None
@@ -318,12 +324,15 @@ def train_one(config, workdir: str, source: str, run: str, writer, apply_fn, ini
             state, m = multi_step(state, batches)
             if prev is not None:  # log the previous call's metrics: no host sync on this one
                 writer.write(prev[0], prev[1], method=run, source=source)
+                check_nonfinite(prev[1], limit, prev[0], ckpt)
             done = step + k
-            prev = (done, jax.tree.map(jnp.mean, m))
+            prev = (done, train.summarize_metrics(m))
             bar.update(k)
             preempted = ckpt.reached_preemption(done)
-            ckpt.save(done, state, pipeline={"next_step": done}, config=config,
-                      force=preempted or done == config.num_train_steps)
+            force = preempted or done == config.num_train_steps
+            if force or done % config.checkpoint_every == 0:  # a save syncs anyway
+                check_nonfinite(prev[1], limit, done, ckpt)
+            ckpt.save(done, state, pipeline={"next_step": done}, config=config, force=force)
             if preempted:
                 writer.write(prev[0], prev[1], method=run, source=source)
                 raise Preempted(done, ckpt.directory)

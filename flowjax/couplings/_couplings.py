@@ -359,7 +359,7 @@ def sinkhorn(epsilon: float = 0.05, *, threshold: float = 1e-3,
              max_iterations: int = 2000, sample: bool = True, scale_free: bool = False,
              warm_start: bool = False, precompute_cost: bool = False,
              sampler: str = "gumbel", epsilon_init: float = 1.0, epsilon_decay: float = 1.0,
-             momentum: float | str | None = None):
+             momentum: float | str | None = None, fallback_tolerance: float = 0.1):
     r"""Entropic minibatch OT with ott-jax's Sinkhorn.
 
     Args:
@@ -427,15 +427,35 @@ def sinkhorn(epsilon: float = 0.05, *, threshold: float = 1e-3,
         the row marginal exact); with momentum the row marginal is off by about
         as much, so the plan cost can differ from the plain one's by about the
         tolerance (2-D example: plan cost 1.0092 W against 1.0088 W).
+      fallback_tolerance: when a batch's solve is taken as failed. Sinkhorn
+        may stop at `max_iterations` far from its marginals (at a tiny
+        `epsilon`, or with huge costs), or overflow into a non-finite or
+        massless plan. A batch whose plan has a marginal error
+        :math:`\max(\|P\mathbf 1 - \mathbf 1/n\|_1, \|P^\top \mathbf 1 - \mathbf 1/n\|_1)`
+        above `fallback_tolerance` (default 0.1: a tenth of the mass
+        misplaced), or whose plan or potentials are not finite, is paired
+        independently instead: `x0` comes back as it was given (the
+        independent coupling of I-CFM, whose marginals are exact). The
+        choice is made inside `jit` (`jnp.where`), per batch, and
+        `aux["fallback"]` reports it. The tolerance is looser than
+        `threshold` on purpose: in float32 a solve at a small `epsilon` can
+        stall a little above a tight threshold (`converged` False) with a
+        plan that is still good. `float("inf")` keeps every finite plan.
 
     `aux` holds `cost` (of the returned pairs), `plan_cost`
     (:math:`\langle P, C\rangle`), `renormalized_entropy` (of the plan),
     `epsilon` (the absolute value used), `n_iters` (Sinkhorn iterations, in
-    multiples of ott's 10 inner iterations) and `converged`.
+    multiples of ott's 10 inner iterations), `converged`, and `fallback`
+    (int32, 1 if the batch was paired independently, else 0; a count once
+    summed over steps). After a fallback `plan_cost` and
+    `renormalized_entropy` are those of the independent plan (mean cost, 1)
+    and a warm start's potential `g` is reset to 0 (a cold start).
     """
     _check_options(epsilon, threshold, max_iterations)
     if sampler not in _SAMPLERS:
         raise ValueError(f"`sampler` must be one of {_SAMPLERS}, got {sampler!r}.")
+    if not fallback_tolerance > 0:
+        raise ValueError(f"`fallback_tolerance` must be positive, got {fallback_tolerance!r}.")
     _check_acceleration(epsilon_init, epsilon_decay, momentum)
 
     def solve(key, x0, x1, init):
@@ -455,12 +475,22 @@ def sinkhorn(epsilon: float = 0.05, *, threshold: float = 1e-3,
             idx = jax.random.categorical(key, logits, axis=-1)
         else:
             idx = jnp.argmax(plan, axis=0)
-        aux = {"plan_cost": jnp.sum(plan * (sq_distances(x0, x1) if cost is None else cost)),
-               "renormalized_entropy": _renormalized_entropy(plan),
+        # Judged on the plan itself, not on ott's `converged`: an underflowed plan (all
+        # zeros) can come back "converged" from ott's vmapped loop. NaN fails `<=`.
+        n, m = plan.shape
+        error = jnp.maximum(jnp.sum(jnp.abs(jnp.sum(plan, 1) - 1.0 / n)),
+                            jnp.sum(jnp.abs(jnp.sum(plan, 0) - 1.0 / m)))
+        ok = (error <= fallback_tolerance) & jnp.all(jnp.isfinite(out.f)) & jnp.all(
+            jnp.isfinite(out.g))
+        idx = jnp.where(ok, idx, jnp.arange(x1.shape[0]))  # independent pairs
+        c = sq_distances(x0, x1) if cost is None else cost
+        aux = {"plan_cost": jnp.where(ok, jnp.sum(plan * c), jnp.mean(c)),
+               "renormalized_entropy": jnp.where(ok, _renormalized_entropy(plan), 1.0),
                "epsilon": jnp.asarray(geom.epsilon, x0.dtype),
-               "n_iters": out.n_iters, "converged": out.converged}
+               "n_iters": out.n_iters, "converged": out.converged,
+               "fallback": jnp.logical_not(ok).astype(jnp.int32)}
         if warm_start:
-            aux["potentials"] = SinkhornPotentials(x1=x1, g=out.g)
+            aux["potentials"] = SinkhornPotentials(x1=x1, g=jnp.where(ok, out.g, 0.0))
         x0 = x0[idx]
         return (x0, x1), {"cost": _pair_cost(x0, x1), **aux}
 

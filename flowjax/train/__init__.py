@@ -3,6 +3,7 @@ devices and hosts, orbax checkpoints, metrics files."""
 
 from flowjax.train._checkpoint import Checkpointer as Checkpointer
 from flowjax.train._checkpoint import Restored as Restored
+from flowjax.train._checkpoint import state_checksums as state_checksums
 from flowjax.train._logging import MetricsWriter as MetricsWriter
 from flowjax.train._sharding import STRATEGIES as STRATEGIES
 from flowjax.train._sharding import batch_sharding as batch_sharding
@@ -16,5 +17,6 @@ from flowjax.train._step import TrainState as TrainState
 from flowjax.train._step import create_train_state as create_train_state
 from flowjax.train._step import make_multi_step as make_multi_step
 from flowjax.train._step import make_train_step as make_train_step
+from flowjax.train._step import summarize_metrics as summarize_metrics
 from flowjax.train._sharded_couplings import global_coupling as global_coupling
 from flowjax.train._sharded_couplings import local_coupling as local_coupling

@@ -17,8 +17,13 @@ class TrainState:
       params: model parameters.
       ema_params: exponential moving average of `params`.
       opt_state: the optax state.
-      step: number of optimizer steps taken (int32 scalar).
-      key: the run's base PRNG key; step `i` uses `fold_in(key, i)`.
+      step: number of optimizer updates applied (int32 scalar).
+      key: the run's base PRNG key; the `i`-th call of a step (counting skipped
+        ones) uses `fold_in(key, i)`, with `i = step + nonfinite_total`.
+      nonfinite_total: steps skipped because their loss or gradients were not
+        finite, over the whole run (int32 scalar).
+      nonfinite_consecutive: steps skipped in a row up to now; 0 after an
+        applied update (int32 scalar).
     """
 
     params: object
@@ -26,21 +31,26 @@ class TrainState:
     opt_state: object
     step: jax.Array
     key: jax.Array
+    nonfinite_total: jax.Array
+    nonfinite_consecutive: jax.Array
 
 
 def create_train_state(key, params, optimizer: optax.GradientTransformation) -> TrainState:
     """A fresh state: EMA starts at `params`, step 0.
 
-    The state holds copies, so the caller's `params` survive the steps
+    The state holds copies, so the caller's `params` and `key` survive the steps
     (which donate the state's buffers). Its arrays are committed to the
     default device, as a restored checkpoint's are: a fresh and a restored
     state then hit the same compiled step (an uncommitted state would make
     the first step after a restore compile again).
     """
+    def zero():  # distinct buffers: each leaf is donated on its own
+        return jnp.zeros((), jnp.int32)
+
     state = TrainState(params=jax.tree.map(jnp.copy, params),
                        ema_params=jax.tree.map(jnp.copy, params),
-                       opt_state=optimizer.init(params), step=jnp.zeros((), jnp.int32),
-                       key=key)
+                       opt_state=optimizer.init(params), step=zero(), key=jnp.copy(key),
+                       nonfinite_total=zero(), nonfinite_consecutive=zero())
     device = jax.config.jax_default_device or jax.local_devices()[0]
     return jax.device_put(state, device)
 
@@ -50,17 +60,46 @@ def _check_decay(ema_decay):
         raise ValueError(f"`ema_decay` must lie in [0, 1), got {ema_decay!r}.")
 
 
+def _grad_norm(grads):
+    """The global L2 norm, summed in at least float32 (no overflow of half-precision squares)."""
+    return optax.tree.norm(jax.tree.map(
+        lambda g: g.astype(jnp.promote_types(g.dtype, jnp.float32)), grads))
+
+
 def _update(loss_fn, optimizer, ema_decay, state: TrainState, batch):
-    """One optimizer step: the pure body shared by the single and scanned steps."""
-    key = jax.random.fold_in(state.key, state.step)
+    """One optimizer step, or none if the loss or a gradient is not finite.
+
+    The pure body shared by the single and scanned steps. One reduction
+    decides: the gradient norm (reported anyway) is NaN or infinite exactly
+    when some gradient entry is, or when the sum of squares overflows float32
+    (a norm above ~1e19, a diverged run). The update is computed either way
+    and selected with `jnp.where` (no branch, no host sync): on a non-finite
+    step the params, EMA, optimizer state and `step` stay as they were and
+    the skip counters grow.
+    """
+    key = jax.random.fold_in(state.key, state.step + state.nonfinite_total)
     (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, key, batch)
+    grad_norm = _grad_norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     ema = optax.incremental_update(params, state.ema_params, step_size=1.0 - ema_decay)
-    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads),
-               "update_norm": optax.tree.norm(updates), "param_norm": optax.tree.norm(params), **aux}
-    new = state.replace(params=params, ema_params=ema, opt_state=opt_state,
-                        step=state.step + 1)
+
+    def keep(new, old):
+        return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+
+    skipped = jnp.logical_not(finite).astype(jnp.int32)
+    new = state.replace(params=keep(params, state.params),
+                        ema_params=keep(ema, state.ema_params),
+                        opt_state=keep(opt_state, state.opt_state),
+                        step=state.step + 1 - skipped,
+                        nonfinite_total=state.nonfinite_total + skipped,
+                        nonfinite_consecutive=(state.nonfinite_consecutive + 1) * skipped)
+    metrics = {"loss": loss, "grad_norm": grad_norm,
+               "update_norm": jnp.where(finite, optax.tree.norm(updates), 0.0),
+               "param_norm": optax.tree.norm(new.params), "skipped": skipped,
+               "nonfinite_total": new.nonfinite_total,
+               "nonfinite_consecutive": new.nonfinite_consecutive, **aux}
     return new, metrics
 
 
@@ -94,10 +133,25 @@ def make_train_step(loss_fn, optimizer: optax.GradientTransformation, *,
         (one sharding for every leaf, or a matching pytree). Given together
         with `state_sharding`; metrics come back replicated.
 
-    The step's key is `fold_in(state.key, state.step)`, so a run is a pure
-    function of its initial state and batches, on any number of devices
-    (JAX's random bits do not depend on the sharding). The input state is
-    donated.
+    The step's key is `fold_in(state.key, state.step + state.nonfinite_total)`
+    (the number of calls so far), so a run is a pure function of its initial
+    state and batches, on any number of devices (JAX's random bits do not
+    depend on the sharding). The input state is donated.
+
+    **Non-finite steps.** If the loss or any gradient entry is NaN or
+    infinite (tested as one reduction: the gradient norm, which also
+    counts a norm that overflows float32, above ~1e19), the step is skipped inside the compiled function (the idea of
+    `optax.apply_if_finite`, here covering the EMA and `step` too): params,
+    EMA, optimizer state and `step` come back unchanged, and
+    `state.nonfinite_total` and `state.nonfinite_consecutive` grow by one
+    (the latter returns to 0 at the next applied update). No host sync is
+    added; a training loop reads the counters from the metrics when it logs
+    and stops a run whose consecutive count reaches its limit. A skipped
+    step reports its (non-finite) loss and gradient norm, `update_norm` 0.
+
+    Returns metrics `loss`, `grad_norm`, `update_norm`, `param_norm`,
+    `skipped` (1 if this step was skipped, else 0), `nonfinite_total`,
+    `nonfinite_consecutive` and the loss's `aux` entries.
     """
     _check_decay(ema_decay)
 
@@ -125,3 +179,31 @@ def make_multi_step(loss_fn, optimizer: optax.GradientTransformation, *,
                             state, batches)
 
     return _jit(steps, state_sharding, batch_sharding)
+
+
+_COUNTERS = ("nonfinite_total", "nonfinite_consecutive")
+
+
+def summarize_metrics(metrics: dict) -> dict:
+    """One record of scalars from the metrics of a step or a :func:`make_multi_step` call.
+
+    Device operations only (no host sync). The skip counters
+    (`nonfinite_total`, `nonfinite_consecutive`) take their value after the
+    last step, `skipped` is summed (steps skipped in the call), every other
+    entry is averaged over its finite values (NaN if it
+    has none): the NaN loss of one skipped step would otherwise hide the
+    others'.
+    """
+    def reduce(name, value):
+        value = jnp.asarray(value)
+        if name in _COUNTERS:
+            return value.reshape(-1)[-1]
+        if name == "skipped":
+            return jnp.sum(value)
+        if jnp.issubdtype(value.dtype, jnp.inexact):
+            finite = jnp.isfinite(value)
+            return jnp.sum(jnp.where(finite, value, 0)) / jnp.sum(finite)  # NaN if none
+        return jnp.mean(value)
+
+    return {name: jax.tree.map(lambda v, n=name: reduce(n, v), value)
+            for name, value in metrics.items()}

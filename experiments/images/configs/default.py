@@ -75,6 +75,12 @@ def get_config():
     config.log_every = 100
     config.checkpoint_every = 500
     config.keep_checkpoints = 2
+    # Saves are written in the background while training goes on; a kill during a write
+    # then also loses the steps trained since it began. False: block until each is on disk.
+    config.async_checkpoint = True
+    # A step with a NaN/inf loss or gradient is skipped (and counted); this many in a
+    # row stop the run (checked when it logs or saves), its last checkpoint kept as it was.
+    config.max_consecutive_nonfinite = 20
 
     # Devices: one mesh axis "data" (batch split over it); "data" replicates the
     # state (data parallel), "fsdp" splits large parameters and Adam's moments too.

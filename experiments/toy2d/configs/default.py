@@ -37,6 +37,12 @@ def get_config():
     config.steps_per_call = 100  # optimizer steps fused in one lax.scan call
     config.checkpoint_every = 1000  # orbax saves (asynchronous) every this many steps
     config.keep_checkpoints = 2
+    # Saves are written in the background while training goes on; a kill during a write
+    # then also loses the steps trained since it began. False: block until each is on disk.
+    config.async_checkpoint = True
+    # A step with a NaN/inf loss or gradient is skipped (and counted); this many in a
+    # row stop the run (checked when it logs), its last checkpoint kept as it was.
+    config.max_consecutive_nonfinite = 20
 
     # Devices: one mesh axis "data"; the batch is split over it. "data" keeps the
     # state replicated (data parallel), "fsdp" splits large parameters too.
