@@ -259,12 +259,14 @@ class Checkpointer:
         code = _write_errno(e)
         if code is None:
             return e
-        why = "no space left on device" if code == errno.ENOSPC else _first_line(e)
+        nospace = code == errno.ENOSPC
+        why = "no space left on device" if nospace else _reason(e)
         self._manager.reload()
         kept = self.all_steps()
         return OSError(code, f"cannot save checkpoint step {step} to {self.directory}: {why}. "
-                             f"The checkpoints already there are intact (steps {kept}); free "
-                             "space and start the run again to resume from the latest")
+                             f"The checkpoints already there are intact (steps {kept}); "
+                             f"{'free space and ' if nospace else ''}start the run again to "
+                             "resume from the latest")
 
     def _finish(self):
         """Waits for the running save; a failed write comes back as OSError (see :meth:`save`)."""
