@@ -133,6 +133,13 @@ def state_checksums(state) -> dict:
     the array's bits read as 32-bit words :math:`w_i` (odd weights: a single
     flipped bit always changes it). It reads every array once, where it
     lives (sharded arrays too), and brings back one integer per leaf.
+
+    Args:
+      state: any pytree of arrays (a :class:`TrainState`), on any devices.
+
+    Returns:
+      `{path: checksum}` with paths like `"params/Dense_0/kernel"`; what
+      :class:`Checkpointer` stores with each save and checks on restore.
     """
     leaves = _leaf_paths(state)
     values = _checksum_leaves(list(leaves.values()))
@@ -252,12 +259,14 @@ class Checkpointer:
         code = _write_errno(e)
         if code is None:
             return e
-        why = "no space left on device" if code == errno.ENOSPC else _first_line(e)
+        nospace = code == errno.ENOSPC
+        why = "no space left on device" if nospace else _reason(e)
         self._manager.reload()
         kept = self.all_steps()
         return OSError(code, f"cannot save checkpoint step {step} to {self.directory}: {why}. "
-                             f"The checkpoints already there are intact (steps {kept}); free "
-                             "space and start the run again to resume from the latest")
+                             f"The checkpoints already there are intact (steps {kept}); "
+                             f"{'free space and ' if nospace else ''}start the run again to "
+                             "resume from the latest")
 
     def _finish(self):
         """Waits for the running save; a failed write comes back as OSError (see :meth:`save`)."""
@@ -323,9 +332,9 @@ class Checkpointer:
                 f"{where}: {'; '.join(parts)}. Was it saved by another model or version? "
                 "Resume with the config it was saved with, or use a new directory.")
         bad = [(p, tuple(metadata[p].shape), tuple(target[p].shape),
-                np.dtype(metadata[p].dtype), np.dtype(target[p].dtype)) for p in target
+                str(metadata[p].dtype), str(target[p].dtype)) for p in target
                if tuple(metadata[p].shape) != tuple(target[p].shape)
-               or np.dtype(metadata[p].dtype) != np.dtype(target[p].dtype)]
+               or str(metadata[p].dtype) != str(target[p].dtype)]
         if bad:
             p, saved, want, saved_dtype, want_dtype = bad[0]
             more = f" ({len(bad) - 1} more leaves differ)" if len(bad) > 1 else ""

@@ -182,6 +182,7 @@ def make_multi_step(loss_fn, optimizer: optax.GradientTransformation, *,
 
 
 _COUNTERS = ("nonfinite_total", "nonfinite_consecutive")
+_COUNTS = ("skipped", "coupling_fallback")  # events per step: summed over a call
 
 
 def summarize_metrics(metrics: dict) -> dict:
@@ -189,16 +190,24 @@ def summarize_metrics(metrics: dict) -> dict:
 
     Device operations only (no host sync). The skip counters
     (`nonfinite_total`, `nonfinite_consecutive`) take their value after the
-    last step, `skipped` is summed (steps skipped in the call), every other
-    entry is averaged over its finite values (NaN if it
-    has none): the NaN loss of one skipped step would otherwise hide the
-    others'.
+    last step; the per-step event counts `skipped` and `coupling_fallback`
+    (a Sinkhorn batch paired independently, when the loss reports it) are
+    summed over the call; every other entry is averaged over its finite
+    values (NaN if it has none): the NaN loss of one skipped step would
+    otherwise hide the others'.
+
+    Args:
+      metrics: the metrics of :func:`make_train_step` (scalars) or of
+        :func:`make_multi_step` (stacked on a leading axis of K steps).
+
+    Returns:
+      A dict of scalar arrays, e.g. for :class:`MetricsWriter`.
     """
     def reduce(name, value):
         value = jnp.asarray(value)
         if name in _COUNTERS:
             return value.reshape(-1)[-1]
-        if name == "skipped":
+        if name in _COUNTS:
             return jnp.sum(value)
         if jnp.issubdtype(value.dtype, jnp.inexact):
             finite = jnp.isfinite(value)
