@@ -246,7 +246,8 @@ def cfm_loss(params, key, batch, *, apply_fn, path, coupling=None,
 
     Returns:
       `(loss, aux)` with `aux = {"mse", "coupling_cost"}` (unweighted mean
-      squared error and the transport cost of the pairs).
+      squared error and the transport cost of the pairs), plus `coupling_fallback`
+      (1 when a Sinkhorn coupling fell back to independent pairs) for such couplings.
     """
     check_prediction("prediction", prediction)
     check_model(key, apply_fn)
@@ -280,4 +281,7 @@ def cfm_loss(params, key, batch, *, apply_fn, path, coupling=None,
     err = jnp.mean(((out - target) ** 2).reshape(x1.shape[0], -1), axis=-1)
     mse = jnp.mean(err)
     loss = mse if weighting is None else jnp.mean(weighting(t) * err)
-    return loss, {"mse": mse, "coupling_cost": pair_aux["cost"]}
+    aux = {"mse": mse, "coupling_cost": pair_aux["cost"]}
+    if "fallback" in pair_aux:  # a Sinkhorn solve that failed paired this batch independently
+        aux["coupling_fallback"] = pair_aux["fallback"]
+    return loss, aux
