@@ -64,6 +64,15 @@ def time_of_noise_ratio(path, ratio, *, iterations: int = 60):
     return 0.5 * (lo + hi)
 
 
+def _check_levels(sigma_min, sigma_max, rho):
+    check_number("sigma_min", sigma_min, low=0.0, low_open=True)
+    check_number("sigma_max", sigma_max, low=0.0, low_open=True)
+    check_number("rho", rho, low=0.0, low_open=True)
+    if not sigma_min < sigma_max:
+        raise ValueError(f"`sigma_min` and `sigma_max` must satisfy 0 < sigma_min < sigma_max, "
+                         f"got {sigma_min}, {sigma_max}.")
+
+
 def edm_sigmas(num_steps: int, *, sigma_min: float = 0.002, sigma_max: float = 80.0,
                rho: float = 7.0):
     r"""EDM's noise levels :math:`\sigma_0 > \dots > \sigma_N = 0` (Karras et al. 2022, Eq. 5).
@@ -84,14 +93,14 @@ def edm_sigmas(num_steps: int, *, sigma_min: float = 0.002, sigma_max: float = 8
       `[N + 1]`, decreasing, ending at 0.
     """
     _check_steps(num_steps)
-    if not 0 < sigma_min < sigma_max:
-        raise ValueError(f"need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}.")
-    if not rho > 0:
-        raise ValueError(f"`rho` must be positive, got {rho!r}.")
+    _check_levels(sigma_min, sigma_max, rho)
     if num_steps == 1:
         return jnp.array([sigma_max, 0.0])
     i = jnp.arange(num_steps) / (num_steps - 1)
-    sig = (sigma_max ** (1 / rho) + i * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
+    # (1 - i) a + i b, not a + i (b - a): exact at both ends, so the last level is sigma_min
+    # even when a = sigma_max^(1/rho) dwarfs b (rho < 1 in float32: 6400 + (4e-6 - 6400) = 0).
+    lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
+    sig = ((1.0 - i) * hi + i * lo) ** rho
     return jnp.concatenate([sig, jnp.zeros(1, sig.dtype)])
 
 
@@ -113,11 +122,6 @@ def edm_grid(num_steps: int, path, *, sigma_min: float = 0.002, sigma_max: float
     """
     _check_steps(num_steps)
     check_path("path", path)
-    check_number("sigma_min", sigma_min, low=0.0, low_open=True)
-    check_number("sigma_max", sigma_max, low=0.0, low_open=True)
-    check_number("rho", rho, low=0.0, low_open=True)
-    if not sigma_min < sigma_max:
-        raise ValueError(f"`sigma_min` must be below `sigma_max`, got {sigma_min}, {sigma_max}.")
     sig = edm_sigmas(num_steps, sigma_min=sigma_min, sigma_max=sigma_max, rho=rho)
     if num_steps == 1:
         return jnp.array([0.0, 1.0])
