@@ -125,9 +125,8 @@ def check_batch(batch, keys=("x1",)):
     if not isinstance(batch, dict) or any(k not in batch for k in keys):
         raise ValueError(f"`batch` must be a dict with the keys {list(keys)} (and optionally "
                          "'x0', 'cond').")
-    x1 = batch["x1"]
-    if hasattr(x1, "shape") and len(x1.shape) >= 1:
-        check_cond("batch['cond']", batch.get("cond"), x1.shape[0])
+    check_array("batch['x1']", batch["x1"])
+    check_cond("batch['cond']", batch.get("cond"), batch["x1"].shape[0])
 
 
 def check_label_dropout(cond_drop_prob, null_cond, batch):

@@ -17,7 +17,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from flowjax.losses._cfm import call_model, paired_batch
+from flowjax._checks import check_callable, check_key, check_path, check_signature
+from flowjax.losses._cfm import call_model, check_batch, paired_batch, sample_times
 from flowjax.time import uniform
 
 
@@ -42,17 +43,20 @@ def classifier_loss(params, key, batch, *, apply_fn, path, time_sampler=None,
       `(loss, aux)` with `aux = {"accuracy"}`, the fraction of noisy points
       classified correctly.
     """
-    if not isinstance(batch, dict) or "cond" not in batch:
-        raise ValueError("`batch` must be a dict with keys 'x1' and 'cond' (integer labels).")
+    check_key("key", key)
+    check_signature("apply_fn", apply_fn, 3)
+    check_path("path", path)
+    check_callable("time_sampler", time_sampler, allow_none=True)
+    check_batch(batch, ("x1", "cond"))
     labels = batch["cond"]
     if not hasattr(labels, "dtype") or not jnp.issubdtype(labels.dtype, jnp.integer):
-        raise TypeError("batch['cond'] must be an integer array of labels.")
+        raise TypeError("`batch['cond']` must be an integer array of labels.")
     time_sampler = uniform() if time_sampler is None else time_sampler
     k_x0, k_t, k_z, k_model = jax.random.split(key, 4)
     x0, x1, _ = paired_batch(k_x0, None, batch)
     if labels.shape != x1.shape[:1]:
-        raise ValueError(f"batch['cond'] must have shape {x1.shape[:1]}, got {labels.shape}.")
-    t = time_sampler(k_t, (x1.shape[0],)).astype(x1.dtype)
+        raise ValueError(f"`batch['cond']` must have shape {x1.shape[:1]}, got {labels.shape}.")
+    t = sample_times(time_sampler, k_t, x1.shape[0], x1.dtype)
     z = None if path.noise is None else jax.random.normal(k_z, x1.shape, x1.dtype)
     x_t = path.interpolate(x0, x1, t, z)
     logits = call_model(apply_fn, k_model if model_key else None, params, x_t, t)

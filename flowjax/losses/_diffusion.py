@@ -31,8 +31,10 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
+from flowjax._checks import check_path
 from flowjax.losses._cfm import cfm_loss, loss_weighting
 from flowjax.paths import Prediction, noise_ratio, sde_diffusion
+from flowjax.paths._conversions import check_prediction
 from flowjax.paths._edm import _check_sigma_data
 
 
@@ -128,6 +130,8 @@ def likelihood_weighting(path, prediction: Prediction = Prediction.SCORE, *,
     Returns:
       `w(t [B]) -> [B]`.
     """
+    check_path("path", path)
+    check_prediction("prediction", prediction)
     to_score = loss_weighting(path, prediction, Prediction.SCORE, t_clip=t_clip)
 
     def weight(t):
@@ -159,7 +163,9 @@ def edm_weighting(path, sigma_data: float = 0.5, prediction: Prediction = Predic
     Returns:
       `w(t [B]) -> [B]`.
     """
+    check_path("path", path)
     _check_sigma_data(sigma_data)
+    check_prediction("prediction", prediction)
     to_data = loss_weighting(path, prediction, Prediction.DATA, t_clip=t_clip)
 
     def weight(t):

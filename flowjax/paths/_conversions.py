@@ -169,6 +169,11 @@ def _coefficient(path, t, given: Prediction, to: Prediction, t_clip: float):
     return convert(path, jnp.zeros_like(one), t, one, given=given, to=to, t_clip=t_clip)[:, 0]
 
 
+def _check_path_and_clip(path, t_clip):
+    check_path("path", path)
+    check_number("t_clip", t_clip, low=0.0, high=0.5, low_open=True, high_open=True)
+
+
 def noise_ratio(path, t, *, t_clip: float = 1e-5):
     r"""The noise-to-signal ratio :math:`\bar\sigma(t)/\alpha(t)`: EDM's noise level :math:`\sigma`.
 
@@ -190,6 +195,7 @@ def noise_ratio(path, t, *, t_clip: float = 1e-5):
     Returns:
       `[B]` (a scalar `t` gives `[1]`).
     """
+    _check_path_and_clip(path, t_clip)
     t = check_time(t)
     c = _coeffs(path, jnp.atleast_1d(t).astype(jnp.result_type(t, float)), t_clip)
     return c.s_div / c.a_div
@@ -225,6 +231,7 @@ def sde_diffusion(path, t, *, t_clip: float = 1e-5):
     Returns:
       `[B]` (a scalar `t` gives `[1]`), non-negative.
     """
+    _check_path_and_clip(path, t_clip)
     t = check_time(t)
     # (1/2) g^2 is the score -> velocity factor of `convert`: d v = (g^2 / 2) d score.
     return jnp.sqrt(jnp.maximum(2.0 * _coefficient(path, t, Prediction.SCORE,

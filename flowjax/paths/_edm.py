@@ -29,18 +29,17 @@ is the same on every path (see :func:`flowjax.losses.edm_weighting` and
 
 from __future__ import annotations
 
-import math
-
 import jax.numpy as jnp
 import numpy as np
 
-from flowjax._checks import broadcast_time, check_array, check_time, is_concrete
+from flowjax._checks import (as_real_array, broadcast_time, check_array, check_finite,
+                             check_number, check_path, check_signature, check_time,
+                             is_concrete)
 from flowjax.paths._conversions import _coeffs
 
 
 def _check_sigma_data(sigma_data):
-    if not (isinstance(sigma_data, (int, float)) and sigma_data > 0 and math.isfinite(sigma_data)):
-        raise ValueError(f"`sigma_data` must be a positive finite number, got {sigma_data!r}.")
+    check_number("sigma_data", sigma_data, low=0.0, low_open=True)
 
 
 def edm_scalings(sigma, sigma_data: float = 0.5):
@@ -54,9 +53,10 @@ def edm_scalings(sigma, sigma_data: float = 0.5):
       Four arrays shaped like `sigma` (formulas in :mod:`flowjax.paths._edm`).
     """
     _check_sigma_data(sigma_data)
-    sigma = jnp.asarray(sigma, jnp.result_type(sigma, float))
-    if is_concrete(sigma) and not bool(np.all(np.asarray(sigma) > 0)):
-        raise ValueError("`sigma` must be positive (EDM's c_noise is ln(sigma) / 4).")
+    sigma = as_real_array("sigma", sigma)
+    if is_concrete(sigma) and not bool(np.all((np.asarray(sigma) > 0)
+                                              & np.isfinite(np.asarray(sigma)))):
+        raise ValueError("`sigma` must be positive and finite (EDM's c_noise is ln(sigma) / 4).")
     total = sigma ** 2 + sigma_data ** 2
     c_skip = sigma_data ** 2 / total
     c_out = sigma * sigma_data / jnp.sqrt(total)
@@ -91,11 +91,13 @@ def edm_precondition(apply_fn, path, *, sigma_data: float = 0.5, t_clip: float =
       prediction; extra keyword arguments (e.g. `key=` for dropout) reach `apply_fn`.
     """
     _check_sigma_data(sigma_data)
-    if not callable(apply_fn):
-        raise TypeError(f"`apply_fn` must be callable, got {type(apply_fn).__name__}.")
+    check_signature("apply_fn", apply_fn, 4)
+    check_path("path", path)
+    check_number("t_clip", t_clip, low=0.0, high=0.5, low_open=True, high_open=True)
 
     def model(params, x, t, cond=None, **kwargs):
         check_array("x", x)
+        check_finite("x", x)
         t = check_time(t, x.shape[0])
         t = jnp.broadcast_to(t, x.shape[:1]).astype(x.dtype)
         c = _coeffs(path, t, t_clip)

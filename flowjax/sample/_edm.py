@@ -25,8 +25,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flowjax._checks import check_array, check_finite
+from flowjax._checks import (check_array, check_finite, check_output_shape, check_path,
+                             check_signature)
 from flowjax.paths import Prediction, convert
+from flowjax.paths._conversions import check_prediction
 from flowjax.sample._ode import ODESolution
 from flowjax.time import edm_sigmas, time_of_noise_ratio
 
@@ -64,10 +66,11 @@ def edm_heun(velocity_fn, x0, args=None, *, path, num_steps: int, sigma_min: flo
       = 2N - 1, and with `save_trajectory` the times `[N + 1]` (the last is 1)
       and the flow states `[N + 1, B, *dims]`.
     """
+    check_signature("velocity_fn", velocity_fn, 3)
     check_array("x0", x0)
     check_finite("x0", x0)
-    if not isinstance(prediction, Prediction):
-        raise TypeError(f"`prediction` must be a flowjax.paths.Prediction, got {prediction!r}.")
+    check_path("path", path)
+    check_prediction("prediction", prediction)
     sigmas = edm_sigmas(num_steps, sigma_min=sigma_min, sigma_max=sigma_max, rho=rho)
     ends = np.asarray([0.0, 1.0])
     with np.errstate(divide="ignore"):  # the ratio is infinite at t = 0 where alpha(0) = 0
@@ -90,7 +93,7 @@ def _heun(velocity_fn, path, prediction, x0, args, sig, save_trajectory):
     def denoise(x, i):
         t = jnp.full((x.shape[0],), ts[i], dtype)
         x_t = path.alpha(ts[i]) * x
-        out = velocity_fn(x_t, t, args)
+        out = check_output_shape("velocity_fn", velocity_fn(x_t, t, args), x_t)
         return convert(path, x_t, t, out, given=prediction, to=Prediction.DATA)
 
     def heun(x, i):

@@ -138,8 +138,9 @@ def classifier_guidance(velocity_fn, classifier_fn, *, path, scale: float,
       classifier once forwards and once backwards.
     """
     _check(scale, interval)
-    if not callable(velocity_fn) or not callable(classifier_fn):
-        raise TypeError("`velocity_fn` and `classifier_fn` must be callable.")
+    check_callable("velocity_fn", velocity_fn)
+    check_callable("classifier_fn", classifier_fn)
+    check_path("path", path)
 
     def guided(x, t, args):
         velocity_args, classifier_params, labels = args

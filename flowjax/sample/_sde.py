@@ -78,6 +78,7 @@ def reverse_diffusion(path, scale: float = 1.0):
     Returns:
       `g(t) -> ` an array shaped like `t`, for :func:`solve_sde`'s `diffusion`.
     """
+    check_path("path", path)
     _check_scale(scale)
     return lambda t: scale * sde_diffusion(path, t).reshape(jnp.shape(t))
 

@@ -2,11 +2,11 @@ r"""EDM's log-normal training noise, as a time sampler in flow time."""
 
 from __future__ import annotations
 
-import math
-
 import jax
 
+from flowjax._checks import check_number, check_path
 from flowjax.time._grids import time_of_noise_ratio
+from flowjax.time._samplers import _sampler
 
 
 def edm_lognormal(path, p_mean: float = -1.2, p_std: float = 1.2):
@@ -30,13 +30,12 @@ def edm_lognormal(path, p_mean: float = -1.2, p_std: float = 1.2):
     Returns:
       `sample(key, shape) -> t` in [0, 1].
     """
-    if not (isinstance(p_mean, (int, float)) and math.isfinite(p_mean)):
-        raise ValueError(f"`p_mean` must be a finite number, got {p_mean!r}.")
-    if not (isinstance(p_std, (int, float)) and p_std > 0 and math.isfinite(p_std)):
-        raise ValueError(f"`p_std` must be a positive finite number, got {p_std!r}.")
+    check_path("path", path)
+    check_number("p_mean", p_mean)
+    check_number("p_std", p_std, low=0.0, low_open=True)
 
-    def sample(key, shape):
+    def draw(key, shape):
         sigma = jax.numpy.exp(p_mean + p_std * jax.random.normal(key, shape))
         return time_of_noise_ratio(path, sigma)
 
-    return sample
+    return _sampler(draw)
