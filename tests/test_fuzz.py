@@ -258,20 +258,51 @@ _DROP = object()  # removes a dict entry
 
 
 def run_invalid(module, specs, max_examples):
-    """Draws a spec, one of its arguments and a bad value for it, and checks the error."""
+    """Draws a spec, one of its arguments and a bad value for it, and checks the error.
+
+    Then draws again among the (function, argument) pairs not drawn yet, so that
+    every pair is exercised at least once (a few top-up rounds, deterministic).
+    """
     flat = [(spec, m) for spec in specs for m in spec.mutations]
+    drawn = set()
 
-    @settings(max_examples=max_examples, **SETTINGS)
-    @given(data=st.data())
-    def check(data):
-        spec, mutation = data.draw(st.sampled_from(flat), label="function, argument")
-        bad = data.draw(mutation.values, label=f"bad {mutation.arg}")
-        kwargs = _replace(spec.valid(), mutation.key, bad)
-        assert_clear_error(module, mutation.arg, lambda: spec.call(kwargs))
+    def run(indices, examples):
+        @settings(max_examples=examples, **SETTINGS)
+        @given(data=st.data())
+        def check(data):
+            i = data.draw(st.sampled_from(indices), label="pair")
+            spec, mutation = flat[i]
+            bad = data.draw(mutation.values, label=f"bad `{mutation.arg}` of {spec.name}")
+            kwargs = _replace(spec.valid(), mutation.key, bad)
+            drawn.add(i)
+            assert_clear_error(module, mutation.arg, lambda: spec.call(kwargs))
 
-    check()
+        check()
+
+    run(list(range(len(flat))), max_examples)
+    for _ in range(8):
+        missing = [i for i in range(len(flat)) if i not in drawn]
+        if not missing:
+            break
+        run(missing, 2 * len(missing))
+    assert not [i for i in range(len(flat)) if i not in drawn], "pairs never drawn"
     counts = COUNTS[module]
-    assert counts["clear"] == counts["invalid"] >= max_examples // 2
+    assert counts["clear"] == counts["invalid"] >= max_examples
+
+
+# A linear "model" with one scalar parameter, for the losses and samplers.
+
+
+def apply_fn(params, x, t, cond=None):
+    return params * x + t[:, None]
+
+
+def average_fn(params, x, r, t, cond=None):
+    return params * x + (t - r)[:, None] + r[:, None]
+
+
+def _wrong_shape(params, x, *times, cond=None):
+    return x[:, :1]
 
 
 # --------------------------------------------------------------------------
@@ -323,6 +354,28 @@ PATH_SPECS = [
           Mutation("given", "given", BAD_PREDICTION), Mutation("to", "to", BAD_PREDICTION),
           Mutation("t_clip", "t_clip", bad_number(low=0.0, high=0.5, low_open=True,
                                                   high_open=True)))),
+    *[Spec(name, lambda kw, f=f: f(**kw), lambda: dict(path=paths.VP(), t=T),
+           (Mutation("path", "path", BAD_PATH), Mutation("t", "t", bad_time(vector=False)),
+            Mutation("t_clip", "t_clip", bad_number(low=0.0, high=0.5, low_open=True,
+                                                    high_open=True))))
+      for name, f in (("noise_ratio", paths.noise_ratio), ("sde_diffusion", paths.sde_diffusion))],
+    Spec("edm_scalings", lambda kw: paths.edm_scalings(**kw),
+         lambda: dict(sigma=np.array([0.1, 1.0, 80.0], np.float32)),
+         (Mutation("sigma", "sigma", st.sampled_from(
+             [0.0, -1.0, np.nan, np.inf, None, "1", np.array([1.0, 0.0], np.float32)])),
+          Mutation("sigma_data", "sigma_data", bad_number(low=0.0, low_open=True)))),
+    Spec("edm_precondition", lambda kw: paths.edm_precondition(**kw),
+         lambda: dict(apply_fn=apply_fn, path=paths.VP()),
+         (Mutation("apply_fn", "apply_fn", BAD_CALLABLE),
+          Mutation("path", "path", BAD_PATH),
+          Mutation("sigma_data", "sigma_data", bad_number(low=0.0, low_open=True)),
+          Mutation("t_clip", "t_clip", bad_number(low=0.0, high=0.5, low_open=True,
+                                                  high_open=True)))),
+    Spec("edm_precondition(...)(params, x, t)",
+         lambda kw: paths.edm_precondition(kw.pop("apply_fn"), paths.VP())(**kw),
+         lambda: dict(apply_fn=apply_fn, params=0.5, x=X, t=T),
+         (Mutation("x", "x", bad_array(mismatch=False)), Mutation("t", "t", bad_time()),
+          Mutation("apply_fn", "apply_fn", st.just(_wrong_shape)))),
     Spec("ConstantNoise", lambda kw: paths.ConstantNoise(**kw), lambda: dict(sigma=0.1),
          (Mutation("sigma", "sigma", bad_number(low=0.0, placeholders_ok=True)),)),
     Spec("BridgeNoise", lambda kw: paths.BridgeNoise(**kw), lambda: dict(sigma=0.1),
@@ -357,7 +410,8 @@ def test_fuzz_paths():
 
 
 def _fuzz_paths_valid():
-    ops = ("interpolate", "velocity", "noise_target", "convert") + SCHEDULES
+    ops = ("interpolate", "velocity", "noise_target", "convert", "noise_ratio",
+           "sde_diffusion", "loss_weighting") + SCHEDULES
 
     @settings(max_examples=60, **SETTINGS)
     @given(path=st.sampled_from(ALL_PATHS), op=st.sampled_from(ops), x0=floats_array(),
@@ -371,6 +425,11 @@ def _fuzz_paths_valid():
             out = path.noise_target(x0, t, z)
         elif op == "convert":
             out = paths.convert(path, path.interpolate(x0, x1, t, z), t, x1, given=given_, to=to)
+        elif op in ("noise_ratio", "sde_diffusion"):
+            out = getattr(paths, op)(path, t)
+            assert np.all(np.asarray(out) >= 0)
+        elif op == "loss_weighting":
+            out = losses.loss_weighting(path, given_, to)(t)
         else:
             out = getattr(path, op)(t)
         assert_finite("paths", out)
@@ -395,6 +454,7 @@ def _sampler_spec(name, sampler):
 TIME_SPECS = [
     *[_sampler_spec(f"sampler{i}", s) for i, s in enumerate(SAMPLERS)],
     _sampler_spec("ordered_pairs", ftime.ordered_pairs()),
+    _sampler_spec("edm_lognormal", ftime.edm_lognormal(paths.RectifiedFlow())),
     Spec("logit_normal", lambda kw: ftime.logit_normal(**kw), lambda: dict(loc=0.0, scale=1.0),
          (Mutation("loc", "loc", bad_number()),
           Mutation("scale", "scale", bad_number(low=0.0, low_open=True)))),
@@ -425,6 +485,15 @@ TIME_SPECS = [
           Mutation("ratio", "ratio", st.sampled_from([-1.0, np.nan, "1", None,
                                                       np.array([1.0, -0.5], np.float32)])),
           Mutation("iterations", "iterations", bad_number(low=1, integer=True)))),
+    Spec("edm_sigmas", lambda kw: ftime.edm_sigmas(**kw), lambda: dict(num_steps=4),
+         (Mutation("num_steps", "num_steps", BAD_STEPS),
+          Mutation("sigma_min", "sigma_min", bad_number(low=0.0, high=80.0, low_open=True,
+                                                        high_open=True)),
+          Mutation("sigma_max", "sigma_max", bad_number(low=0.002, low_open=True)),
+          Mutation("rho", "rho", bad_number(low=0.0, low_open=True)))),
+    Spec("edm_lognormal", lambda kw: ftime.edm_lognormal(**kw), lambda: dict(path=paths.VP()),
+         (Mutation("path", "path", BAD_PATH), Mutation("p_mean", "p_mean", bad_number()),
+          Mutation("p_std", "p_std", bad_number(low=0.0, low_open=True)))),
     Spec("edm_grid", lambda kw: ftime.edm_grid(**kw),
          lambda: dict(num_steps=4, path=paths.RectifiedFlow(), sigma_min=0.002,
                       sigma_max=80.0, rho=7.0),
@@ -455,11 +524,14 @@ def _fuzz_time_valid():
         else:
             t = SAMPLERS[which](key, (B,))
         grids = [ftime.uniform_grid(steps), ftime.shifted_grid(steps, shift)]
+        sigmas = np.asarray(ftime.edm_sigmas(steps, rho=shift))
+        assert sigmas[-1] == 0 and np.all(np.diff(sigmas) < 0)
+        t = jnp.concatenate([t, ftime.edm_lognormal(paths.VP(), loc, scale)(key, (B,))])
         assert np.all((np.asarray(t) >= 0) & (np.asarray(t) <= 1))
         for g in grids:
             g = np.asarray(g)
             assert g[0] == 0 and g[-1] == 1 and np.all(np.diff(g) > 0)
-        assert_finite("time", t, grids, ftime.shift_time(t, shift))
+        assert_finite("time", t, grids, sigmas, ftime.shift_time(t, shift))
 
     check()
 
@@ -563,20 +635,8 @@ def _fuzz_couplings_valid():
 
 
 # --------------------------------------------------------------------------
-# flowjax.losses (a linear "model": one scalar parameter)
+# flowjax.losses
 # --------------------------------------------------------------------------
-
-
-def apply_fn(params, x, t, cond=None):
-    return params * x + t[:, None]
-
-
-def average_fn(params, x, r, t, cond=None):
-    return params * x + (t - r)[:, None] + r[:, None]
-
-
-def _wrong_shape(params, x, *times, cond=None):
-    return x[:, :1]
 
 
 def _batch_mutations(require_x0=False):
@@ -612,7 +672,7 @@ LOSS_SPECS = [
           Mutation("time_sampler", "time_sampler", BAD_CALLABLE | st.sampled_from(
               [lambda key, shape: jnp.full(shape, 1.5), lambda key, shape: jnp.zeros((B + 1,)),
                lambda key, shape: "t"])),
-          Mutation("prediction", "prediction", BAD_PREDICTION | st.just(Prediction.SCORE)),
+          Mutation("prediction", "prediction", BAD_PREDICTION),
           Mutation("weighting", "weighting", BAD_CALLABLE),
           Mutation("cond_drop_prob", "cond_drop_prob", bad_number(low=0.0, high=1.0,
                                                                   high_open=True)))),
@@ -656,6 +716,47 @@ LOSS_SPECS = [
           Mutation("prediction", "prediction", BAD_PREDICTION),
           Mutation("t_clip", "t_clip", bad_number(low=0.0, high=0.5, low_open=True,
                                                   high_open=True)))),
+    *[Spec(name, lambda kw, f=f: f(**kw),
+           _losses_valid(apply_fn=apply_fn, path=paths.VP()),
+           (*_common_mutations(), *_batch_mutations(),
+            Mutation("weighting", "weighting", BAD_CALLABLE)))
+      for name, f in (("noise_prediction_loss", losses.noise_prediction_loss),
+                      ("dsm_loss", losses.dsm_loss))],
+    Spec("classifier_loss", lambda kw: losses.classifier_loss(**kw),
+         lambda: dict(params=0.5, key=KEY, batch={"x1": X, "cond": LABELS},
+                      apply_fn=lambda p, x, t: p * x, path=paths.RectifiedFlow()),
+         (Mutation("key", "key", BAD_KEY),
+          Mutation("apply_fn", "apply_fn", BAD_CALLABLE | st.just(lambda p, x, t: x[:, 0])),
+          Mutation("path", "path", BAD_PATH.filter(lambda p: p is not None)),
+          Mutation("batch", "batch", st.sampled_from([None, "x1", {"x1": X}])),
+          Mutation("batch['x1']", ("batch", "x1"), bad_array(mismatch=False)),
+          Mutation("batch['cond']", ("batch", "cond"), st.sampled_from(
+              [np.zeros(B + 1, np.int32), np.zeros(B, np.float32), "labels",
+               np.zeros((B, 2), np.int32)])),
+          Mutation("time_sampler", "time_sampler", BAD_CALLABLE | st.just(
+              lambda key, shape: jnp.full(shape, 2.0))))),
+    Spec("loss_weighting", lambda kw: losses.loss_weighting(**kw),
+         lambda: dict(path=paths.VP(), given=Prediction.NOISE, to=Prediction.DATA),
+         (Mutation("path", "path", BAD_PATH), Mutation("given", "given", BAD_PREDICTION),
+          Mutation("to", "to", BAD_PREDICTION),
+          Mutation("t_clip", "t_clip", bad_number(low=0.0, high=0.5, low_open=True,
+                                                  high_open=True)))),
+    Spec("likelihood_weighting", lambda kw: losses.likelihood_weighting(**kw),
+         lambda: dict(path=paths.VP()),
+         (Mutation("path", "path", BAD_PATH),
+          Mutation("prediction", "prediction", BAD_PREDICTION),
+          Mutation("t_clip", "t_clip", bad_number(low=0.0, high=0.5, low_open=True,
+                                                  high_open=True)))),
+    Spec("edm_weighting", lambda kw: losses.edm_weighting(**kw), lambda: dict(path=paths.VP()),
+         (Mutation("path", "path", BAD_PATH),
+          Mutation("sigma_data", "sigma_data", bad_number(low=0.0, low_open=True)),
+          Mutation("prediction", "prediction", BAD_PREDICTION),
+          Mutation("t_clip", "t_clip", bad_number(low=0.0, high=0.5, low_open=True,
+                                                  high_open=True)))),
+    *[Spec(f"{name}(...)(t)", lambda kw, w=w: w(**kw), lambda: dict(t=T),
+           (Mutation("t", "t", bad_time(vector=False)),))
+      for name, w in (("likelihood_weighting", losses.likelihood_weighting(paths.VP())),
+                      ("edm_weighting", losses.edm_weighting(paths.VP())))],
     Spec("velocity_weighting(...)(t)",
          lambda kw: losses.velocity_weighting(paths.Cosine(), Prediction.NOISE)(**kw),
          lambda: dict(t=T), (Mutation("t", "t", bad_time(vector=False)),)),
@@ -793,7 +894,7 @@ SAMPLE_SPECS = [
          lambda: dict(x=X), (Mutation("x", "x", bad_array(mismatch=False)),)),
     Spec("bits_per_dim", lambda kw: sample.bits_per_dim(**kw),
          lambda: dict(log_prob=np.zeros(B, np.float32), shape=(D,)),
-         (Mutation("log_prob", "log_prob", bad_array((B,), mismatch=False)),
+         (Mutation("log_prob", "log_prob", bad_array((B,), mismatch=False, min_rank=0)),
           Mutation("shape", "shape", BAD_SHAPE | st.just((0,))),
           Mutation("num_bins", "num_bins", bad_number(low=1, integer=True)),
           Mutation("data_range", "data_range", POSITIVE))),
@@ -821,6 +922,29 @@ SAMPLE_SPECS = [
           Mutation("interval", "interval", st.sampled_from([(0.5, 0.2), (0.1,), None])),
           Mutation("path", "path", BAD_PATH.filter(lambda p: p is not None)),
           Mutation("prediction", "prediction", BAD_PREDICTION))),
+    _field_spec("edm_heun", lambda kw: sample.edm_heun(**kw),
+                lambda: dict(velocity_fn=field, x0=X, args=0.5, path=paths.VP(), num_steps=2,
+                             sigma_max=10.0),
+                extra=(Mutation("path", "path", BAD_PATH),
+                       Mutation("num_steps", "num_steps", BAD_STEPS),
+                       Mutation("sigma_min", "sigma_min", bad_number(low=0.0, high=10.0,
+                                                                     low_open=True,
+                                                                     high_open=True)),
+                       Mutation("sigma_max", "sigma_max", bad_number(low=0.002, low_open=True)
+                                | st.just(1e6)),
+                       Mutation("rho", "rho", bad_number(low=0.0, low_open=True)),
+                       Mutation("prediction", "prediction", BAD_PREDICTION))),
+    Spec("reverse_diffusion", lambda kw: sample.reverse_diffusion(**kw),
+         lambda: dict(path=paths.VP(), scale=1.0),
+         (Mutation("path", "path", BAD_PATH), Mutation("scale", "scale", bad_number(low=0.0)))),
+    Spec("classifier_guidance", lambda kw: sample.classifier_guidance(**kw),
+         lambda: dict(velocity_fn=field, classifier_fn=lambda p, x, t: x, path=paths.VP(),
+                      scale=2.0),
+         (Mutation("velocity_fn", "velocity_fn", BAD_CALLABLE),
+          Mutation("classifier_fn", "classifier_fn", BAD_CALLABLE),
+          Mutation("path", "path", BAD_PATH),
+          Mutation("scale", "scale", bad_number()),
+          Mutation("interval", "interval", st.sampled_from([(0.5, 0.2), (0.1,), None])))),
     Spec("constant_diffusion", lambda kw: sample.constant_diffusion(**kw),
          lambda: dict(scale=1.0), (Mutation("scale", "scale", bad_number(low=0.0)),)),
     Spec("sigma_diffusion", lambda kw: sample.sigma_diffusion(**kw),

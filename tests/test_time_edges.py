@@ -131,13 +131,40 @@ def test_ode_sampler_at_the_edges():
 
 
 def test_sde_sampler_at_the_edges():
+    # The reverse-time SDE: g is the path's own diffusion, floored where alpha(0) = 0 and
+    # vanishing with sigma_total at t = 1, for a score model.
     path = paths.Cosine(noise=paths.BridgeNoise(0.3))
     sol = sample.solve_sde(lambda x, t, p: apply_fn(p, x, t, None), _x0(), 0.5,
                            key=jax.random.PRNGKey(2), path=path, prediction=Prediction.SCORE,
-                           diffusion=sample.constant_diffusion(0.5), ts=GRID,
+                           diffusion=sample.reverse_diffusion(path), ts=GRID,
                            save_trajectory=True)
     assert _finite(sol.trajectory)
     assert sol.nfe == GRID.shape[0] - 1
+
+
+def test_edm_heun_at_the_edges():
+    """sigma_max and sigma_min at the ends of VE's range: the grid starts at t = 0, ends at 1."""
+    path = paths.VE(sigma_min=0.01, sigma_max=50.0)
+    model = paths.edm_precondition(lambda p, x, c_noise, cond: p * x + c_noise[:, None], path)
+    field = lambda x, t, p: model(p, x, t)  # noqa: E731
+    sol = sample.edm_heun(field, _x0(), 0.5, path=path, num_steps=3, sigma_min=0.01,
+                          sigma_max=50.0, prediction=Prediction.DATA, save_trajectory=True)
+    assert _finite(sol.trajectory)
+    np.testing.assert_allclose([sol.ts[0], sol.ts[-1]], [0.0, 1.0], atol=1e-6)
+
+
+@pytest.mark.parametrize("path", [paths.RectifiedFlow(), paths.VP()], ids=["RF", "VP"])
+def test_diffusion_and_guidance_fields_at_the_edges(path):
+    """EDM's sigma, the forward SDE's g, the EDM-preconditioned model and classifier guidance."""
+    x = jax.random.normal(jax.random.PRNGKey(3), (T.shape[0], 2))
+    sigma, g = paths.noise_ratio(path, T), paths.sde_diffusion(path, T)
+    assert _finite(sigma, g) and np.all(np.asarray(sigma) > 0) and np.all(np.asarray(g) >= 0)
+    model = paths.edm_precondition(lambda p, x, c_noise, cond: p * x + c_noise[:, None], path)
+    guided = sample.classifier_guidance(
+        lambda x, t, p: apply_fn(p, x, t, None),
+        lambda p, x, t: p * jnp.stack([x[:, 0], -x[:, 0]], -1), path=path, scale=2.0)
+    labels = jnp.zeros(T.shape[0], jnp.int32)
+    assert _finite(model(0.5, x, T), guided(x, T, (0.5, 1.0, labels)))
 
 
 @pytest.mark.parametrize("path, prediction", [
