@@ -15,46 +15,14 @@ Jacobian (`d` forward-mode passes; small `d`) or Hutchinson's estimate
 
 from __future__ import annotations
 
-import enum
 import math
 
 import diffrax
-import jax
-import jax.numpy as jnp
 
 from flowjax._checks import check_array, check_finite
-from flowjax.sample._ode import evaluations_per_step
-
-
-class Probe(enum.Enum):
-    """Distribution of Hutchinson probes."""
-
-    RADEMACHER = "rademacher"
-    GAUSSIAN = "gaussian"
-
-
-def standard_normal_log_prob(x):
-    """`log N(x; 0, I)` per sample, for `x: [B, *dims]`."""
-    flat = x.reshape(x.shape[0], -1)
-    return -0.5 * jnp.sum(flat ** 2, -1) - 0.5 * flat.shape[1] * math.log(2.0 * math.pi)
-
-
-def _exact_divergence(velocity_fn, x, t, args):
-    def single(xi, ti):
-        f = lambda y: velocity_fn(y[None], ti[None], args)[0]  # noqa: E731
-        jac = jax.jacfwd(f)(xi).reshape(xi.size, xi.size)
-        return f(xi), jnp.trace(jac)
-
-    return jax.vmap(single)(x, t)
-
-
-def _hutchinson_divergence(velocity_fn, x, t, args, probes):
-    def jvp(probe):
-        return jax.jvp(lambda y: velocity_fn(y, t, args), (x,), (probe,))
-
-    v, jv = jax.vmap(jvp)(probes)  # [P, B, ...]
-    est = jnp.sum((probes * jv).reshape(probes.shape[0], x.shape[0], -1), -1)
-    return v[0], jnp.mean(est, 0)
+from flowjax._divergence import Probe, standard_normal_log_prob  # noqa: F401 (re-exported)
+from flowjax._divergence import (check_probes, divergence_solve, draw_probes,
+                                 reverse_controller)
 
 
 def log_likelihood(velocity_fn, x1, args=None, *, key=None, num_probes: int | None = None,
@@ -62,6 +30,11 @@ def log_likelihood(velocity_fn, x1, args=None, *, key=None, num_probes: int | No
                    solver=None, rtol: float = 1e-5, atol: float = 1e-5,
                    num_steps: int | None = None, ts=None, max_steps: int = 4096):
     r"""`log p_1(x1)` of the flow of `velocity_fn`, through the reverse divergence ODE.
+
+    The solve is compiled once per `velocity_fn` (pass parameters through
+    `args`, not a new closure per call) and is differentiable (diffrax's
+    discretise-then-optimise adjoint); :func:`flowjax.losses.cnf_mle_loss`
+    is the same computation as a training loss.
 
     Args:
       velocity_fn: `velocity_fn(x [B, *dims], t [B], args) -> [B, *dims]`.
@@ -84,40 +57,12 @@ def log_likelihood(velocity_fn, x1, args=None, *, key=None, num_probes: int | No
     check_array("x1", x1)
     check_finite("x1", x1)
     solver = diffrax.Dopri5() if solver is None else solver
-    init_evals, step_evals = evaluations_per_step(solver)
-    if num_probes is not None:
-        if not isinstance(num_probes, int) or num_probes < 1:
-            raise ValueError(f"`num_probes` must be a positive int or None, got {num_probes!r}.")
-        if key is None:
-            raise ValueError("`key` is needed for Hutchinson probes (`num_probes` is set).")
-        shape = (num_probes,) + x1.shape
-        probes = (jax.random.rademacher(key, shape, x1.dtype) if probe == Probe.RADEMACHER
-                  else jax.random.normal(key, shape, x1.dtype))
-
-    def field(t, state, args):
-        x, _ = state
-        tb = jnp.full((x.shape[0],), t, x.dtype)
-        if num_probes is None:
-            v, div = _exact_divergence(velocity_fn, x, tb, args)
-        else:
-            v, div = _hutchinson_divergence(velocity_fn, x, tb, args, probes)
-        return v, div
-
-    if ts is not None:
-        grid = jnp.asarray(ts, x1.dtype)[::-1]
-        controller, dt0, cap = diffrax.StepTo(ts=grid), None, int(grid.shape[0])
-    elif num_steps is not None:
-        controller, dt0 = diffrax.ConstantStepSize(), -1.0 / num_steps
-        cap = num_steps
-    else:
-        controller, dt0, cap = diffrax.PIDController(rtol=rtol, atol=atol), None, max_steps
-    state0 = (x1, jnp.zeros(x1.shape[:1], x1.dtype))
-    sol = diffrax.diffeqsolve(diffrax.ODETerm(field), solver, t0=1.0, t1=0.0, dt0=dt0,
-                              y0=state0, args=args, stepsize_controller=controller,
-                              max_steps=cap)
-    x0, int_div = sol.ys[0][-1], sol.ys[1][-1]  # int_div = int_1^0 div v dt
-    nfe = init_evals + step_evals * sol.stats["num_steps"]
-    return source_log_prob(x0) + int_div, nfe
+    check_probes(num_probes, key)
+    controller, dt0, cap = reverse_controller(solver, rtol=rtol, atol=atol, num_steps=num_steps,
+                                              ts=ts, max_steps=max_steps, dtype=x1.dtype)
+    probes = draw_probes(key, num_probes, probe, x1)
+    return divergence_solve(velocity_fn, x1, args, probes, solver=solver, controller=controller,
+                            dt0=dt0, max_steps=cap, source_log_prob=source_log_prob)
 
 
 def bits_per_dim(log_prob, shape, *, num_bins: int = 256, data_range: float = 2.0):

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from flowjax._checks import check_array, check_finite
+from flowjax._divergence import evaluations_per_step  # noqa: F401 (re-exported)
 from flowjax.paths import Prediction, convert
 
 _rk4_tableau = diffrax.ButcherTableau(
@@ -60,23 +61,6 @@ class ODESolution(NamedTuple):
     ts: jax.Array | None
     trajectory: jax.Array | None
     stats: dict
-
-
-def evaluations_per_step(solver) -> tuple[int, int]:
-    """`(initial, per_step)` velocity evaluations of a diffrax solver.
-
-    Explicit RK methods with the first-same-as-last property (Dopri5, Tsit5)
-    evaluate once at the start and `stages - 1` times per step (rejected
-    steps included); others evaluate `stages` times per step. Checked against
-    a counting callback in the tests.
-    """
-    if isinstance(solver, diffrax.Euler):
-        return 0, 1
-    if isinstance(solver, diffrax.AbstractERK):
-        stages = len(solver.tableau.c) + 1
-        return (1, stages - 1) if solver.tableau.fsal else (0, stages)
-    raise TypeError(
-        f"`solver` must be diffrax.Euler or an explicit Runge-Kutta solver, got {solver!r}.")
 
 
 @eqx.filter_jit
