@@ -60,7 +60,7 @@ def evaluations_per_step(solver) -> tuple[int, int]:
 
 
 def check_probes(num_probes, key):
-    """Checks the Hutchinson options: `num_probes` None (exact trace) or a positive int with a key."""
+    """Checks `num_probes`: None (exact trace) or a positive int, which needs a key."""
     if num_probes is None:
         return
     if isinstance(num_probes, bool) or not isinstance(num_probes, (int, np.integer)) \

@@ -1,7 +1,10 @@
-"""Pure losses `(params, key, batch) -> (loss, aux)` once their options are bound."""
+"""Pure losses `(params, key, batch) -> (loss, aux)` once their options are bound:
+flow matching (CFM), few-step methods, and CNF maximum likelihood."""
 
 from flowjax.losses._cfm import cfm_loss as cfm_loss
 from flowjax.losses._cfm import velocity_weighting as velocity_weighting
+from flowjax.losses._cnf import cnf_mle_loss as cnf_mle_loss
+from flowjax.losses._cnf import Probe as Probe
 from flowjax.losses._fewstep import meanflow_loss as meanflow_loss
 from flowjax.losses._fewstep import meanflow_target as meanflow_target
 from flowjax.losses._fewstep import reflow_loss as reflow_loss
