@@ -42,12 +42,12 @@ def gaussian_flow(params, x, t, cond=None):
 
 @pytest.fixture(scope="module")
 def mlp_problem():
-    """A tiny MLP CNF on 2-D points with fixed Heun steps and its exact-trace loss and gradient,
+    """A tiny MLP CNF on 2-D points with fixed Euler steps and its exact-trace loss and gradient,
     in float64 (shared by two tests: one compile)."""
     with jax.enable_x64(True):
         params = _mlp_params(jax.random.PRNGKey(0))
         x1 = 1.5 * jax.random.normal(jax.random.PRNGKey(1), (8, 2))
-        opts = dict(apply_fn=tiny_mlp, solver=diffrax.Heun(), num_steps=4)
+        opts = dict(apply_fn=tiny_mlp, solver=diffrax.Euler(), num_steps=4)
         key, batch = jax.random.PRNGKey(2), {"x1": x1}
         value_and_grad = jax.jit(jax.value_and_grad(
             lambda p: losses.cnf_mle_loss(p, key, batch, **opts)[0]))
@@ -114,26 +114,25 @@ def test_loss_is_minus_mean_log_likelihood():
     x1 = 2.0 * jax.random.normal(jax.random.PRNGKey(1), (64, 2))
     key = jax.random.PRNGKey(2)
     velocity = sample.model_velocity(tiny_mlp)
-    nll, aux = losses.cnf_mle_loss(module_params, key, {"x1": x1}, apply_fn=tiny_mlp,
-                                   num_probes=2)
-    logp, nfe = sample.log_likelihood(velocity, x1, (module_params, None), key=key,
-                                      num_probes=2)
+    opts = dict(num_probes=2, solver=diffrax.Euler(), num_steps=5)
+    nll, aux = losses.cnf_mle_loss(module_params, key, {"x1": x1}, apply_fn=tiny_mlp, **opts)
+    logp, nfe = sample.log_likelihood(velocity, x1, (module_params, None), key=key, **opts)
     np.testing.assert_allclose(nll, -jnp.mean(logp), rtol=1e-6)
-    assert int(aux["nfe"]) == int(nfe)
+    assert int(aux["nfe"]) == int(nfe) == 5
 
 
 def test_bad_arguments():
-    params, key = _mlp_params(jax.random.PRNGKey(0)), jax.random.PRNGKey(1)
-    x = jnp.ones((4, 2))
+    params, key = {}, jax.random.PRNGKey(1)  # every check fails before the model is called
+    x = np.ones((4, 2), np.float32)
     loss = functools.partial(losses.cnf_mle_loss, params, key, apply_fn=tiny_mlp)
     with pytest.raises(ValueError, match="dict with key 'x1'"):
         loss(x)
     with pytest.raises(ValueError, match="'x0'"):
         loss({"x1": x, "x0": x})
     with pytest.raises(ValueError, match="non-finite"):
-        loss({"x1": x.at[1, 0].set(jnp.inf)})
+        loss({"x1": np.where(np.eye(4, 2) > 0, np.inf, x)})
     with pytest.raises(TypeError, match="floating"):
-        loss({"x1": jnp.ones((4, 2), jnp.int32)})
+        loss({"x1": np.ones((4, 2), np.int32)})
     with pytest.raises(ValueError, match="`num_probes`"):
         loss({"x1": x}, num_probes=0)
     with pytest.raises(TypeError, match="`probe`"):
@@ -147,6 +146,6 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="`num_steps`"):
         loss({"x1": x}, solver=diffrax.Euler(), num_steps=0)
     with pytest.raises(ValueError, match="`ts`"):
-        loss({"x1": x}, solver=diffrax.Euler(), ts=jnp.array([1.0, 0.5, 0.0]))
+        loss({"x1": x}, solver=diffrax.Euler(), ts=np.array([1.0, 0.5, 0.0]))
     with pytest.raises(TypeError, match="`apply_fn`"):
         losses.cnf_mle_loss(params, key, {"x1": x}, apply_fn=None)
