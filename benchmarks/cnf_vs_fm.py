@@ -22,23 +22,28 @@ training clock (compilation and evaluation excluded) reaches the next checkpoint
 time of a geometric grid up to --budget seconds, and is then evaluated, so both
 see the same machine load. At every checkpoint the held-out NLL is computed the
 same way for both: `sample.log_likelihood` (exact trace, Dopri5 at rtol = atol =
-1e-5) on --heldout fresh points of the target, with the raw (not EMA)
-parameters. The differential entropy of the target is the floor of the NLL
-(8gaussians: log 8 + log(2 pi e sqrt(0.1)) = 3.766, the modes being 6.8
-standard deviations apart; checkerboard: log 32 = 3.466).
+1e-5) on --heldout fresh points of the target, for the raw parameters and for
+their exponential moving average (decay --ema, 0.99: a horizon of about 100
+steps, short enough for the CNF's few steps; at a constant learning rate the raw
+parameters of flow matching jitter by about 0.01 nat). The differential entropy
+of the target is the floor of the NLL (8gaussians: log 8 + log(2 pi e sqrt(0.1))
+= 3.766, the modes being 6.8 standard deviations apart; checkerboard: log 32 =
+3.466).
 
 Reported: time and forward NFE per training step (the CNF's adaptive NFE grows as
 its field sharpens; the backward pass adds its own work), the NLL each method
 reaches at equal wall-clock, and the first checkpoint time at which flow matching
-is at or below the CNF's final NLL (an upper bound on the crossing time, so the
-ratio "CNF time / FM time" is a lower bound). A second table times one step of
-the CNF variants (continuous adjoint, Hutchinson) at the CNF's final parameters.
+is at or below the CNF's final NLL, for each kind of parameters (an upper bound
+on the crossing time, so the ratio "CNF time / FM time" is a lower bound). A
+last table times one step of the CNF variants (continuous adjoint, Hutchinson)
+at the CNF's final parameters.
 
-    .venv/bin/python benchmarks/cnf_vs_fm.py --quick --out workdir/cnf_vs_fm_quick.json   # ~4 min
+    .venv/bin/python benchmarks/cnf_vs_fm.py --quick --out workdir/cnf_vs_fm_quick.json   # ~3 min
     .venv/bin/python benchmarks/cnf_vs_fm.py --out workdir/cnf_vs_fm.json                 # ~25 min
 
-`--quick` trains on 8gaussians only, 45 s per method; the full run trains both
-targets for 300 s per method. Timings on a shared CPU are noisy; the load average
+`--quick` trains on 8gaussians only, 30 s per method, and times only the
+Hutchinson and one-step-per-call variants; the full run trains both targets for
+300 s per method. Timings on a shared CPU are noisy; the load average
 is recorded at every checkpoint.
 """
 
@@ -70,6 +75,22 @@ TARGETS = {
     "checkerboard": (data.checkerboard, math.log(32.0)),
 }
 METHODS = ("cnf", "fm")
+PARAMS = {"raw": "nll", "ema": "nll_ema"}  # which parameters are evaluated: curve field
+
+
+def reach_cnf_final(curves, field):
+    """The CNF's final NLL, FM's final NLL, and the first FM checkpoint at or below the former.
+
+    The checkpoint is an upper bound on the crossing time, so `ratio` (CNF's
+    training time over FM's time to that NLL) is a lower bound on the speed-up.
+    """
+    cnf_final, cnf_time = curves["cnf"][-1][field], curves["cnf"][-1]["time_s"]
+    hit = next((c for c in curves["fm"][1:] if c[field] <= cnf_final), None)
+    return {"cnf_final": cnf_final, "fm_final": curves["fm"][-1][field],
+            "best": {m: min(c[field] for c in curves[m]) for m in METHODS},
+            "fm_time_s": hit["time_s"] if hit else None,
+            "fm_steps": hit["steps"] if hit else None,
+            "ratio": cnf_time / hit["time_s"] if hit else None}
 
 
 def _load():
@@ -103,7 +124,7 @@ class Runner:
         b = args.batch
         if name == "cnf":
             loss = functools.partial(losses.cnf_mle_loss, apply_fn=apply_fn, **(loss_opts or {}))
-            self.step_fn = train.make_train_step(loss, optimizer)
+            self.step_fn = train.make_train_step(loss, optimizer, ema_decay=args.ema)
 
             @jax.jit
             def batches(key):
@@ -111,10 +132,8 @@ class Runner:
         else:
             loss = functools.partial(losses.cfm_loss, apply_fn=apply_fn,
                                      path=paths.RectifiedFlow())
-            if k == 1:
-                self.step_fn = train.make_train_step(loss, optimizer)
-            else:
-                self.step_fn = train.make_multi_step(loss, optimizer)
+            make = train.make_train_step if k == 1 else train.make_multi_step
+            self.step_fn = make(loss, optimizer, ema_decay=args.ema)
 
             @jax.jit
             def batches(key):
@@ -178,8 +197,9 @@ def run_target(name, args, budget):
     runners = {"cnf": Runner("cnf", args, target_fn, apply_fn, params, cnf_opts),
                "fm": Runner("fm", args, target_fn, apply_fn, params, k=args.fm_k)}
     init_nll, init_nfe = nll(params)
-    curves = {m: [{"grid_s": 0.0, "time_s": 0.0, "steps": 0, "nll": init_nll, "eval_nfe": init_nfe,
-                   "train_nfe": None, "load": _load()}] for m in METHODS}
+    curves = {m: [{"grid_s": 0.0, "time_s": 0.0, "steps": 0, "nll": init_nll,
+                   "nll_ema": init_nll, "eval_nfe": init_nfe, "train_nfe": None,
+                   "load": _load()}] for m in METHODS}
     grid = checkpoint_times(budget)
     for i, clock in enumerate(grid):
         order = METHODS if i % 2 == 0 else METHODS[::-1]  # alternate who runs first
@@ -187,26 +207,21 @@ def run_target(name, args, budget):
             r = runners[m]
             r.train_until(clock)
             value, eval_nfe = nll(r.state.params)
+            value_ema, _ = nll(r.state.ema_params)
             curves[m].append({"grid_s": clock, "time_s": r.clock, "steps": r.steps, "nll": value,
-                              "eval_nfe": eval_nfe,
+                              "nll_ema": value_ema, "eval_nfe": eval_nfe,
                               "train_nfe": r.nfe_sum / max(r.steps, 1), "load": _load()})
         print(f"  [{name}] t={clock:7.2f}s  " + "  ".join(
-            f"{m}: {curves[m][-1]['steps']:>6} steps NLL {curves[m][-1]['nll']:.3f}"
-            for m in METHODS), flush=True)
+            f"{m}: {curves[m][-1]['steps']:>6} steps NLL {curves[m][-1]['nll']:.3f} "
+            f"(EMA {curves[m][-1]['nll_ema']:.3f})" for m in METHODS), flush=True)
 
-    cnf_final = curves["cnf"][-1]["nll"]
-    reach = next((c for c in curves["fm"][1:] if c["nll"] <= cnf_final), None)
     summary = {
         "target": name, "entropy": entropy, "budget_s": budget,
         "compile_s": {m: runners[m].compile_s for m in METHODS},
         "steps": {m: runners[m].steps for m in METHODS},
         "s_per_step": {m: runners[m].clock / runners[m].steps for m in METHODS},
         "train_nfe_per_step": {m: runners[m].nfe_sum / runners[m].steps for m in METHODS},
-        "final_nll": {m: curves[m][-1]["nll"] for m in METHODS},
-        "best_nll": {m: min(c["nll"] for c in curves[m]) for m in METHODS},
-        "fm_time_to_cnf_final_s": reach["time_s"] if reach else None,
-        "fm_steps_to_cnf_final": reach["steps"] if reach else None,
-        "ratio": (curves["cnf"][-1]["time_s"] / reach["time_s"]) if reach else None,
+        "reach": {kind: reach_cnf_final(curves, field) for kind, field in PARAMS.items()},
     }
 
     # One step of each variant at the CNF's final parameters (where its NFE is largest).
@@ -221,15 +236,15 @@ def run_target(name, args, budget):
                 (f"fm, {args.fm_k} steps per call (trained)", "fm", None, args.fm_k)]
     costs = []
     for label, method, opts, k in variants:
-        if args.quick and "Backsolve" in label:
-            continue
+        if args.quick and ("Backsolve" in label or "trained" in label):
+            continue  # the trained runners' per-step means are in the first table
         r = Runner(method, args, target_fn, apply_fn, final, opts, k=k)
         n = args.cost_steps if method == "cnf" else max(args.cost_steps * 20 // k, 2)
         s, nfe = time_steps(r.step_fn, r.state, r.batches, key, n, k)
         costs.append({"variant": label, "ms_per_step": 1e3 * s, "forward_nfe": nfe,
                       "compile_s": r.compile_s, "load": _load()})
     return {"summary": summary, "curves": curves, "step_costs": costs,
-            "checkpoint_grid_s": grid}
+            "checkpoint_grid_s": grid, "ema_decay": args.ema}
 
 
 def _fmt_time(s):
@@ -247,31 +262,35 @@ def tables(results) -> str:
             lines.append(f"| {s['target']} | {m} | {s['steps'][m]:,} | "
                          f"{1e3 * s['s_per_step'][m]:.2f} | {s['train_nfe_per_step'][m]:.1f} | "
                          f"{s['compile_s'][m]:.1f} |")
-    lines += ["", "Held-out NLL (nats) at equal training wall-clock, T = the budget (entropy "
-              "floor in brackets; the clock at the checkpoint in parentheses):",
-              "", "| target | method | " + " | ".join(
+    lines += ["", "Held-out NLL (nats) at equal training wall-clock, T = the budget, with the raw "
+              f"parameters and their EMA (decay {results[0]['ema_decay']:g}); entropy floor in "
+              "brackets, the clock at the checkpoint in parentheses:",
+              "", "| target | method | params | " + " | ".join(
                   f"T/{d}" if d > 1 else "T" for d in (64, 16, 4, 1)) + " |",
-              "|---|---|" + "---|" * 4]
+              "|---|---|---|" + "---|" * 4]
     for r in results:
         s = r["summary"]
         for m in METHODS:
-            cells = []
-            for f in (1 / 64, 1 / 16, 1 / 4, 1):
-                t = f * s["budget_s"]
-                c = [c for c in r["curves"][m] if c["grid_s"] <= t * (1 + 1e-9)][-1]
-                cells.append(f"{c['nll']:.3f} ({c['time_s']:.1f} s)")
-            lines.append(f"| {s['target']} [{s['entropy']:.3f}] | {m} | " + " | ".join(cells)
-                         + " |")
-    lines += ["", "Time for flow matching to reach the CNF's final held-out NLL:", "",
-              "| target | budget s | CNF final NLL | FM final NLL | FM time to CNF final s "
-              "(steps) | CNF time / FM time |", "|---|---|---|---|---|---|"]
+            for kind, field in PARAMS.items():
+                cells = []
+                for f in (1 / 64, 1 / 16, 1 / 4, 1):
+                    t = f * s["budget_s"]
+                    c = [c for c in r["curves"][m] if c["grid_s"] <= t * (1 + 1e-9)][-1]
+                    cells.append(f"{c[field]:.3f} ({c['time_s']:.1f} s)")
+                lines.append(f"| {s['target']} [{s['entropy']:.3f}] | {m} | {kind} | "
+                             + " | ".join(cells) + " |")
+    lines += ["", "Time for flow matching to reach the CNF's final held-out NLL (first checkpoint "
+              "at or below it):", "",
+              "| target | params | budget s | CNF final NLL | FM final NLL | FM time to CNF final "
+              "s (steps) | CNF time / FM time |", "|---|---|---|---|---|---|---|"]
     for r in results:
         s = r["summary"]
-        ratio = "not reached" if s["ratio"] is None else f"{s['ratio']:.1f}x"
-        steps = "" if s["fm_steps_to_cnf_final"] is None else f" ({s['fm_steps_to_cnf_final']:,})"
-        lines.append(f"| {s['target']} | {s['budget_s']:g} | {s['final_nll']['cnf']:.3f} | "
-                     f"{s['final_nll']['fm']:.3f} | {_fmt_time(s['fm_time_to_cnf_final_s'])}"
-                     f"{steps} | {ratio} |")
+        for kind in PARAMS:
+            h = s["reach"][kind]
+            ratio = "not reached" if h["ratio"] is None else f"{h['ratio']:.1f}x"
+            steps = "" if h["fm_steps"] is None else f" ({h['fm_steps']:,})"
+            lines.append(f"| {s['target']} | {kind} | {s['budget_s']:g} | {h['cnf_final']:.3f} | "
+                         f"{h['fm_final']:.3f} | {_fmt_time(h['fm_time_s'])}{steps} | {ratio} |")
     lines += ["", "One training step at the CNF's final parameters:", "",
               "| target | variant | ms / step | forward NFE |", "|---|---|---|---|"]
     for r in results:
@@ -282,35 +301,40 @@ def tables(results) -> str:
 
 
 def plot(results, filename):
+    """Held-out NLL against training wall-clock (full range and near the floor) and steps."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, len(results), figsize=(6 * len(results), 8), squeeze=False)
+    names = {"cnf": "CNF max. likelihood", "fm": "flow matching (I-CFM)"}
+    fig, axes = plt.subplots(3, len(results), figsize=(6 * len(results), 11), squeeze=False)
     for j, r in enumerate(results):
-        s = r["summary"]
-        for row, xkey, xlabel in ((0, "time_s", "training wall-clock (s)"),
-                                  (1, "steps", "training steps")):
+        s, floor = r["summary"], r["summary"]["entropy"]
+        panels = ((0, "time_s", "training wall-clock (s)", floor + 8),
+                  (1, "time_s", "training wall-clock (s), near the floor", floor + 0.4),
+                  (2, "steps", "training steps", floor + 8))
+        for row, xkey, xlabel, top in panels:
             ax = axes[row, j]
             for i, m in enumerate(METHODS):
-                pts = [c for c in r["curves"][m][1:]]
-                ax.plot([c[xkey] for c in pts], [c["nll"] for c in pts], "o-", ms=3,
-                        color=f"C{i}", label={"cnf": "CNF max. likelihood",
-                                              "fm": "flow matching (I-CFM)"}[m])
-            ax.axhline(s["final_nll"]["cnf"], color="C0", ls=":", lw=1,
-                       label="CNF final NLL")
-            ax.axhline(s["entropy"], color="k", ls="--", lw=1, label="entropy (floor)")
-            if row == 0 and s["fm_time_to_cnf_final_s"]:
-                ax.axvline(s["fm_time_to_cnf_final_s"], color="C1", ls=":", lw=1)
+                pts = r["curves"][m][1:]
+                for kind, field in PARAMS.items():
+                    ax.plot([c[xkey] for c in pts], [c[field] for c in pts],
+                            "o-" if kind == "raw" else "s--", ms=3, color=f"C{i}",
+                            alpha=1.0 if kind == "raw" else 0.6, label=f"{names[m]}, {kind}")
+            ax.axhline(s["reach"]["raw"]["cnf_final"], color="C0", ls=":", lw=1,
+                       label="CNF final NLL (raw)")
+            ax.axhline(floor, color="k", ls="--", lw=1, label="entropy (floor)")
+            if xkey == "time_s" and s["reach"]["raw"]["fm_time_s"]:
+                ax.axvline(s["reach"]["raw"]["fm_time_s"], color="C1", ls=":", lw=1)
+            ratios = ", ".join(f"{k} {h['ratio']:.1f}x" if h["ratio"] else f"{k} not reached"
+                               for k, h in s["reach"].items())
             ax.set(xscale="log", xlabel=xlabel, ylabel="held-out NLL (nats)",
-                   title=f"{s['target']}" + (f": FM reaches the CNF's final NLL "
-                                             f"{s['ratio']:.1f}x sooner" if row == 0 and
-                                             s["ratio"] else ""))
-            top = max(c["nll"] for m in METHODS for c in r["curves"][m][1:])
-            ax.set_ylim(s["entropy"] - 0.2, min(top, s["entropy"] + 6) + 0.2)
+                   ylim=(floor - 0.05, top),
+                   title=f"{s['target']}: FM reaches the CNF's final NLL sooner by {ratios}"
+                   if row == 0 else s["target"])
             ax.grid(alpha=0.3)
-            ax.legend(fontsize=8)
+            ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(filename, dpi=110)
     plt.close(fig)
@@ -319,32 +343,35 @@ def plot(results, filename):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
-                        help="8gaussians only, 45 s per method (~4 minutes)")
+                        help="8gaussians only, 30 s per method (~3 minutes)")
     parser.add_argument("--targets", nargs="+", default=None, choices=tuple(TARGETS))
     parser.add_argument("--budget", type=float, default=None,
-                        help="training seconds per method and target (45 quick, 300 full)")
+                        help="training seconds per method and target (30 quick, 300 full)")
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--ema", type=float, default=0.99,
+                        help="EMA decay of the parameters (both methods; evaluated beside the raw)")
     parser.add_argument("--width", type=int, default=64)
     parser.add_argument("--depth", type=int, default=3)
     parser.add_argument("--cnf-tol", type=float, default=1e-5,
                         help="rtol = atol of the CNF's training solves")
     parser.add_argument("--fm-k", type=int, default=20, help="FM steps per jitted call")
-    parser.add_argument("--heldout", type=int, default=None, help="held-out points (2000/5000)")
+    parser.add_argument("--heldout", type=int, default=None, help="held-out points (1000/5000)")
     parser.add_argument("--cost-steps", type=int, default=None,
                         help="CNF steps timed per variant in the step-cost table")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="workdir/cnf_vs_fm.json")
     args = parser.parse_args()
     targets = args.targets or (["8gaussians"] if args.quick else list(TARGETS))
-    budget = args.budget or (45.0 if args.quick else 300.0)
-    args.heldout = args.heldout or (2000 if args.quick else 5000)
+    budget = args.budget or (30.0 if args.quick else 300.0)
+    args.heldout = args.heldout or (1000 if args.quick else 5000)
     args.cost_steps = args.cost_steps or (5 if args.quick else 20)
     for name in ("batch", "width", "depth", "fm_k", "heldout", "cost_steps"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be a positive integer")
-    if budget <= 0.25 or not args.cnf_tol > 0 or not args.lr > 0:
-        parser.error("--budget must exceed 0.25 s; --cnf-tol and --lr must be positive")
+    if budget <= 0.25 or not args.cnf_tol > 0 or not args.lr > 0 or not 0 <= args.ema < 1:
+        parser.error("--budget must exceed 0.25 s; --cnf-tol and --lr must be positive; "
+                     "--ema must lie in [0, 1)")
 
     start, load_start = time.perf_counter(), _load()
     info = machine()
