@@ -4,10 +4,13 @@ the training points, the network does not; the run files; a rerun resumes."""
 import json
 import os
 
+import jax
+import numpy as np
 import pytest
 
 from experiments.memorization import train as memorization
 from experiments.memorization.configs import tiny
+from flowjax import analytic, paths
 
 
 @pytest.fixture(scope="module")
@@ -60,3 +63,16 @@ def test_config_checks():
     config.train_sizes = (1,)
     with pytest.raises(ValueError, match="train_sizes"):
         memorization.validate_config(config)
+
+
+def test_empirical_velocity_is_the_analytic_one(x64):
+    """The experiment's closed form is flowjax.analytic's velocity of the empirical measure,
+    up to the floored noise scale at t = 1."""
+    points = jax.random.normal(jax.random.PRNGKey(0), (5, 3))
+    x = jax.random.normal(jax.random.PRNGKey(1), (7, 3))
+    mixture = analytic.GaussianMixture.empirical(points)
+    both = jax.jit(lambda t: (memorization.empirical_velocity(points, x, t),
+                              analytic.mixture_velocity(paths.RectifiedFlow(), mixture, x, t)))
+    for t in (0.0, 0.3, 0.9, 1.0 - 1e-6, 1.0):
+        ours, reference = both(t)
+        np.testing.assert_allclose(ours, reference, rtol=1e-9, atol=1e-9, err_msg=f"t={t}")

@@ -34,6 +34,36 @@ def plot_samples(filename, plot_data):
     plt.close(fig)
 
 
+def plot_image_pairs(filename, plot_data, num: int = 10):
+    """Image data: samples of each field and held-out images over their nearest training images."""
+    sizes = list(plot_data)
+    names = list(plot_data[sizes[0]]["samples"]) + ["held-out data"]
+    side = int(round(plot_data[sizes[0]]["train"].shape[1] ** 0.5))
+    rows = len(sizes) * len(names) * 2
+    fig, axes = plt.subplots(rows, num, figsize=(0.9 * num, 0.95 * rows), squeeze=False)
+    r = 0
+    for n in sizes:
+        d = plot_data[n]
+        train = d["train"]
+        for name in names:
+            pts = d["heldout"] if name == "held-out data" else d["samples"][name]
+            pts = pts[:num]
+            nearest = train[np.argmin(((pts[:, None] - train[None]) ** 2).sum(-1), axis=1)]
+            pairs = ((r, pts, f"N={n}\n{name}"), (r + 1, nearest, "nearest\ntrain"))
+            for row, imgs, label in pairs:
+                for j in range(num):
+                    ax = axes[row, j]
+                    ax.imshow(np.clip(imgs[j].reshape(side, side), -1, 1), cmap="gray_r",
+                              vmin=-1, vmax=1)
+                    ax.set_xticks([])
+                    ax.set_yticks([])
+                axes[row, 0].set_ylabel(label, fontsize=6, rotation=0, ha="right", va="center")
+            r += 2
+    fig.tight_layout(h_pad=0.1, w_pad=0.1)
+    fig.savefig(filename, dpi=110)
+    plt.close(fig)
+
+
 def plot_distances(filename, plot_data, radius):
     """Histograms (log distance) of the nearest-training-point distances, as fractions."""
     sizes = list(plot_data)
