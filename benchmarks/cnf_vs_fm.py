@@ -38,8 +38,8 @@ on the crossing time, so the ratio "CNF time / FM time" is a lower bound). A
 last table times one step of the CNF variants (continuous adjoint, Hutchinson)
 at the CNF's final parameters.
 
-    .venv/bin/python benchmarks/cnf_vs_fm.py --quick --out workdir/cnf_vs_fm_quick.json   # ~3 min
-    .venv/bin/python benchmarks/cnf_vs_fm.py --out workdir/cnf_vs_fm.json                 # ~25 min
+    .venv/bin/python benchmarks/cnf_vs_fm.py --quick --out workdir/cnf_vs_fm_quick.json   # ~2 min
+    .venv/bin/python benchmarks/cnf_vs_fm.py --out workdir/cnf_vs_fm.json                 # ~24 min
 
 `--quick` trains on 8gaussians only, 30 s per method, and times only the
 Hutchinson and one-step-per-call variants; the full run trains both targets for
@@ -362,7 +362,7 @@ def plot(results, filename):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
-                        help="8gaussians only, 30 s per method (~3 minutes)")
+                        help="8gaussians only, 30 s per method (~2 minutes)")
     parser.add_argument("--targets", nargs="+", default=None, choices=tuple(TARGETS))
     parser.add_argument("--budget", type=float, default=None,
                         help="training seconds per method and target (30 quick, 300 full)")

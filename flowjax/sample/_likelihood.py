@@ -31,10 +31,13 @@ def log_likelihood(velocity_fn, x1, args=None, *, key=None, num_probes: int | No
                    num_steps: int | None = None, ts=None, max_steps: int = 4096):
     r"""`log p_1(x1)` of the flow of `velocity_fn`, through the reverse divergence ODE.
 
-    The solve is compiled once per `velocity_fn` (pass parameters through
-    `args`, not a new closure per call) and is differentiable (diffrax's
-    discretise-then-optimise adjoint); :func:`flowjax.losses.cnf_mle_loss`
-    is the same computation as a training loss.
+    The solve is compiled once per `velocity_fn`, as in :func:`solve_ode`:
+    pass parameters and data through `args`. Arrays that `velocity_fn` reads
+    from a closure or a global are compiled in as constants, so a later call
+    with the same function object would not see them change. The solve is
+    differentiable (diffrax's discretise-then-optimise adjoint);
+    :func:`flowjax.losses.cnf_mle_loss` is the same computation as a
+    training loss.
 
     Args:
       velocity_fn: `velocity_fn(x [B, *dims], t [B], args) -> [B, *dims]`.

@@ -1,6 +1,6 @@
 """Memorization: the exact empirical velocity against a trained MLP, N = 64 and 256 moons points.
 
-Launch (about 6 minutes on a 2-core CPU):
+Launch (about a minute on a 2-core CPU):
 
     python -m experiments.memorization --config=experiments/memorization/configs/default.py \
         --workdir=workdir/memorization

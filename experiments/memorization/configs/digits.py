@@ -1,6 +1,6 @@
 """Memorization on scikit-learn's 8x8 digits (64-D, in [-1, 1]): N = 64 and 256 training images.
 
-Launch (about 5 minutes on a 2-core CPU):
+Launch (about a minute on a 2-core CPU):
 
     python -m experiments.memorization --config=experiments/memorization/configs/digits.py \
         --workdir=workdir/memorization_digits
