@@ -6,10 +6,12 @@ The same velocity field, the same data, the same optimizer, the same thread coun
                        [x, t] -> 3 x Linear(64) + SELU -> 2 (8,706 parameters)
            `wide`      Meta flow_matching's 2-D example MLP: [x, t] -> 4 x Linear(512) +
                        SiLU -> 2 (791,042 parameters)
-           `unet`      (--unet) a small image U-Net on 28x28x1, batch 64: flowjax's UNet
+           `unet`      (--unet) a small image U-Net on 28x28x1, batch 32: flowjax's UNet
                        against TorchCFM's `UNetModelWrapper` as in its MNIST example
-                       (32 channels, mult (1, 2, 2), 1 res block); the two nets are not
-                       the same code, so their parameter counts are printed beside them
+                       (32 channels, mult (1, 2, 2), 1 res block), with attention at
+                       the 7x7 level only (full 28x28 attention made the step minutes on
+                       2 cores); the two nets are not the same code, so their parameter
+                       counts are printed beside them
   data     x0 ~ 8 Gaussians, x1 ~ two moons (TorchCFM's 2-D example), a fresh batch
            every step, drawn natively by each framework (torch ops on the torch side,
            so the peers are not slowed by NumPy); 28x28 images are N(0, I) stand-ins
@@ -88,7 +90,7 @@ def _flowjax_case(case, seconds):
     b, k = case["batch"], case["k"]
     if case["model"] == "unet":
         module = models.UNet(channels=32, channel_mult=(1, 2, 2), num_res_blocks=1,
-                             attention_resolutions=(28,), num_heads=1, dropout=0.0,
+                             attention_resolutions=(7,), num_heads=1, dropout=0.0,
                              num_groups=32)
         shape = (28, 28, 1)
     else:
@@ -171,9 +173,11 @@ def _torch_case(case, seconds, threads):
     base_rss = _rss_mb()
     b = case["batch"]
     if case["model"] == "unet":
-        from torchcfm.models.unet import UNetModelWrapper
+        from torchcfm.models.unet.unet import UNetModelWrapper
+
+        # attention_resolutions counts image_size // ds: "7" is ds = 4, the 7x7 level.
         net = UNetModelWrapper(dim=(1, 28, 28), num_channels=32, num_res_blocks=1,
-                               channel_mult=(1, 2, 2), attention_resolutions="16", dropout=0.0)
+                               channel_mult=(1, 2, 2), attention_resolutions="7", dropout=0.0)
 
         def field(xt, t):
             return net(t, xt)
@@ -275,7 +279,7 @@ def cases_for(args):
                                     k=args.k if runner == "flowjax-scan" else 1))
     if args.unet:
         for runner in ["flowjax-step", "flowjax-scan"] + [p for p in peers if p == "torchcfm"]:
-            out.append(dict(model="unet", batch=64, method="icfm", runner=runner,
+            out.append(dict(model="unet", batch=32, method="icfm", runner=runner,
                             k=args.unet_k if runner == "flowjax-scan" else 1))
     return out, [p for p in PEERS if p not in peers]
 
@@ -366,7 +370,7 @@ def main():
                         choices=["icfm", "otcfm"])
     parser.add_argument("--k", type=int, default=20, help="steps per scan-fused call")
     parser.add_argument("--unet", action="store_true", help="also time the image U-Net step")
-    parser.add_argument("--unet-k", type=int, default=4)
+    parser.add_argument("--unet-k", type=int, default=2)
     parser.add_argument("--seconds", type=float, default=None,
                         help="steady-state seconds per case (default 3, --quick 1.5)")
     parser.add_argument("--threads", type=int, default=os.cpu_count())

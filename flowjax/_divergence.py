@@ -28,6 +28,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from flowjax._checks import (check_array, check_finite, check_grid, check_key, check_number,
+                             check_output_shape)
+
 
 class Probe(enum.Enum):
     """Distribution of Hutchinson probes."""
@@ -38,8 +41,17 @@ class Probe(enum.Enum):
 
 def standard_normal_log_prob(x):
     """`log N(x; 0, I)` per sample, for `x: [B, *dims]`."""
+    check_array("x", x)
+    check_finite("x", x)
     flat = x.reshape(x.shape[0], -1)
     return -0.5 * jnp.sum(flat ** 2, -1) - 0.5 * flat.shape[1] * math.log(2.0 * math.pi)
+
+
+def check_adaptive(solver):
+    """Adaptive step sizes need an embedded error estimate."""
+    if not (isinstance(solver, diffrax.AbstractERK) and bool(np.any(solver.tableau.b_error))):
+        raise ValueError(f"adaptive solves need a `solver` with an error estimate (Tsit5, "
+                         f"Dopri5), got {solver!r}; or pass `num_steps` or `ts`.")
 
 
 def evaluations_per_step(solver) -> tuple[int, int]:
@@ -59,23 +71,22 @@ def evaluations_per_step(solver) -> tuple[int, int]:
         f"`solver` must be diffrax.Euler or an explicit Runge-Kutta solver, got {solver!r}.")
 
 
-def check_probes(num_probes, key):
-    """Checks `num_probes`: None (exact trace) or a positive int, which needs a key."""
+def check_probes(num_probes, key, probe):
+    """Checks the trace options: `num_probes` None (exact) or a positive int, which needs a key."""
+    if not isinstance(probe, Probe):
+        raise TypeError(f"`probe` must be a flowjax.sample.Probe, got {probe!r}.")
     if num_probes is None:
         return
-    if isinstance(num_probes, bool) or not isinstance(num_probes, (int, np.integer)) \
-            or num_probes < 1:
-        raise ValueError(f"`num_probes` must be a positive int or None, got {num_probes!r}.")
+    check_number("num_probes", num_probes, low=1, integer=True)
     if key is None:
         raise ValueError("`key` is needed for Hutchinson probes (`num_probes` is set).")
+    check_key("key", key)
 
 
 def draw_probes(key, num_probes, probe, like):
     """`[P, *like.shape]` probes (None for the exact trace), fixed along the trajectory."""
     if num_probes is None:
         return None
-    if not isinstance(probe, Probe):
-        raise TypeError(f"`probe` must be a Probe (RADEMACHER or GAUSSIAN), got {probe!r}.")
     shape = (int(num_probes),) + like.shape
     if probe == Probe.RADEMACHER:
         return jax.random.rademacher(key, shape, like.dtype)
@@ -83,33 +94,28 @@ def draw_probes(key, num_probes, probe, like):
 
 
 def reverse_controller(solver, *, rtol, atol, num_steps, ts, max_steps, dtype):
-    """The step control of a solve from t = 1 back to t = 0: `(controller, dt0, max_steps)`.
+    """Checks the step options of a solve from t = 1 back to t = 0: `(controller, dt0, max_steps)`.
 
     `ts` (an increasing grid from 0 to 1, walked backwards) overrides
     `num_steps` (uniform steps); with neither, a PID controller at
     `rtol`/`atol` (the solver needs an error estimate).
     """
+    check_number("rtol", rtol, low=0.0, low_open=True)
+    check_number("atol", atol, low=0.0, low_open=True)
+    check_number("num_steps", num_steps, low=1, integer=True, allow_none=True)
+    check_number("max_steps", max_steps, low=1, integer=True)
     if ts is not None:
-        grid = np.asarray(ts)
-        if grid.ndim != 1 or grid.size < 2 or not np.isclose(grid[0], 0.0) \
-                or not np.isclose(grid[-1], 1.0) or np.any(np.diff(grid) <= 0):
-            raise ValueError("`ts` must be a strictly increasing grid from 0 to 1.")
+        grid = check_grid("ts", ts, start=0.0, end=1.0)
         rev = jnp.asarray(ts, dtype)[::-1]
         return diffrax.StepTo(ts=rev), None, int(grid.size)
     if num_steps is not None:
-        if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)) \
-                or num_steps < 1:
-            raise ValueError(f"`num_steps` must be a positive int, got {num_steps!r}.")
         return diffrax.ConstantStepSize(), -1.0 / int(num_steps), int(num_steps)
-    if not (isinstance(solver, diffrax.AbstractERK) and bool(np.any(solver.tableau.b_error))):
-        raise ValueError("adaptive solves need a solver with an error estimate "
-                         "(Tsit5, Dopri5); or pass `num_steps`.")
-    if not (rtol > 0 and atol > 0):
-        raise ValueError(f"`rtol` and `atol` must be positive, got {rtol!r} and {atol!r}.")
-    if isinstance(max_steps, bool) or not isinstance(max_steps, (int, np.integer)) \
-            or max_steps < 1:
-        raise ValueError(f"`max_steps` must be a positive int, got {max_steps!r}.")
+    check_adaptive(solver)
     return diffrax.PIDController(rtol=rtol, atol=atol), None, int(max_steps)
+
+
+def _field(velocity_fn, x, t, args):
+    return check_output_shape("velocity_fn", velocity_fn(x, t, args), x)  # at trace time
 
 
 def _exact_divergence(velocity_fn, x, t, args):
@@ -125,7 +131,8 @@ def _exact_divergence(velocity_fn, x, t, args):
     basis = jnp.eye(d, dtype=x.dtype).reshape((d, 1) + x.shape[1:])
 
     def jvp(e):
-        return jax.jvp(lambda y: velocity_fn(y, t, args), (x,), (jnp.broadcast_to(e, x.shape),))
+        return jax.jvp(lambda y: _field(velocity_fn, y, t, args), (x,),
+                       (jnp.broadcast_to(e, x.shape),))
 
     v, jv = jax.vmap(jvp)(basis)  # [d, B, *dims]
     diag = jnp.einsum("kbk->b", jv.reshape(d, x.shape[0], d))
@@ -134,7 +141,7 @@ def _exact_divergence(velocity_fn, x, t, args):
 
 def _hutchinson_divergence(velocity_fn, x, t, args, probes):
     def jvp(probe):
-        return jax.jvp(lambda y: velocity_fn(y, t, args), (x,), (probe,))
+        return jax.jvp(lambda y: _field(velocity_fn, y, t, args), (x,), (probe,))
 
     v, jv = jax.vmap(jvp)(probes)  # [P, B, ...]
     est = jnp.sum((probes * jv).reshape(probes.shape[0], x.shape[0], -1), -1)

@@ -25,3 +25,18 @@ def x64():
     """Runs the test body with 64-bit floats enabled."""
     with jax.enable_x64(True):
         yield
+
+
+def pytest_configure(config):
+    """Stops at once when `--dist loadgroup` would not group: each `xdist_group` holds a
+    run that its tests share, and ungrouped it is trained again on every worker. pytest 9.2
+    moved the node id where pytest-xdist 3.8 writes the group."""
+    if config.getoption("dist", "no") != "loadgroup" or hasattr(config, "workerinput"):
+        return
+    import xdist
+
+    version = lambda v: tuple(int(p) for p in v.split(".")[:2])  # noqa: E731
+    if version(pytest.__version__) >= (9, 2) and version(xdist.__version__) <= (3, 8):
+        raise pytest.UsageError(
+            f"pytest {pytest.__version__} with pytest-xdist {xdist.__version__} ignores "
+            "`--dist loadgroup`; install the pinned versions: pip install -e '.[test]'")

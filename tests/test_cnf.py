@@ -127,7 +127,7 @@ def test_bad_arguments():
     loss = functools.partial(losses.cnf_mle_loss, params, key, apply_fn=tiny_mlp)
     with pytest.raises(ValueError, match="dict with key 'x1'"):
         loss(x)
-    with pytest.raises(ValueError, match="'x0'"):
+    with pytest.raises(ValueError, match=r"`batch\['x0'\]`"):
         loss({"x1": x, "x0": x})
     with pytest.raises(ValueError, match="non-finite"):
         loss({"x1": np.where(np.eye(4, 2) > 0, np.inf, x)})
@@ -141,7 +141,7 @@ def test_bad_arguments():
         loss({"x1": x}, adjoint="backsolve")
     with pytest.raises(ValueError, match="error estimate"):
         loss({"x1": x}, solver=diffrax.Euler())
-    with pytest.raises(ValueError, match="`rtol` and `atol`"):
+    with pytest.raises(ValueError, match="`rtol`"):
         loss({"x1": x}, rtol=0.0)
     with pytest.raises(ValueError, match="`num_steps`"):
         loss({"x1": x}, solver=diffrax.Euler(), num_steps=0)

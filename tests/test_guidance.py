@@ -65,3 +65,51 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="`path`"):
         sample.guided_model_velocity(_apply, scale=2.0, null_cond=3,
                                      prediction=paths.Prediction.DATA)
+
+
+# -- classifier guidance ---------------------------------------------------------------------
+
+TWO = [analytic.GaussianMixture.gaussian(m, c) for m, c in (
+    (jnp.array([1.5, 0.0]), jnp.array([[0.3, 0.1], [0.1, 0.2]])),
+    (jnp.array([-1.0, 1.0]), jnp.array([[0.2, 0.0], [0.0, 0.4]])))]
+WEIGHTS = jnp.array([0.3, 0.7])
+
+
+@pytest.mark.parametrize("path", [paths.RectifiedFlow(), paths.VP()], ids=["rf", "vp"])
+def test_classifier_guidance_with_the_exact_posterior_is_the_conditional_field(x64, path):
+    """Two Gaussian classes: log p_t(y | x) is exact, so w = 1 gives v(x, t | y) and any w
+    gives classifier-free guidance's v(x | 0) + w (v(x | y) - v(x | 0)) of the exact fields."""
+    full = analytic.GaussianMixture.create(jnp.stack([p.means[0] for p in TWO]),
+                                           jnp.stack([p.covs[0] for p in TWO]), WEIGHTS)
+
+    def classifier(params, x, t):  # log w_k + log N_k(x; alpha mu_k, C_k): the exact logits
+        del params
+        return jnp.log(WEIGHTS) + jnp.stack([analytic.mixture_log_prob(path, c, x, t)
+                                             for c in TWO], -1)
+
+    def unconditional(x, t, args):
+        return analytic.mixture_velocity(path, full, x, t)
+
+    x = 1.5 * jax.random.normal(jax.random.PRNGKey(0), (32, 2))
+    t = jax.random.uniform(jax.random.PRNGKey(1), (32,), minval=0.05, maxval=0.95)
+    labels = jnp.arange(32) % 2
+    scales = (0.0, 1.0, 2.5)
+
+    @jax.jit  # one program for every field: compiles once
+    def fields(x, t, labels):
+        per_class = jnp.stack([analytic.mixture_velocity(path, c, x, t) for c in TWO])
+        guided = [sample.classifier_guidance(unconditional, classifier, path=path, scale=w)(
+            x, t, (None, None, labels)) for w in scales]
+        late = sample.classifier_guidance(unconditional, classifier, path=path, scale=1.0,
+                                          interval=(0.5, 1.0))(x, t, (None, None, labels))
+        return per_class, unconditional(x, t, None), guided, late
+
+    per_class, vu, guided, late = fields(x, t, labels)
+    conditional = jnp.where(labels[:, None] == 0, per_class[0], per_class[1])
+    for w, g in zip(scales, guided):
+        np.testing.assert_allclose(g, vu + w * (conditional - vu), rtol=1e-8, atol=1e-10)
+    assert float(jnp.mean(jnp.linalg.norm(conditional - vu, axis=1))) > 0.1  # not trivial
+    np.testing.assert_allclose(late, jnp.where((t >= 0.5)[:, None], conditional, vu), rtol=1e-8)
+    with pytest.raises(ValueError, match="`labels`"):
+        sample.classifier_guidance(unconditional, classifier, path=path, scale=1.0)(
+            x, t, (None, None, labels[:5]))

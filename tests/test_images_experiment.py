@@ -4,9 +4,11 @@ import json
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+from flax import serialization
 
 from experiments.images import train as images
 from experiments.images.configs import cifar10_meanflow, cifar10_otcfm, digits_tiny
@@ -77,6 +79,39 @@ def test_interrupted_training_resumes_exactly(tmp_path):
     assert int(resumed.step) == 20
     for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(resumed)):
         np.testing.assert_array_equal(a, b)
+
+
+def test_classifier_guidance_rows_and_the_cached_noisy_classifier(tmp_path):
+    """The rows of classifier guidance (null-label field + noisy classifier), and its cache.
+
+    Small MLP generator, untrained: what is tested is the experiment's wiring; the guidance
+    formula is tested on an exact mixture in tests/test_guidance.py.
+    """
+    config = digits_tiny.get_config()
+    config.model.name, config.model.mlp_hidden = "mlp", (16,)
+    config.eval.guidance_scales, config.eval.euler_steps = (), ()
+    config.eval.midpoint_steps, config.eval.adaptive = (), False
+    config.eval.classifier_guidance_scales, config.eval.classifier_guidance_steps = (2.0,), 2
+    images.validate_config(config)
+    key, shape = jax.random.PRNGKey(0), (8, 8, 1)
+    module = images.NoisyClassifier(config.num_classes)
+    saved = jax.jit(module.init)(key, jnp.zeros((1,) + shape), jnp.zeros(1))["params"]
+    with open(tmp_path / "noisy_classifier.msgpack", "wb") as f:
+        f.write(serialization.to_bytes(saved))
+    classifier, params = images.noisy_classifier(config, str(tmp_path), np.zeros((4,) + shape),
+                                                 np.zeros(4, np.int32))  # loaded, not trained
+    for a, b in zip(jax.tree.leaves(saved), jax.tree.leaves(params)):
+        np.testing.assert_array_equal(a, b)
+    labels = jnp.arange(20, dtype=jnp.int32) % 10
+    x0 = jax.random.normal(key, (20,) + shape)
+    out = images._solver_runs(config, "otcfm", images.apply_fn_of(config, "otcfm"),
+                              images.init_params(config, "otcfm", shape, key), x0, labels,
+                              (classifier, params))
+    (((sampler, steps, scale), (xs, nfe)),) = out.items()
+    assert (sampler, steps, scale, nfe) == ("cg-euler", 2, 2.0, 2) and np.all(np.isfinite(xs))
+    config.otcfm.cond_drop_prob = 0.0  # no null label, no unconditional field to guide
+    with pytest.raises(ValueError, match="label dropout"):
+        images.validate_config(config)
 
 
 @pytest.mark.parametrize("module", [cifar10_otcfm, cifar10_meanflow], ids=["otcfm", "meanflow"])

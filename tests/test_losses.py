@@ -149,8 +149,8 @@ def test_bad_inputs():
         loss(params, key, {"data": jnp.ones((4, 2))})
     with pytest.raises(ValueError, match=r"`batch\['x0'\]` and `batch\['x1'\]`"):
         loss(params, key, {"x1": jnp.ones((4, 2)), "x0": jnp.ones((3, 2))})
-    with pytest.raises(ValueError, match="`prediction`"):
-        loss(params, key, {"x1": jnp.ones((4, 2))}, prediction=Prediction.SCORE)
+    with pytest.raises(TypeError, match="`prediction`"):
+        loss(params, key, {"x1": jnp.ones((4, 2))}, prediction="score")
     with pytest.raises(ValueError, match=r"`batch\['x1'\]` contains non-finite"):
         loss(params, key, {"x1": jnp.ones((4, 2)).at[1, 1].set(jnp.inf)})
     with pytest.raises(ValueError, match="`apply_fn` returned shape"):
@@ -213,3 +213,165 @@ def test_model_key_reaches_the_model_and_dropout_follows_it():
         loss(params, jax.random.PRNGKey(3), batch, cond_drop_prob=0.1)
     with pytest.raises(ValueError, match="cond_drop_prob"):
         loss(params, jax.random.PRNGKey(3), batch, cond_drop_prob=1.0, null_cond=0)
+
+
+# -- diffusion losses in the flow view -----------------------------------------------------
+
+KINDS = (Prediction.NOISE, Prediction.DATA, Prediction.VELOCITY, Prediction.SCORE)
+
+
+@pytest.mark.parametrize("path", [paths.VP(), paths.VE(0.01, 50.0)], ids=["vp", "ve"])
+def test_prediction_losses_agree_up_to_the_documented_weighting(x64, path):
+    """One model read as each of the four predictions: per sample, at random t, the loss on
+    `given` weighted by `loss_weighting(path, given, to)` is the loss on `to`."""
+    params = _params(jax.random.PRNGKey(3))
+    x1 = jax.random.normal(jax.random.PRNGKey(4), (64, 2)) + 1.0
+    keys = jax.random.split(jax.random.PRNGKey(5), 64)
+
+    def as_kind(kind):
+        def apply(p, x, t, cond=None):  # the velocity model, converted to `kind`
+            v = linear_field(p, x, t)
+            return paths.convert(path, x, t, v, given=Prediction.VELOCITY, to=kind)
+        return apply
+
+    # Every ordered pair on VP; on VE the pairs through the noise (the others are products).
+    pairs = [(g, k) for g in KINDS for k in KINDS
+             if g == k or isinstance(path, paths.VP) or Prediction.NOISE in (g, k)]
+
+    @jax.jit
+    def per_sample(keys, x1):
+        def one(key, x):  # a batch of one: the loss of one sample at one random t
+            return {f"{g.value}>{k.value}": losses.cfm_loss(
+                params, key, {"x1": x[None]}, apply_fn=as_kind(g), path=path, prediction=g,
+                weighting=None if g == k else losses.loss_weighting(path, g, k))[0]
+                for g, k in pairs}
+        return jax.vmap(one)(keys, x1)
+
+    out = per_sample(keys, x1)
+    for name, value in out.items():
+        to = name.split(">")[1]
+        np.testing.assert_allclose(value, out[f"{to}>{to}"], rtol=1e-9, err_msg=name)
+    # The weights depend on t: the unweighted losses are not proportional to each other.
+    for k in KINDS[1:]:
+        assert np.std(np.log(out[f"{k.value}>{k.value}"] / out["noise>noise"])) > 0.1, k
+
+
+def test_diffusion_weightings_match_their_formulas(x64):
+    pairs = ((Prediction.NOISE, Prediction.DATA), (Prediction.SCORE, Prediction.NOISE),
+             (Prediction.NOISE, Prediction.VELOCITY), (Prediction.DATA, Prediction.VELOCITY))
+
+    @jax.jit  # one program per path
+    def values(path, t):
+        return {"pairs": [losses.loss_weighting(path, g, k)(t) for g, k in pairs],
+                "velocity": losses.velocity_weighting(path, Prediction.DATA)(t),
+                "d_log_snr": jax.vmap(jax.grad(
+                    lambda u: jnp.log(path.alpha(u) ** 2 / path.sigma(u) ** 2)))(t),
+                "ll_noise": losses.likelihood_weighting(path, Prediction.NOISE)(t),
+                "ll_score": losses.likelihood_weighting(path)(t),
+                "g2": paths.sde_diffusion(path, t) ** 2,
+                "edm_data": losses.edm_weighting(path, 0.5)(t),
+                "edm_noise": losses.edm_weighting(path, 0.5, Prediction.NOISE)(t)}
+
+    t = jnp.linspace(0.05, 0.95, 10)
+    for path in (paths.VP(), paths.VE(0.01, 50.0)):
+        out = values(path, t)
+        a, s = path.alpha(t), path.sigma(t)
+        delta = a * path.d_sigma(t) - s * path.d_alpha(t)
+        expect = [(s / a) ** 2, s ** 2, (delta / a) ** 2, (delta / s) ** 2]  # as in the pairs
+        for got, value in zip(out["pairs"], expect):
+            np.testing.assert_allclose(got, value, rtol=1e-10)
+        np.testing.assert_allclose(out["velocity"], expect[3], rtol=1e-10)
+        # Likelihood weighting: g^2 on the score; d log SNR / dt on the noise (Kingma et al.).
+        np.testing.assert_allclose(out["ll_noise"], out["d_log_snr"], rtol=1e-10)
+        np.testing.assert_allclose(out["ll_score"], out["g2"], rtol=1e-12)
+        # EDM: lambda(sigma) for a data prediction, times 1/SNR for a noise prediction.
+        sig = s / a
+        lam = (sig ** 2 + 0.25) / (sig * 0.5) ** 2
+        np.testing.assert_allclose(out["edm_data"], lam, rtol=1e-10)
+        np.testing.assert_allclose(out["edm_noise"], lam * sig ** 2, rtol=1e-10)
+
+
+def test_dsm_and_noise_prediction_losses_are_the_named_settings(x64):
+    """DSM with Song et al.'s lambda = sigma^2 is the noise loss of eps = -sigma * score."""
+    path, params, key = paths.VP(), _params(jax.random.PRNGKey(6)), jax.random.PRNGKey(7)
+    batch = {"x1": jax.random.normal(jax.random.PRNGKey(8), (128, 2))}
+
+    def score(p, x, t, cond=None):
+        return paths.convert(path, x, t, linear_field(p, x, t), given=Prediction.VELOCITY,
+                             to=Prediction.SCORE)
+
+    def noise(p, x, t, cond=None):
+        return -path.sigma(t)[:, None] * score(p, x, t)
+
+    @jax.jit
+    def values(params, key, batch):
+        return (losses.dsm_loss(params, key, batch, apply_fn=score, path=path)[0],
+                losses.noise_prediction_loss(params, key, batch, apply_fn=noise, path=path)[0],
+                losses.cfm_loss(params, key, batch, apply_fn=noise, path=path,
+                                prediction=Prediction.NOISE)[0],
+                losses.dsm_loss(params, key, batch, apply_fn=score, path=path,
+                                weighting=lambda t: jnp.ones_like(t))[0])
+
+    dsm, eps, cfm, unweighted = values(params, key, batch)
+    assert float(dsm) == pytest.approx(float(eps), rel=1e-10) and float(eps) == float(cfm)
+    assert float(unweighted) > 2 * float(dsm)  # lambda = 1 weighs the small-sigma end up
+
+
+def test_edm_loss_regresses_the_raw_network_on_its_unit_target(x64):
+    """With the preconditioned model and lambda, the loss is |F - (x1 - c_skip x)/c_out|^2."""
+    sd, n = 0.7, 256
+    path = paths.VP()
+    params = _params(jax.random.PRNGKey(9))
+    x1 = sd * jax.random.normal(jax.random.PRNGKey(10), (n, 2))
+    x0 = jax.random.normal(jax.random.PRNGKey(11), (n, 2))
+    t = jax.random.uniform(jax.random.PRNGKey(12), (n,), minval=0.01, maxval=0.99)
+    model = paths.edm_precondition(linear_field, path, sigma_data=sd)
+
+    @jax.jit
+    def values(params, x1, x0, t):
+        loss, _ = losses.cfm_loss(params, jax.random.PRNGKey(0), {"x1": x1, "x0": x0},
+                                  apply_fn=model, path=path, prediction=Prediction.DATA,
+                                  time_sampler=lambda k, shape: t,
+                                  weighting=losses.edm_weighting(path, sd))
+        sigma = (path.sigma(t) / path.alpha(t))[:, None]
+        c_skip, c_out, c_in, c_noise = paths.edm_scalings(sigma, sd)
+        x = x1 + sigma * x0  # EDM's noisy input
+        target = (x1 - c_skip * x) / c_out
+        raw = linear_field(params, c_in * x, c_noise[:, 0])
+        return loss, jnp.mean((raw - target) ** 2), jnp.var(target)
+
+    loss, direct, target_var = values(params, x1, x0, t)
+    assert float(loss) == pytest.approx(float(direct), rel=1e-10)
+    assert abs(float(target_var) - 1.0) < 0.1  # the unit-variance target
+
+
+def test_classifier_loss_is_smallest_at_the_exact_posterior(x64):
+    """Two Gaussian classes: the exact p_t(y | x_t) beats sharper and flatter versions of it."""
+    path = paths.RectifiedFlow()
+    means, cov = jnp.array([[1.5, 0.0], [-1.5, 0.5]]), 0.2 * jnp.eye(2)
+    parts = [analytic.GaussianMixture.gaussian(m, cov) for m in means]
+    labels = (jnp.arange(4096) % 2).astype(jnp.int32)
+    x1 = jnp.where(labels[:, None] == 0, parts[0].sample(jax.random.PRNGKey(1), 4096),
+                   parts[1].sample(jax.random.PRNGKey(2), 4096))
+
+    def exact(temperature):
+        def logits(params, x, t):
+            del params
+            return jnp.stack([analytic.mixture_log_prob(path, c, x, t) for c in parts],
+                             -1) * temperature
+        return logits
+
+    run = jax.jit(lambda temp: losses.classifier_loss(
+        None, jax.random.PRNGKey(3), {"x1": x1, "cond": labels}, apply_fn=exact(temp),
+        path=path), static_argnums=())
+    (best, aux), (sharp, _), (flat, _) = run(1.0), run(2.0), run(0.5)
+    assert float(best) < float(sharp) - 0.01 and float(best) < float(flat) - 0.01
+    assert 0.6 < float(aux["accuracy"]) < 1.0
+    with pytest.raises(ValueError, match="'cond'"):
+        losses.classifier_loss(None, jax.random.PRNGKey(3), {"x1": x1}, apply_fn=exact(1.0),
+                               path=path)
+    with pytest.raises(TypeError, match="integer"):
+        losses.classifier_loss(None, jax.random.PRNGKey(3), {"x1": x1, "cond": 1.0 * labels},
+                               apply_fn=exact(1.0), path=path)
+    with pytest.raises(TypeError, match="`given`"):
+        losses.loss_weighting(path, "noise", Prediction.DATA)

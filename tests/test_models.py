@@ -67,61 +67,71 @@ def test_fresh_mlp_outputs_zero():
     np.testing.assert_array_equal(module.apply({"params": params}, x, jnp.zeros(2)), 0.0)
 
 
-def _perturbed(module, x, *extra, seed=0):
-    params = jax.jit(module.init)(jax.random.PRNGKey(seed), x, jnp.zeros(x.shape[0]),
-                                  *extra)["params"]
-    fresh = jax.jit(module.apply)({"params": params}, x, jnp.full(x.shape[0], 0.3), *extra)
-    np.testing.assert_array_equal(fresh, 0.0)  # zero-initialised output: a fresh field is 0
-    leaves, tree = jax.tree.flatten(params)
-    keys = jax.random.split(jax.random.PRNGKey(seed + 1), len(leaves))
-    return jax.tree.unflatten(tree, [p + 0.05 * jax.random.normal(k, p.shape)
-                                     for p, k in zip(leaves, keys)])
-
-
 IMAGE_MODELS = {
     "unet": lambda **kw: models.UNet(channels=16, channel_mult=(1, 2), num_res_blocks=1,
-                                     attention_resolutions=(4,), num_heads=2, num_groups=8, **kw),
-    "dit": lambda **kw: models.DiT(patch_size=2, hidden=32, depth=2, num_heads=2, **kw),
+                                     attention_resolutions=(4,), num_heads=2, num_groups=8,
+                                     num_classes=3, two_times=True, time_scale=1.0, **kw),
+    "dit": lambda **kw: models.DiT(patch_size=2, hidden=32, depth=2, num_heads=2, num_classes=3,
+                                   two_times=True, time_scale=1.0, **kw),
 }
+X = np.random.default_rng(0).normal(size=(4, 8, 8, 3)).astype(np.float32)
+LABELS = jnp.array([0, 1, 2, 3])  # 3 is the null class
+
+
+@pytest.fixture(scope="module")
+def image_params():
+    """Each image model initialised once (the init compile is most of these tests' time),
+    checked to output zero when fresh, then perturbed on the host so the output depends on
+    every input."""
+    out = {}
+    for name, make in IMAGE_MODELS.items():
+        module = make()
+        args = (X, jnp.zeros(4), LABELS, jnp.zeros(4))
+        params = jax.jit(module.init)(jax.random.PRNGKey(0), *args)["params"]
+        out[name + "_fresh"] = jax.jit(module.apply)({"params": params}, *args)
+        rng = np.random.default_rng(1)
+        out[name] = jax.tree.map(
+            lambda p: p + 0.05 * rng.normal(size=p.shape).astype(p.dtype), params)
+    return out
 
 
 @pytest.mark.parametrize("name", list(IMAGE_MODELS))
-def test_image_models_condition_on_time_class_and_duration(name):
-    module = IMAGE_MODELS[name](num_classes=3, two_times=True, time_scale=1.0)
-    x = jax.random.normal(jax.random.PRNGKey(0), (4, 8, 8, 3))
-    labels = jnp.array([0, 1, 2, 3])
-    params = _perturbed(module, x, labels, jnp.zeros(4))
+def test_fresh_image_models_output_zero(name, image_params):
+    np.testing.assert_array_equal(image_params[name + "_fresh"], 0.0)
+
+
+@pytest.mark.parametrize("name", list(IMAGE_MODELS))
+def test_image_models_condition_on_time_class_and_duration(name, image_params):
+    module = IMAGE_MODELS[name]()
+    params = image_params[name]
     apply_fn = jax.jit(models.average_model_fn(module))  # apply_fn(params, x, r, t, cond)
-    same = jnp.broadcast_to(x[:1], x.shape)
+    same = jnp.broadcast_to(X[:1], X.shape)
     r = jnp.full(4, 0.2)
-    out = apply_fn(params, same, r, jnp.full(4, 0.7), labels)
-    assert out.shape == x.shape and out.dtype == x.dtype
+    out = apply_fn(params, same, r, jnp.full(4, 0.7), LABELS)
+    assert out.shape == X.shape and out.dtype == X.dtype
     assert not np.allclose(out[0], out[1])  # class
     np.testing.assert_allclose(apply_fn(params, same, r, jnp.full(4, 0.7), None)[0], out[3],
                                rtol=1e-5, atol=1e-6)  # no label = the null class
-    assert not np.allclose(out, apply_fn(params, same, r, jnp.full(4, 0.9), labels))  # duration
+    assert not np.allclose(out, apply_fn(params, same, r, jnp.full(4, 0.9), LABELS))  # duration
     assert not np.allclose(out, apply_fn(params, same, jnp.full(4, 0.5), jnp.full(4, 1.0),
-                                         labels))  # time
+                                         LABELS))  # time
 
 
 @pytest.mark.parametrize("name", list(IMAGE_MODELS))
-def test_image_models_in_bfloat16_match_float32(name):
-    x = jax.random.normal(jax.random.PRNGKey(1), (2, 8, 8, 1))
-    f32 = IMAGE_MODELS[name]()
-    params = _perturbed(f32, x)
-    t = jnp.full(2, 0.4)
-    ref = jax.jit(f32.apply)({"params": params}, x, t)
-    low = jax.jit(IMAGE_MODELS[name](dtype=jnp.bfloat16).apply)({"params": params}, x, t)
+def test_image_models_in_bfloat16_match_float32(name, image_params):
+    params = image_params[name]
+    args = (X[:2], jnp.full(2, 0.4), LABELS[:2], jnp.zeros(2))
+    ref = jax.jit(IMAGE_MODELS[name]().apply)({"params": params}, *args)
+    low = jax.jit(IMAGE_MODELS[name](dtype=jnp.bfloat16).apply)({"params": params}, *args)
     assert low.dtype == jnp.float32
     err = float(jnp.max(jnp.abs(low - ref)) / jnp.max(jnp.abs(ref)))
     assert 0 < err < 0.1
 
 
-def test_unet_dropout_and_shape_errors():
-    module = IMAGE_MODELS["unet"](dropout=0.5)
-    x = jax.random.normal(jax.random.PRNGKey(2), (2, 8, 8, 1))
-    params = _perturbed(module, x)
-    t = jnp.full(2, 0.5)
+def test_unet_dropout_and_shape_errors(image_params):
+    module = IMAGE_MODELS["unet"](dropout=0.5)  # dropout adds no parameters
+    params = image_params["unet"]
+    x, t = X[:2], jnp.full(2, 0.5)
     train = jax.jit(lambda k: module.apply({"params": params}, x, t, train=True,
                                            rngs={"dropout": k}))
     assert not np.allclose(train(jax.random.PRNGKey(3)), train(jax.random.PRNGKey(4)))

@@ -87,21 +87,6 @@ def test_conversions_recover_conditional_quantities(x64, path):
     np.testing.assert_allclose(s, -x0 / path.sigma(t)[:, None], rtol=1e-6)
 
 
-@pytest.mark.parametrize("path", ALL_PATHS, ids=IDS)
-@pytest.mark.parametrize("t_edge", [0.0, 1e-7, 1.0 - 1e-7, 1.0])
-def test_finite_at_the_ends(path, t_edge):
-    x0, x1, z, _ = _batch(jax.random.PRNGKey(5))
-    z = z if path.noise is not None else None
-    t = jnp.full((x0.shape[0],), t_edge, jnp.float32)
-    assert np.all(np.isfinite(path.interpolate(x0, x1, t, z)))
-    assert np.all(np.isfinite(path.velocity(x0, x1, t, z)))
-    x_t = path.interpolate(x0, x1, t, z)
-    for a in Prediction:
-        for b in Prediction:
-            out = paths.convert(path, x_t, t, x1, given=a, to=b)
-            assert np.all(np.isfinite(out)), (a, b)
-
-
 def test_endpoints_of_paths():
     """Source at t = 0, data at t = 1 (up to each path's documented offsets)."""
     x0, x1, _, _ = _batch(jax.random.PRNGKey(6))
@@ -150,3 +135,109 @@ def test_bad_inputs_name_the_argument():
         paths.convert(p, x, 0.5, jnp.ones((4, 3)), given=Prediction.DATA, to=Prediction.NOISE)
     with pytest.raises(ValueError, match="`n` must be a positive"):
         paths.Polynomial(n=-1.0)
+
+
+# -- the forward SDE of a path and EDM's preconditioning ------------------------------------
+
+
+def test_sde_diffusion_closed_forms(x64):
+    """g^2 = beta(1 - t) on VP, d sigma^2/ds on VE, 2(1 - t)/t on RF; = sigma^2 d log SNR / dt."""
+    vp, ve, rf = paths.VP(), paths.VE(0.01, 50.0), paths.RectifiedFlow()
+    others = (paths.Cosine(), paths.VP(noise=paths.ConstantNoise(0.05)))
+
+    @jax.jit  # one program: compiles once
+    def values(t):
+        def d_log_snr(p):
+            return jax.vmap(jax.grad(lambda s: 2 * jnp.log(p.alpha(s) / p.sigma_total(s))))(t)
+        return {"vp": paths.sde_diffusion(vp, t), "ve": paths.sde_diffusion(ve, t),
+                "ve_ds": jax.vmap(jax.grad(lambda s: ve.sigma(1.0 - s) ** 2))(1.0 - t),
+                "rf": paths.sde_diffusion(rf, t),
+                "rf_ends": paths.sde_diffusion(rf, jnp.array([0.0, 1.0])),
+                "others": [paths.sde_diffusion(p, t) for p in others],
+                "snr": [p.sigma_total(t) ** 2 * d_log_snr(p) for p in others]}
+
+    t = jnp.linspace(0.03, 0.97, 17)
+    out = values(t)
+    np.testing.assert_allclose(out["vp"] ** 2, 0.1 + 19.9 * (1 - t), rtol=1e-12)
+    np.testing.assert_allclose(out["ve"] ** 2, out["ve_ds"], rtol=1e-12)  # d sigma^2 / ds
+    np.testing.assert_allclose(out["rf"] ** 2, 2 * (1 - t) / t, rtol=1e-12)
+    for g, expect in zip(out["others"], out["snr"]):
+        np.testing.assert_allclose(g ** 2, expect, rtol=1e-10)
+    assert np.all(np.isfinite(out["rf_ends"]))
+
+
+def test_noise_ratio_is_edms_sigma_and_inverts_its_time(x64):
+    from flowjax import time as ftime
+
+    ps = (paths.VP(), paths.Cosine(), paths.VE(0.01, 50.0))
+
+    @jax.jit
+    def values(t):
+        sigmas = [paths.noise_ratio(p, t) for p in ps]
+        return (paths.noise_ratio(paths.RectifiedFlow(), t), sigmas,
+                [p.sigma_total(t) / p.alpha(t) for p in ps],
+                [ftime.time_of_noise_ratio(p, s) for p, s in zip(ps, sigmas)],
+                paths.noise_ratio(paths.RectifiedFlow(), jnp.array([0.0, 1.0])))
+
+    t = jnp.linspace(0.05, 0.95, 7)
+    rf, sigmas, expect, times, ends = values(t)
+    np.testing.assert_allclose(rf, (1 - t) / t, rtol=1e-12)
+    for sigma, e, back in zip(sigmas, expect, times):
+        np.testing.assert_allclose(sigma, e, rtol=1e-12)
+        np.testing.assert_allclose(back, t, atol=1e-12)
+    assert np.all(np.isfinite(ends)) and np.all(ends > 0)
+
+
+def test_edm_scalings_match_table_1_and_its_identities(x64):
+    """Karras et al. 2022, Table 1 / App. B.6: unit input and target variance, lambda c_out^2 = 1.
+    """
+    sd = 0.5
+    c_skip, c_out, c_in, c_noise = paths.edm_scalings(sd, sd)  # at sigma = sigma_data
+    np.testing.assert_allclose([c_skip, c_out, c_in], [0.5, sd / np.sqrt(2), 1 / (sd * np.sqrt(2))],
+                               rtol=1e-14)
+    sigma = jnp.geomspace(1e-3, 1e2, 41)
+    c_skip, c_out, c_in, c_noise = paths.edm_scalings(sigma, sd)
+    lam = (sigma ** 2 + sd ** 2) / (sigma * sd) ** 2  # EDM's loss weight
+    np.testing.assert_allclose(c_in ** 2 * (sigma ** 2 + sd ** 2), 1.0, rtol=1e-12)
+    np.testing.assert_allclose(lam * c_out ** 2, 1.0, rtol=1e-12)
+    # Var[(x1 - c_skip (x1 + sigma n)) / c_out] = 1 for Var[x1] = sd^2.
+    target_var = ((1 - c_skip) ** 2 * sd ** 2 + c_skip ** 2 * sigma ** 2) / c_out ** 2
+    np.testing.assert_allclose(target_var, 1.0, rtol=1e-12)
+    np.testing.assert_allclose(c_noise, 0.25 * np.log(sigma), rtol=1e-12)
+    assert float(c_skip[0]) > 1 - 1e-5 and float(c_out[0]) < 1e-3  # sigma -> 0: D -> x
+    assert float(c_skip[-1]) < 1e-4 and float(c_out[-1]) == pytest.approx(sd, rel=1e-4)
+
+
+def test_edm_precondition_is_the_denoiser_in_edm_variables(x64):
+    """D(x_t / alpha; sigma) = c_skip x + c_out F(c_in x, c_noise) on any path."""
+    w = jnp.array([[0.7, -0.3], [0.2, 1.1]])
+
+    def raw(params, x, c_noise, cond=None):
+        return jnp.tanh(x @ params) * (1.0 + c_noise[:, None])
+
+    x_edm = 2.0 * jax.random.normal(jax.random.PRNGKey(3), (16, 2))
+    t = jax.random.uniform(jax.random.PRNGKey(4), (16,), minval=0.05, maxval=0.99)
+    ps = (paths.RectifiedFlow(), paths.VP(), paths.VE(0.01, 50.0))
+
+    @jax.jit
+    def values(x_edm, t):
+        out = []
+        for p in ps:
+            model = paths.edm_precondition(raw, p, sigma_data=1.3)
+            sigma = p.sigma_total(t) / p.alpha(t)
+            c_skip, c_out, c_in, c_noise = (c[:, None] for c in paths.edm_scalings(sigma, 1.3))
+            expect = c_skip * x_edm + c_out * raw(w, c_in * x_edm, c_noise[:, 0])
+            out.append((model(w, p.alpha(t)[:, None] * x_edm, t), expect))
+        end = paths.edm_precondition(raw, ps[0], sigma_data=1.3)(w, x_edm, jnp.ones(16))
+        return out, end
+
+    out, end = values(x_edm, t)
+    for got, expect in out:
+        np.testing.assert_allclose(got, expect, rtol=1e-12)
+    np.testing.assert_allclose(end, x_edm, atol=1e-4)  # at the data end D returns its input
+    with pytest.raises(ValueError, match="`sigma_data`"):
+        paths.edm_precondition(raw, paths.VP(), sigma_data=0.0)
+    with pytest.raises(ValueError, match="`sigma` must be positive"):
+        paths.edm_scalings(jnp.array([1.0, 0.0]))
+    with pytest.raises(ValueError, match="`apply_fn` returned shape"):
+        paths.edm_precondition(lambda p, x, c, k: x[:, :1], paths.VP())(None, x_edm, t)

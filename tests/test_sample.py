@@ -206,3 +206,45 @@ def test_convergence_order_on_the_exact_mixture_flow(x64, solver, order, steps):
             for n in steps]
     slope = np.polyfit(np.log(1.0 / np.array(steps)), np.log(errs), 1)[0]
     assert abs(slope - order) < 0.3, (slope, errs)
+
+
+def test_edm_heun_converges_at_second_order_to_the_exact_gaussian_map(x64):
+    """EDM's Algorithm 1 on a Gaussian target, where the flow in sigma is known in closed form.
+
+    In EDM's variables the probability-flow map of N(m, S) from sigma_0 to sigma_1 is
+    m + (S + sigma_1^2)^(1/2) (S + sigma_0^2)^(-1/2) (x - m); the last (Euler) step returns
+    the denoiser D(x; sigma_min) = m + S (S + sigma_min^2)^(-1) (x - m).
+    """
+    mean, cov = jnp.array([1.0, -0.5]), jnp.array([[0.5, 0.2], [0.2, 0.3]])
+    lam, u = np.linalg.eigh(np.asarray(cov))
+    noise = jax.random.normal(jax.random.PRNGKey(0), (64, 2))
+
+    def reference(num_steps):
+        s_min = float(ftime.edm_sigmas(num_steps)[-2])
+        y = (80.0 * noise - mean) @ u * np.sqrt((lam + s_min ** 2) / (lam + 80.0 ** 2))
+        return mean + (y * lam / (lam + s_min ** 2)) @ u.T
+
+    def heun(path, num_steps, **kwargs):
+        def field(x, t, args):  # the exact velocity, through the exact denoiser
+            a, sigma = path.alpha(t)[:, None], (path.sigma_total(t) / path.alpha(t))[:, None]
+            denoised = mean + ((x / a - mean) @ u * lam / (lam + sigma ** 2)) @ u.T
+            return paths.convert(path, x, t, denoised, given=Prediction.DATA,
+                                 to=Prediction.VELOCITY)
+        return sample.edm_heun(field, noise, None, path=path, num_steps=num_steps, **kwargs)
+
+    steps = np.array([8, 16, 32])
+    sols = [heun(paths.RectifiedFlow(), int(n), save_trajectory=True) for n in steps]
+    errs = [float(jnp.sqrt(jnp.mean((s.samples - reference(int(n))) ** 2)))
+            for s, n in zip(sols, steps)]
+    slope = np.polyfit(np.log(1.0 / steps), np.log(errs), 1)[0]
+    assert 1.8 < slope < 2.6 and errs[-1] < 1e-2, (slope, errs)
+    assert [s.nfe for s in sols] == list(2 * steps - 1)
+    # Only sigma = sigma_bar / alpha matters: VP gives the same samples as rectified flow.
+    np.testing.assert_allclose(heun(paths.VP(), 8, save_trajectory=True).samples,
+                               sols[0].samples, rtol=1e-8, atol=1e-8)
+    traj = sols[0]
+    np.testing.assert_allclose(np.asarray(traj.ts)[[0, -1]], [1 / 81, 1.0], rtol=1e-10)
+    np.testing.assert_allclose(traj.trajectory[0], 80 / 81 * noise, rtol=1e-10)
+    np.testing.assert_allclose(traj.trajectory[-1], traj.samples, rtol=1e-12)
+    with pytest.raises(ValueError, match="`sigma_min` and `sigma_max`"):
+        heun(paths.VE(0.01, 50.0), 4)

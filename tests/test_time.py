@@ -103,3 +103,34 @@ def test_grids(x64):
         np.testing.assert_allclose(ratio, sig[1:], rtol=1e-9)
     with pytest.raises(ValueError, match="`num_steps`"):
         ftime.uniform_grid(0)
+
+
+def test_edm_sigmas_endpoints_and_rho_spacing(x64):
+    sig = ftime.edm_sigmas(18)
+    assert sig.shape == (19,) and float(sig[-1]) == 0.0
+    np.testing.assert_allclose([sig[0], sig[-2]], [80.0, 0.002], rtol=1e-12)
+    step = (0.002 ** (1 / 7) - 80 ** (1 / 7)) / 17  # equally spaced in sigma^(1/rho)
+    np.testing.assert_allclose(np.diff(sig[:-1] ** (1 / 7)), step, rtol=1e-10)
+    np.testing.assert_allclose(ftime.edm_sigmas(1, sigma_max=10.0), [10.0, 0.0])
+    np.testing.assert_allclose(ftime.edm_sigmas(3, rho=1.0), [80.0, 40.001, 0.002, 0.0])
+    from flowjax import paths
+
+    grid = ftime.edm_grid(18, paths.RectifiedFlow())  # the same levels in rectified-flow time
+    np.testing.assert_allclose(grid[1:-1], 1.0 / (1.0 + sig[1:-1]), rtol=1e-10)
+    with pytest.raises(ValueError, match="sigma_min < sigma_max"):
+        ftime.edm_sigmas(4, sigma_min=1.0, sigma_max=0.5)
+    with pytest.raises(ValueError, match="`rho`"):
+        ftime.edm_sigmas(4, rho=0.0)
+
+
+def test_edm_lognormal_gives_edms_noise_levels():
+    """ln(sigma_bar(t) / alpha(t)) ~ N(-1.2, 1.2^2) on any path (KS test, and its power)."""
+    from flowjax import paths
+
+    for path in (paths.RectifiedFlow(), paths.VP()):
+        t = _draw(ftime.edm_lognormal(path))
+        log_sigma = np.log(np.asarray(paths.noise_ratio(path, t), np.float64))
+        assert stats.kstest(log_sigma, stats.norm(-1.2, 1.2).cdf).pvalue > 1e-3
+        assert stats.kstest(log_sigma, stats.norm(-1.0, 1.2).cdf).pvalue < 1e-6
+    with pytest.raises(ValueError, match="`p_std`"):
+        ftime.edm_lognormal(paths.VP(), p_std=0.0)

@@ -5,10 +5,13 @@ import os
 import subprocess
 import sys
 
+import jax
+import numpy as np
 import pytest
 
 from experiments.toy2d import train as toy2d
 from experiments.toy2d.configs import tiny
+from flowjax import data, paths
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -79,7 +82,8 @@ def test_each_run_compiles_its_train_step_once(tiny_run):
                          ids=["cfm", "fewstep"])  # two halves: they run on both workers
 def test_every_method_trains_and_samples(tmp_path, methods):
     """All methods of the config run end to end (a few steps each)."""
-    assert set(toy2d.CFM_METHODS + toy2d.FLOW_MAP_METHODS + ("reflow",)) == set(toy2d.METHODS)
+    assert set(toy2d.CFM_METHODS + toy2d.DIFFUSION_METHODS + toy2d.FLOW_MAP_METHODS
+               + ("reflow",)) == set(toy2d.METHODS)
     config = tiny.get_config()
     config.methods = methods
     config.num_train_steps = config.steps_per_call = config.checkpoint_every = 10
@@ -124,6 +128,46 @@ def test_config_errors_name_the_field(field, value, expected):
     config.update_from_flattened_dict({field: value})
     with pytest.raises(ValueError, match=expected):
         toy2d.validate_config(config)
+
+
+def test_diffusion_runs_have_their_losses_and_samplers():
+    """vp_eps and edm: their losses, their models' predictions and their extra samplers.
+
+    The training loop and the ODE evaluation are those of every method (tested above);
+    here the untrained models go through the reverse SDE (vp_eps) and EDM's Heun sampler.
+    """
+    config = tiny.get_config()
+    config.eval.sde_steps, config.eval.heun_steps = (4,), (3,)
+    key = jax.random.PRNGKey(0)
+    x0, batch = jax.random.normal(key, (64, 2)), {"x1": data.moons(key, 64)}
+    rows = []
+    for run in toy2d.DIFFUSION_METHODS:
+        apply_fn = toy2d._apply_fns(config.to_json(), run)
+        params = toy2d._init_params(config, run, "normal")
+        loss, ahead = toy2d.make_loss(run, config, apply_fn)
+        value, _ = jax.jit(loss)(params, key, batch)
+        assert ahead is None and np.isfinite(float(value)) and float(value) > 0
+        runs = toy2d.evaluate_diffusion(config, run, apply_fn, (params, None), x0, key)
+        for solver, (xs, nfe) in runs.items():
+            assert np.all(np.isfinite(xs)), (run, solver)
+            rows.append({"method": run, "source": "normal", "solver": solver, "nfe": nfe,
+                         "w2": 1.0, "w2_floor": 0.5})
+    assert [(r["method"], r["solver"], r["nfe"]) for r in rows] == [
+        ("vp_eps", "sde-4", 4), ("vp_eps", "heun-3", 5), ("edm", "heun-3", 5)]
+    assert toy2d.prediction_of("vp_eps") == paths.Prediction.NOISE
+    assert toy2d.prediction_of("edm") == paths.Prediction.DATA
+    assert toy2d.format_sampler_table(rows, "normal").splitlines()[2:] == [
+        "| vp_eps | reverse SDE Euler-Maruyama 4 | 4 | 1.000 | 2.00 |",
+        "| vp_eps | EDM Heun 3 | 5 | 1.000 | 2.00 |", "| edm | EDM Heun 3 | 5 | 1.000 | 2.00 |"]
+
+
+def test_diffusion_methods_need_the_gaussian_source():
+    config = tiny.get_config()
+    config.methods, config.sources = ("icfm", "edm"), ("normal", "8gaussians")
+    with pytest.raises(ValueError, match="need the Gaussian source alone"):
+        toy2d.validate_config(config)
+    config.sources = ("normal",)
+    toy2d.validate_config(config)
 
 
 TINY = "--config=experiments/toy2d/configs/tiny.py"

@@ -75,3 +75,34 @@ def plot_metrics_vs_nfe(filename, rows):
     fig.tight_layout()
     fig.savefig(filename, dpi=120)
     plt.close(fig)
+
+
+def plot_guidance(filename, rows):
+    """Conditional accuracy and FD / floor against the guidance scale w, a line per guidance kind.
+
+    Classifier guidance rows have the sampler `cg-euler`; the others at the
+    same step count are classifier-free guidance of the same model.
+    """
+    cg = [r for r in rows if r["sampler"] == "cg-euler"]
+    if not cg:
+        return
+    steps = cg[0]["steps"]
+    cfg = [r for r in rows if r["sampler"] == "euler" and r["steps"] == steps]
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    for kind, rs in (("classifier guidance", cg), ("classifier-free guidance", cfg)):
+        for method in dict.fromkeys(r["method"] for r in rs):
+            mine = sorted((r for r in rs if r["method"] == method), key=lambda r: r["guidance"])
+            w = [r["guidance"] for r in mine]
+            label = f"{method}: {kind}"
+            axes[0].plot(w, [r["accuracy"] for r in mine], marker="o", label=label)
+            axes[1].plot(w, [r["fd_ratio"] for r in mine], marker="o", label=label)
+    axes[0].axhline(rows[0]["classifier_accuracy"], color="gray", ls="--", lw=1,
+                    label="classifier on held-out data")
+    axes[1].axhline(1.0, color="gray", ls="--", lw=1, label="noise floor")
+    for ax, name in zip(axes, ("conditional accuracy", "FD / noise floor")):
+        ax.set_xlabel(f"guidance scale w ({steps} Euler steps)")
+        ax.set_ylabel(name)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(filename, dpi=120)
+    plt.close(fig)

@@ -6,7 +6,11 @@ plots and orbax checkpoints into `workdir`. Velocity fields (the CFM methods
 and the k-rectified flows of `reflow`) are sampled with Euler at several step
 counts and with adaptive Dopri5; flow maps (`meanflow`, `shortcut`) with
 `K` jumps (`meanflow-K`, `shortcut-K`) and with Dopri5 on their instantaneous
-field. Starting again on the same workdir resumes: finished runs are restored
+field. The diffusion methods (`vp_eps`: DDPM's noise prediction on the VP
+path; `edm`: EDM's preconditioned denoiser and loss) are sampled through the
+same probability-flow ODE solvers, by the reverse-time SDE (`sde-N`,
+Euler-Maruyama) and by EDM's Heun sampler on the rho = 7 grid (`heun-N`,
+2N - 1 evaluations). Starting again on the same workdir resumes: finished runs are restored
 from their checkpoints and unfinished ones continue from their latest one.
 """
 
@@ -43,8 +47,9 @@ TARGETS = {
     "checkerboard": data.checkerboard,
 }
 CFM_METHODS = ("icfm", "otcfm", "otcfm_sinkhorn", "sbcfm", "fm", "vp", "cosine")
+DIFFUSION_METHODS = ("vp_eps", "edm")  # Gaussian source only
 FLOW_MAP_METHODS = ("meanflow", "shortcut")
-METHODS = CFM_METHODS + FLOW_MAP_METHODS + ("reflow",)
+METHODS = CFM_METHODS + DIFFUSION_METHODS + FLOW_MAP_METHODS + ("reflow",)
 COUPLINGS = ("independent", "exact_ot", "sinkhorn")
 RESULT_FIELDS = ("method", "source", "target", "solver", "nfe", "w2", "w2_floor", "npe",
                  "straightness")
@@ -76,7 +81,35 @@ def make_method(name: str, config):
         return paths.VP(), couplings.independent(), False
     if name == "cosine":
         return paths.Cosine(), couplings.independent(), False
-    raise ValueError(f"config.methods: unknown method {name!r}; choose from {CFM_METHODS}.")
+    if name == "vp_eps":
+        return paths.VP(), couplings.independent(), False
+    if name == "edm":  # EDM's loss only sees sigma = sigma_bar / alpha: any path would do
+        return paths.RectifiedFlow(), couplings.independent(), False
+    raise ValueError(f"config.methods: unknown method {name!r}; "
+                     f"choose from {CFM_METHODS + DIFFUSION_METHODS}.")
+
+
+def prediction_of(run: str):
+    """What a run's network (after any preconditioning) predicts."""
+    return {"vp_eps": paths.Prediction.NOISE, "edm": paths.Prediction.DATA}.get(
+        run, paths.Prediction.VELOCITY)
+
+
+def diffusion_options(run: str, config) -> dict:
+    """The cfm_loss options that make a run a diffusion loss (empty for flow matching).
+
+    `vp_eps` is DDPM's L_simple (noise prediction, uniform t, weight 1); `edm`
+    is EDM's loss: log-normal sigma mapped to flow time and lambda(sigma) on the
+    preconditioned denoiser (Karras et al. 2022, Table 1).
+    """
+    if run == "vp_eps":
+        return {"prediction": paths.Prediction.NOISE}
+    if run == "edm":
+        path, _, _ = make_method(run, config)
+        return {"prediction": paths.Prediction.DATA,
+                "time_sampler": time.edm_lognormal(path, config.edm.p_mean, config.edm.p_std),
+                "weighting": losses.edm_weighting(path, config.edm.sigma_data)}
+    return {}
 
 
 def runs_of(method: str, config) -> tuple[str, ...]:
@@ -108,9 +141,10 @@ def _named_coupling(name: str, config):
 
 def make_loss(run: str, config, apply_fn):
     """The loss of a run, and the coupling to apply to whole calls ahead of it (or None)."""
-    if run in CFM_METHODS:
+    if run in CFM_METHODS + DIFFUSION_METHODS:
         path, coupling, ahead = make_method(run, config)
-        loss = functools.partial(losses.cfm_loss, apply_fn=apply_fn, path=path)
+        loss = functools.partial(losses.cfm_loss, apply_fn=apply_fn, path=path,
+                                 **diffusion_options(run, config))
     elif run == "meanflow":
         mf = config.meanflow
         coupling, ahead = _named_coupling(mf.coupling, config)
@@ -153,6 +187,10 @@ def validate_config(config):
     for s in config.sources:
         if s not in SOURCES:
             raise ValueError(f"config.sources: unknown source {s!r}; choose from {tuple(SOURCES)}.")
+    diffusion = [m for m in methods if m in DIFFUSION_METHODS]
+    if diffusion and tuple(config.sources) != ("normal",):
+        raise ValueError(f"config.sources: the diffusion methods {diffusion} need the Gaussian "
+                         "source alone, config.sources = ('normal',).")
     if config.target not in TARGETS:
         raise ValueError(f"config.target: unknown target {config.target!r}; "
                          f"choose from {tuple(TARGETS)}.")
@@ -173,9 +211,10 @@ def validate_config(config):
         raise ValueError("config.meanflow.times must be 'uniform' or 'logit_normal'.")
     if int(config.reflow.rounds) < 2:
         raise ValueError(f"config.reflow.rounds must be >= 2, got {config.reflow.rounds}.")
-    for k in config.eval.flow_map_steps:
-        if int(k) < 1:
-            raise ValueError(f"config.eval.flow_map_steps must be positive, got {k}.")
+    for field in ("flow_map_steps", "sde_steps", "heun_steps"):
+        for k in config.eval[field]:
+            if int(k) < 1:
+                raise ValueError(f"config.eval.{field} must be positive, got {k}.")
     n = config.eval.num_samples
     if not 1 < n <= metrics.MAX_W2_POINTS:
         raise ValueError(f"config.eval.num_samples must lie in [2, {metrics.MAX_W2_POINTS}].")
@@ -340,9 +379,34 @@ def evaluate_flow_map(config, run, apply_fn, args, x0):
 
 
 @functools.lru_cache(maxsize=None)
-def _velocity_fn(apply_fn):
+def _velocity_fn(apply_fn, path=None, prediction=paths.Prediction.VELOCITY):
     """One velocity function per model, so that each solve compiles once."""
-    return sample.model_velocity(apply_fn)
+    return sample.model_velocity(apply_fn, path=path, prediction=prediction)
+
+
+def evaluate_diffusion(config, run, apply_fn, args, x0, key):
+    """The diffusion samplers of a run: reverse-time SDE (`sde-N`) and EDM's Heun (`heun-N`).
+
+    The reverse SDE uses the path's own forward-SDE diffusion
+    (`sample.reverse_diffusion`); EDM's sampler takes the network's raw
+    prediction and starts at sigma_max times the source noise.
+    """
+    path, _, _ = make_method(run, config)
+    raw = _velocity_fn(apply_fn)  # the network's own prediction, not converted
+    runs = {}
+    if run == "vp_eps":  # the SDE needs a finite g at t = 0: VP yes, rectified flow no
+        velocity = _velocity_fn(apply_fn, path, prediction_of(run))
+        for n in config.eval.sde_steps:
+            sol = sample.solve_sde(velocity, x0, args, key=jax.random.fold_in(key, int(n)),
+                                   path=path, diffusion=sample.reverse_diffusion(path),
+                                   num_steps=int(n))
+            runs[f"sde-{n}"] = (np.asarray(sol.samples), int(sol.nfe))
+    e = config.edm
+    for n in config.eval.heun_steps:
+        sol = sample.edm_heun(raw, x0, args, path=path, num_steps=int(n), sigma_min=e.sigma_min,
+                              sigma_max=e.sigma_max, rho=e.rho, prediction=prediction_of(run))
+        runs[f"heun-{n}"] = (np.asarray(sol.samples), int(sol.nfe))
+    return runs
 
 
 @functools.lru_cache(maxsize=None)
@@ -371,6 +435,9 @@ class _Runs:
         return state.ema_params if self.config.eval.use_ema else state.params
 
     def velocity_fn(self, run):
+        if run in DIFFUSION_METHODS:
+            path, _, _ = make_method(run, self.config)
+            return _velocity_fn(self.apply_fn(run), path, prediction_of(run))
         return _velocity_fn(self.apply_fn(run))
 
     def _pairs(self, teacher):
@@ -412,7 +479,12 @@ def _apply_fns(config_json: str, run: str):
     """One model function per (config, run), so that compiled steps are shared."""
     import ml_collections
 
-    module = make_module(run, ml_collections.ConfigDict(json.loads(config_json)))
+    config = ml_collections.ConfigDict(json.loads(config_json))
+    module = make_module(run, config)
+    if run == "edm":  # F in D = c_skip x + c_out F(c_in x, c_noise), in flow time
+        path, _, _ = make_method(run, config)
+        return paths.edm_precondition(models.model_fn(module), path,
+                                      sigma_data=config.edm.sigma_data)
     return models.average_model_fn(module) if run in FLOW_MAP_METHODS else models.model_fn(module)
 
 
@@ -431,6 +503,7 @@ def train_and_evaluate(config, workdir: str):
     n = config.eval.num_samples
     eval_key = jax.random.PRNGKey(config.seed + 1_000_003)
     k_test, k_floor, k_src = jax.random.split(eval_key, 3)
+    k_sde = jax.random.fold_in(eval_key, 11)
     tgt = TARGETS[config.target]
     x_test, x_floor = np.asarray(tgt(k_test, n)), np.asarray(tgt(k_floor, n))
 
@@ -450,6 +523,10 @@ def train_and_evaluate(config, workdir: str):
                 else:
                     runs, traj, vel, ts = evaluate(config, source_runs.velocity_fn(run), args,
                                                    x0, config.eval.euler_steps)
+                if run in DIFFUSION_METHODS:
+                    runs.update(evaluate_diffusion(config, run, source_runs.apply_fn(run), args,
+                                                   x0, jax.random.fold_in(k_sde, zlib.crc32(
+                                                       run.encode()))))
                 samples_for_plot[(source, run)] = {s: r[0] for s, r in runs.items()}
                 trajectories[(source, run)] = np.asarray(traj)
                 straight = metrics.straightness(traj, vel, ts)
@@ -468,6 +545,9 @@ def train_and_evaluate(config, workdir: str):
     if not write_results(workdir, rows):
         return rows
     print(format_table(rows))
+    if any(r["method"] in DIFFUSION_METHODS for r in rows):
+        for source in config.sources:
+            print(format_sampler_table(rows, source))
     if config.plot:
         from experiments.toy2d import plots
 
@@ -494,13 +574,36 @@ def _nfe_label(solver: str) -> str:
     return "adaptive" if solver == "dopri5" else solver.rsplit("-", 1)[1]
 
 
+def _sampler_name(solver: str) -> str:
+    if solver == "dopri5":
+        return "PF-ODE Dopri5"
+    kind, n = solver.rsplit("-", 1)
+    return {"euler": f"PF-ODE Euler {n}", "sde": f"reverse SDE Euler-Maruyama {n}",
+            "heun": f"EDM Heun {n}"}.get(kind, f"{kind} {n}")
+
+
+def format_sampler_table(rows, source: str) -> str:
+    """W2, its ratio to the noise floor and the NFE, a row per (method, sampler), for one source.
+
+    The table of the diffusion comparison: one method may be sampled by the
+    probability-flow ODE (Euler, Dopri5), the reverse SDE and EDM's Heun sampler.
+    """
+    lines = ["| method | sampler | NFE | W2 | W2 / floor |", "|---|---|---|---|---|"]
+    for r in rows:
+        if r["source"] == source:
+            lines.append(f"| {r['method']} | {_sampler_name(r['solver'])} | {r['nfe']} | "
+                         f"{r['w2']:.3f} | {r['w2'] / r['w2_floor']:.2f} |")
+    return "\n".join(lines)
+
+
 def format_nfe_table(rows, source: str) -> str:
     """W2 against NFE for one source: a row per method, a column per step count.
 
     Fixed-step columns hold Euler (velocity fields) or K jumps (flow maps);
     the last column is adaptive Dopri5 with its NFE in brackets.
     """
-    rows = [r for r in rows if r["source"] == source]
+    rows = [r for r in rows if r["source"] == source  # one column per step count: ODE samplers
+            and not r["solver"].startswith(("sde-", "heun-"))]
     cols = sorted({_nfe_label(r["solver"]) for r in rows} - {"adaptive"}, key=int)
     lines = ["| method | " + " | ".join(f"{c} NFE" for c in cols) + " | Dopri5 (NFE) |",
              "|---|" + "---|" * (len(cols) + 1)]

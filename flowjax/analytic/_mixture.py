@@ -29,9 +29,58 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
-from flowjax._checks import check_array, check_time
+from flowjax._checks import (as_real_array, check_array, check_finite, check_key, check_number,
+                             check_path, check_time, is_concrete)
+
+
+def _float_array(name, value, dtype=None):
+    """`value` as an array: floating already, or any real one cast to `dtype` when given."""
+    if value is None or isinstance(value, (str, bytes, dict)):
+        raise TypeError(f"`{name}` must be an array of real numbers, got {type(value).__name__}.")
+    if dtype is not None:
+        return as_real_array(name, value).astype(dtype)
+    try:
+        value = jnp.asarray(value)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"`{name}` must be an array of real numbers, "
+                        f"got {type(value).__name__}.") from err
+    if not jnp.issubdtype(value.dtype, jnp.floating):
+        raise TypeError(f"`{name}` must have a floating dtype, got {value.dtype}.")
+    return value
+
+
+def _check_covariances(name, covs):
+    """Finite, symmetric, positive semi-definite `[..., d, d]` matrices (values when concrete)."""
+    check_finite(name, covs)
+    if is_concrete(covs):
+        c = np.asarray(covs, np.float64)
+        scale = max(1.0, float(np.max(np.abs(c), initial=0.0)))
+        if not np.allclose(c, np.swapaxes(c, -1, -2), atol=1e-6 * scale):
+            raise ValueError(f"`{name}` must be symmetric.")
+        if c.size and np.min(np.linalg.eigvalsh(c)) < -1e-6 * scale:
+            raise ValueError(f"`{name}` must be positive semi-definite.")
+
+
+def _check_gaussian(mean, cov, d, dtype):
+    """`mean: [d]`, `cov: [d, d]` (finite, symmetric PSD) as arrays of `dtype`."""
+    mean, cov = _float_array("mean", mean, dtype), _float_array("cov", cov, dtype)
+    if mean.shape != (d,) or cov.shape != (d, d):
+        raise ValueError(f"`mean` and `cov` must have shapes {(d,)} and {(d, d)}, "
+                         f"got {mean.shape} and {cov.shape}.")
+    check_finite("mean", mean)
+    _check_covariances("cov", cov)
+    return mean, cov
+
+
+def _check_points(name, x, d=None):
+    check_array(name, x, rank=2)
+    check_finite(name, x)
+    if d is not None and x.shape[1] != d:
+        raise ValueError(f"`{name}` has {x.shape[1]} columns but the `mixture` has dimension "
+                         f"{d}.")
 
 
 @struct.dataclass
@@ -44,34 +93,46 @@ class GaussianMixture:
 
     @classmethod
     def create(cls, means, covs, weights=None):
-        means = jnp.asarray(means)
-        covs = jnp.asarray(covs, dtype=means.dtype)
-        check_array("means", means, rank=2)
+        """Checks and normalises: `means [K, d]`, `covs [K, d, d]` (symmetric PSD),
+        `weights [K]` (>= 0, any positive total; uniform by default)."""
+        means = _float_array("means", means)
+        _check_points("means", means)
+        covs = _float_array("covs", covs, means.dtype)
         k, d = means.shape
         if covs.shape != (k, d, d):
             raise ValueError(f"`covs` must have shape {(k, d, d)}, got {tuple(covs.shape)}.")
+        _check_covariances("covs", covs)
         weights = (jnp.full((k,), 1.0 / k, means.dtype) if weights is None
-                   else jnp.asarray(weights, means.dtype))
+                   else _float_array("weights", weights, means.dtype))
         if weights.shape != (k,):
             raise ValueError(f"`weights` must have shape {(k,)}, got {tuple(weights.shape)}.")
+        check_finite("weights", weights)
+        if is_concrete(weights) and (np.any(np.asarray(weights) < 0)
+                                     or not np.sum(np.asarray(weights)) > 0):
+            raise ValueError("`weights` must be >= 0 with a positive total.")
         return cls(means, covs, weights / jnp.sum(weights))
 
     @classmethod
     def gaussian(cls, mean, cov):
         """A single Gaussian `N(mean [d], cov [d, d])`."""
-        mean = jnp.asarray(mean)
-        return cls.create(mean[None], jnp.asarray(cov, mean.dtype)[None])
+        mean = _float_array("mean", mean)
+        if mean.ndim != 1:
+            raise ValueError(f"`mean` must have shape [d], got {tuple(mean.shape)}.")
+        mean, cov = _check_gaussian(mean, cov, mean.shape[0], mean.dtype)
+        return cls.create(mean[None], cov[None])
 
     @classmethod
     def empirical(cls, points, weights=None):
         """The empirical measure of a finite data set `points [n, d]` (zero covariances)."""
-        points = jnp.asarray(points)
-        check_array("points", points, rank=2)
+        points = _float_array("points", points)
+        _check_points("points", points)
         d = points.shape[1]
         return cls.create(points, jnp.zeros((points.shape[0], d, d), points.dtype), weights)
 
     def sample(self, key, n: int):
         """Draws `[n, d]` samples."""
+        check_key("key", key)
+        check_number("n", n, low=1, integer=True)
         kc, kz = jax.random.split(key)
         comp = jax.random.choice(kc, self.weights.shape[0], (n,), p=self.weights)
         chol = jnp.linalg.cholesky(self.covs)
@@ -107,7 +168,10 @@ def _per_point(path, mix, x, t):
 
 
 def _batched(fn, path, mix, x, t):
-    check_array("x", x, rank=2)
+    check_path("path", path)
+    if not isinstance(mix, GaussianMixture):
+        raise TypeError(f"`mixture` must be an analytic.GaussianMixture, got {type(mix).__name__}.")
+    _check_points("x", x, mix.means.shape[1])
     t = check_time(t, x.shape[0])
     t = jnp.broadcast_to(t, x.shape[:1]).astype(x.dtype)
     return jax.vmap(lambda xi, ti: fn(path, mix, xi, ti))(x, t)
@@ -164,14 +228,10 @@ def gaussian_flow_map(path, mean, cov, x0, t):
     Returns:
       `[B, d]`, the points :math:`\psi_t(x_0)`.
     """
-    check_array("x0", x0, rank=2)
+    check_path("path", path)
+    _check_points("x0", x0)
     t = check_time(t, x0.shape[0])
-    mean = jnp.asarray(mean, x0.dtype)
-    cov = jnp.asarray(cov, x0.dtype)
-    d = x0.shape[1]
-    if mean.shape != (d,) or cov.shape != (d, d):
-        raise ValueError(f"`mean` and `cov` must have shapes {(d,)} and {(d, d)}, "
-                         f"got {mean.shape} and {cov.shape}.")
+    mean, cov = _check_gaussian(mean, cov, x0.shape[1], x0.dtype)
     lam, u = jnp.linalg.eigh(cov)
     t = jnp.broadcast_to(t, x0.shape[:1]).astype(x0.dtype)
     a = path.alpha(t)[:, None]
@@ -190,6 +250,12 @@ def gaussian_average_velocity(path, mean, cov, x, r, t):
     :math:`\dot\alpha\mu + \tfrac12\dot C_t C_t^{-1}(x - \alpha\mu)`.
     Smooth in `(x, r, t)`, so `jax.jvp` through it is exact.
 
+    At the data end a singular `cov` makes :math:`C_t` singular (the velocity
+    off the support grows like :math:`1/(1 - t)`, and is 0/0 at t = 1): as for
+    the mixture fields, the noise variance in :math:`C` is floored at
+    :math:`\bar\sigma(1 - t_{clip})^2`, which changes nothing for
+    `r, t <= 1 - t_clip` and keeps the field finite up to t = 1.
+
     Args:
       path: an affine path.
       mean: `[d]`; cov: `[d, d]`.
@@ -199,20 +265,27 @@ def gaussian_average_velocity(path, mean, cov, x, r, t):
     Returns:
       `[B, d]`.
     """
-    check_array("x", x, rank=2)
-    mean = jnp.asarray(mean, x.dtype)
-    lam, u = jnp.linalg.eigh(jnp.asarray(cov, x.dtype))
-    r = jnp.broadcast_to(jnp.asarray(r, x.dtype), x.shape[:1])[:, None]
-    t = jnp.broadcast_to(jnp.asarray(t, x.dtype), x.shape[:1])[:, None]
+    check_path("path", path)
+    _check_points("x", x)
+    mean, cov = _check_gaussian(mean, cov, x.shape[1], x.dtype)
+    r, t = check_time(r, x.shape[0], name="r"), check_time(t, x.shape[0], name="t")
+    if is_concrete(r) and is_concrete(t) and np.any(np.asarray(r) > np.asarray(t)):
+        raise ValueError("`r` must not exceed `t`.")
+    lam, u = jnp.linalg.eigh(cov)
+    lam = jnp.maximum(lam, 0.0)  # PSD; rounding can leave -1e-8 for a singular cov
+    r = jnp.broadcast_to(r.astype(x.dtype), x.shape[:1])[:, None]
+    t = jnp.broadcast_to(t.astype(x.dtype), x.shape[:1])[:, None]
+    floor = path.sigma_total(jnp.asarray(1.0 - T_CLIP, x.dtype))
 
-    def var(s):  # eigenvalues of C_s, [B, d]
-        return path.alpha(s) ** 2 * lam[None] + path.sigma_total(s) ** 2
+    def var(s):  # eigenvalues of C_s, [B, d], with the noise floored (see above)
+        return path.alpha(s) ** 2 * lam[None] + jnp.maximum(path.sigma_total(s), floor) ** 2
 
     y = (x - path.alpha(r) * mean) @ u  # centred state in the eigenbasis
     jump = path.alpha(t) * mean + (y * jnp.sqrt(var(t) / var(r))) @ u.T
     equal = t == r
     average = (jump - x) / jnp.where(equal, 1.0, t - r)
+    s_r = path.sigma_total(r)
     d_var = 2 * path.alpha(r) * path.d_alpha(r) * lam[None] \
-        + 2 * path.sigma_total(r) * path.d_sigma_total(r)
+        + jnp.where(s_r > floor, 2 * s_r * path.d_sigma_total(r), 0.0)
     velocity = path.d_alpha(r) * mean + (0.5 * d_var / var(r) * y) @ u.T
     return jnp.where(equal, velocity, average)

@@ -25,17 +25,29 @@ import jax.numpy as jnp
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from flowjax._checks import check_array, check_finite, check_same_shape, is_concrete
+from flowjax._checks import (check_array, check_finite, check_key, check_number,
+                             check_same_shape, is_concrete)
 
 
 def _flat(x):
     return x.reshape(x.shape[0], -1)
 
 
-def _check_pair(x0, x1):
+_NO_KEY = object()
+
+
+def _check_pair(x0, x1, key=_NO_KEY, key_used=True):
+    """The batches (and the key) every coupling checks; values only outside `jit`.
+
+    A deterministic coupling ignores its key, and accepts `None` for it.
+    """
+    if key is not _NO_KEY and (key_used or key is not None):
+        check_key("key", key)
     check_array("x0", x0)
     check_array("x1", x1)
     check_same_shape("x0", x0, "x1", x1)
+    check_finite("x0", x0)
+    check_finite("x1", x1)
 
 
 def _pair_cost(x0, x1):
@@ -43,7 +55,14 @@ def _pair_cost(x0, x1):
 
 
 def sq_distances(x0, x1):
-    """Squared Euclidean cost matrix `[B0, B1]` of two batches `[B, *dims]`."""
+    """Squared Euclidean cost matrix `[B0, B1]` of two batches `[B0, *dims]`, `[B1, *dims]`."""
+    check_array("x0", x0)
+    check_array("x1", x1)
+    if x0.shape[1:] != x1.shape[1:]:
+        raise ValueError(f"`x0` and `x1` must have the same dimensions after the batch axis, "
+                         f"got {tuple(x0.shape)} and {tuple(x1.shape)}.")
+    check_finite("x0", x0)
+    check_finite("x1", x1)
     a, b = _flat(x0), _flat(x1)
     d = (jnp.sum(a ** 2, -1)[:, None] + jnp.sum(b ** 2, -1)[None, :]
          - 2.0 * a @ b.T)
@@ -54,8 +73,7 @@ def independent():
     """The independent coupling: returns the batch unchanged."""
 
     def coupling(key, x0, x1):
-        del key
-        _check_pair(x0, x1)
+        _check_pair(x0, x1, key, key_used=False)
         return (x0, x1), {"cost": _pair_cost(x0, x1)}
 
     return coupling
@@ -126,8 +144,7 @@ def exact_ot():
     """
 
     def coupling(key, x0, x1):
-        del key
-        _check_pair(x0, x1)
+        _check_pair(x0, x1, key, key_used=False)
         x0 = x0[_host_permutation(_assignment_host, x0, x1)]
         return (x0, x1), {"cost": _pair_cost(x0, x1)}
 
@@ -226,10 +243,10 @@ _SAMPLERS = ("gumbel", "inverse_cdf")
 
 
 def _check_acceleration(epsilon_init, epsilon_decay, momentum):
-    if not epsilon_init >= 1:
+    if not check_number("epsilon_init", epsilon_init) >= 1:
         raise ValueError(f"`epsilon_init` must be >= 1 (a multiple of epsilon), "
                          f"got {epsilon_init!r}.")
-    if not 0 < epsilon_decay <= 1:
+    if not 0 < check_number("epsilon_decay", epsilon_decay) <= 1:
         raise ValueError(f"`epsilon_decay` must be in (0, 1], got {epsilon_decay!r}.")
     if epsilon_init > 1 and epsilon_decay == 1:
         raise ValueError("`epsilon_init` > 1 needs `epsilon_decay` < 1, else epsilon never "
@@ -302,6 +319,12 @@ def _sample_inverse_cdf(key, plan):
     return jnp.minimum(idx, plan.shape[0] - 1)
 
 
+def _check_options(epsilon, threshold, max_iterations):
+    check_number("epsilon", epsilon, low=0.0, low_open=True)
+    check_number("threshold", threshold, low=0.0, low_open=True)
+    check_number("max_iterations", max_iterations, low=1, integer=True)
+
+
 def sinkhorn_plan(x0, x1, *, epsilon: float, threshold: float = 1e-3,
                   max_iterations: int = 2000, scale_free: bool = False,
                   precompute_cost: bool = False, epsilon_init: float = 1.0,
@@ -321,6 +344,8 @@ def sinkhorn_plan(x0, x1, *, epsilon: float, threshold: float = 1e-3,
     Returns:
       `(plan, converged)`.
     """
+    _check_pair(x0, x1)
+    _check_options(epsilon, threshold, max_iterations)
     _check_acceleration(epsilon_init, epsilon_decay, momentum)
     out, _ = _sinkhorn_solve(x0, x1, epsilon=epsilon, threshold=threshold,
                              max_iterations=max_iterations, scale_free=scale_free,
@@ -408,18 +433,13 @@ def sinkhorn(epsilon: float = 0.05, *, threshold: float = 1e-3,
     `epsilon` (the absolute value used), `n_iters` (Sinkhorn iterations, in
     multiples of ott's 10 inner iterations) and `converged`.
     """
-    if not epsilon > 0:
-        raise ValueError(f"`epsilon` must be positive, got {epsilon!r}.")
-    if not threshold > 0:
-        raise ValueError(f"`threshold` must be positive, got {threshold!r}.")
-    if not isinstance(max_iterations, (int, np.integer)) or max_iterations < 1:
-        raise ValueError(f"`max_iterations` must be a positive int, got {max_iterations!r}.")
+    _check_options(epsilon, threshold, max_iterations)
     if sampler not in _SAMPLERS:
         raise ValueError(f"`sampler` must be one of {_SAMPLERS}, got {sampler!r}.")
     _check_acceleration(epsilon_init, epsilon_decay, momentum)
 
     def solve(key, x0, x1, init):
-        _check_pair(x0, x1)
+        _check_pair(x0, x1, key, key_used=sample)
         if init is not None:
             _check_potentials(init, x0)
         cost = sq_distances(x0, x1) if precompute_cost else None
@@ -463,8 +483,7 @@ def schrodinger_bridge(sigma: float, **kwargs):
     plan; pair it with `RectifiedFlow(noise=BridgeNoise(sigma))` for SB-CFM.
     `kwargs` go to :func:`sinkhorn`.
     """
-    if not sigma > 0:
-        raise ValueError(f"`sigma` must be positive, got {sigma!r}.")
+    check_number("sigma", sigma, low=0.0, low_open=True)
     return sinkhorn(epsilon=2.0 * sigma ** 2, **kwargs)
 
 
@@ -514,19 +533,22 @@ def condition_aware_ot(weight: float | None = None):
       weight: the condition weight `w` (> 0), or None for per-class OT
         (integer labels only).
     """
-    if weight is not None and not weight > 0:
-        raise ValueError(f"`weight` must be positive or None, got {weight!r}.")
+    check_number("weight", weight, low=0.0, low_open=True, allow_none=True)
 
     def coupling(key, x0, x1, cond):
-        del key
-        _check_pair(x0, x1)
+        _check_pair(x0, x1, key, key_used=False)
+        check_array("cond", cond, floating=False)
+        if not (jnp.issubdtype(cond.dtype, jnp.number) or cond.dtype == jnp.bool_) \
+                or jnp.issubdtype(cond.dtype, jnp.complexfloating):
+            raise TypeError(f"`cond` must hold real numbers or labels, got {cond.dtype}.")
         cond = jnp.asarray(cond)
-        if cond.ndim < 1 or cond.shape[0] != x1.shape[0]:
+        if cond.shape[0] != x1.shape[0]:
             raise ValueError(f"`cond` must have a leading batch axis of {x1.shape[0]}, "
                              f"got shape {cond.shape}.")
+        check_finite("cond", cond)
         if weight is None and (cond.ndim != 1 or not jnp.issubdtype(cond.dtype, jnp.integer)):
-            raise TypeError("`weight=None` (per-class OT) needs integer labels `cond: [B]`, "
-                            f"got {cond.dtype} of shape {cond.shape}.")
+            raise TypeError("`weight=None` (per-class OT) needs integer labels: `cond` must be "
+                            f"an int array [B], got {cond.dtype} of shape {cond.shape}.")
         x0 = x0[_host_permutation(functools.partial(_conditional_assignment_host, weight),
                                   x0, x1, cond)]
         return (x0, x1), {"cost": _pair_cost(x0, x1)}

@@ -10,7 +10,17 @@ never downloads here: prepare the data set once where there is internet
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
+
+from flowjax._checks import check_number
+
+
+def _check_str(name, value, *, optional=False):
+    if not (isinstance(value, str) or (optional and value is None)):
+        raise TypeError(f"`{name}` must be a string{' or None' if optional else ''}, "
+                        f"got {value!r}.")
 
 
 class ArraySource:
@@ -18,11 +28,13 @@ class ArraySource:
 
     def __init__(self, images, labels):
         images, labels = np.asarray(images), np.asarray(labels)
-        if images.ndim != 4 or images.dtype != np.uint8:
-            raise ValueError(f"`images` must be uint8 [N, H, W, C], got {images.dtype} "
-                             f"{images.shape}.")
+        if images.ndim != 4 or images.dtype != np.uint8 or images.shape[0] == 0:
+            raise ValueError(f"`images` must be uint8 [N, H, W, C] with N >= 1, got "
+                             f"{images.dtype} {images.shape}.")
         if labels.shape != images.shape[:1]:
             raise ValueError(f"`labels` must have shape {images.shape[:1]}, got {labels.shape}.")
+        if not np.issubdtype(labels.dtype, np.integer):
+            raise TypeError(f"`labels` must be integers, got {labels.dtype}.")
         self.images, self.labels = images, labels
 
     def __len__(self):
@@ -38,10 +50,11 @@ def digits_source(split: str = "train", *, num_test: int = 297):
     Pixel values 0..16 are mapped to uint8 0..255; images are `[8, 8, 1]`.
     The split is fixed: the last `num_test` images are `"test"`, the rest `"train"`.
     """
-    from sklearn.datasets import load_digits
-
     if split not in ("train", "test"):
         raise ValueError(f"`split` must be 'train' or 'test', got {split!r}.")
+    check_number("num_test", num_test, low=1, high=1796, integer=True)
+    from sklearn.datasets import load_digits
+
     d = load_digits()
     images = np.round(d.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
     sl = slice(None, -num_test) if split == "train" else slice(-num_test, None)
@@ -54,6 +67,10 @@ def tfds_source(name: str, split: str = "train", *, data_dir: str | None = None)
     Uses `tfds.data_source` (no TensorFlow needed). Raises a ValueError naming
     `data_dir` if the prepared data are not there (no download is attempted).
     """
+    _check_str("name", name)
+    _check_str("split", split)
+    if data_dir is not None and not isinstance(data_dir, (str, os.PathLike)):
+        raise TypeError(f"`data_dir` must be a path or None, got {data_dir!r}.")
     import tensorflow_datasets as tfds
 
     try:
@@ -88,10 +105,18 @@ class ImagePipeline:
                  image_key: str = "image", label_key: str = "label"):
         import jax
 
+        if not (hasattr(source, "__len__") and hasattr(source, "__getitem__")) \
+                or isinstance(source, (str, bytes, np.ndarray)):
+            raise TypeError(f"`source` must be a random-access source (len(source), "
+                            f"source[i] -> dict), got {type(source).__name__}.")
         self.process_index = jax.process_index() if process_index is None else process_index
         self.process_count = jax.process_count() if process_count is None else process_count
-        if not isinstance(batch_size, int) or batch_size < 1 \
-                or batch_size % self.process_count:
+        check_number("process_count", self.process_count, low=1, integer=True)
+        check_number("process_index", self.process_index, low=0,
+                     high=self.process_count - 1, integer=True)
+        check_number("batch_size", batch_size, low=1, integer=True)
+        check_number("seed", seed, low=0, integer=True)
+        if batch_size % self.process_count:
             raise ValueError(f"`batch_size` must be a positive multiple of process_count="
                              f"{self.process_count}, got {batch_size!r}.")
         if not 0 <= self.process_index < self.process_count:

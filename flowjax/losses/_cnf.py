@@ -24,15 +24,18 @@ import functools
 
 import diffrax
 
-from flowjax._checks import check_array, check_finite
+from flowjax._checks import (check_array, check_callable, check_finite, check_key,
+                             check_output_shape, check_signature)
 from flowjax._divergence import (Probe, check_probes, divergence_solve, draw_probes,
-                                 reverse_controller, standard_normal_log_prob)
+                                 evaluations_per_step, reverse_controller,
+                                 standard_normal_log_prob)
+from flowjax.losses._cfm import check_cond
 
 
 def _make_velocity(apply_fn):
     def velocity_fn(x, t, args):
         params, cond = args
-        return apply_fn(params, x, t, cond)
+        return check_output_shape("apply_fn", apply_fn(params, x, t, cond), x)  # at trace time
 
     return velocity_fn
 
@@ -99,21 +102,24 @@ def cnf_mle_loss(params, key, batch, *, apply_fn, num_probes: int | None = None,
       backward pass adds about two to three forward costs per evaluation
       (recomputation from checkpoints and the vector-Jacobian products).
     """
+    check_key("key", key)
+    check_signature("apply_fn", apply_fn, 4)
     if not isinstance(batch, dict) or "x1" not in batch:
         raise ValueError("`batch` must be a dict with key 'x1' (and optionally 'cond').")
     if batch.get("x0") is not None:
-        raise ValueError("`batch` has 'x0', but maximum likelihood uses no source samples: "
-                         "the source enters through `source_log_prob`; drop 'x0'.")
+        raise ValueError("`batch['x0']` has no role in maximum likelihood: the source enters "
+                         "through `source_log_prob`; drop it from the batch.")
     x1 = batch["x1"]
     check_array("batch['x1']", x1)
     check_finite("batch['x1']", x1)  # only outside jit: a traced batch is not inspected
-    if not callable(apply_fn):
-        raise TypeError(f"`apply_fn` must be callable, got {type(apply_fn).__name__}.")
+    check_cond("batch['cond']", batch.get("cond"), x1.shape[0])
     solver = diffrax.Dopri5() if solver is None else solver
+    evaluations_per_step(solver)  # a TypeError naming `solver` for what it cannot count
     if adjoint is not None and not isinstance(adjoint, diffrax.AbstractAdjoint):
         raise TypeError(f"`adjoint` must be a diffrax adjoint (e.g. "
                         f"diffrax.RecursiveCheckpointAdjoint()), got {adjoint!r}.")
-    check_probes(num_probes, key)
+    check_callable("source_log_prob", source_log_prob)
+    check_probes(num_probes, key, probe)
     controller, dt0, cap = reverse_controller(solver, rtol=rtol, atol=atol, num_steps=num_steps,
                                               ts=ts, max_steps=max_steps, dtype=x1.dtype)
     probes = draw_probes(key, num_probes, probe, x1)

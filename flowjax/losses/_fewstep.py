@@ -19,11 +19,15 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from flowjax._checks import broadcast_time
+from flowjax._checks import (broadcast_time, check_array, check_callable, check_finite,
+                             check_number, check_path, check_same_shape, check_time,
+                             is_concrete)
 from flowjax.couplings import independent
-from flowjax.losses._cfm import (call_model, cfm_loss, check_label_dropout, check_output,
-                                 drop_labels, paired_batch)
+from flowjax.losses._cfm import (call_model, cfm_loss, check_batch, check_label_dropout,
+                                 check_model, check_output, drop_labels, paired_batch,
+                                 sample_times)
 from flowjax.paths import RectifiedFlow
 from flowjax.time import logit_normal, ordered_pairs, uniform
 
@@ -60,17 +64,30 @@ def meanflow_target(apply_fn, params, x, r, t, v, cond=None):
       `(u, target)`: the prediction (differentiable in `params`) and the
       target, with its gradient stopped.
     """
+    check_callable("apply_fn", apply_fn)
+    check_array("x", x)
+    check_finite("x", x)
+    r, t = check_time(r, x.shape[0], name="r"), check_time(t, x.shape[0], name="t")
+    if r.ndim != 1 or t.ndim != 1:
+        raise ValueError(f"`r` and `t` must have shape [B], got {r.shape} and {t.shape}.")
+    check_array("v", v)
+    check_same_shape("v", v, "x", x)
+    check_finite("v", v)
+    if is_concrete(r) and is_concrete(t) and np.any(np.asarray(r) > np.asarray(t)):
+        raise ValueError("`r` must not exceed `t`.")
+    r, t = r.astype(x.dtype), t.astype(x.dtype)
+
     def u_fn(x_, r_, t_):
         return apply_fn(params, x_, r_, t_, cond)
 
     u, du_dr = jax.jvp(u_fn, (x, r, t), (v, jnp.ones_like(r), jnp.zeros_like(t)))
+    check_output(u, x)
     target = v + broadcast_time(t - r, x) * du_dr
     return u, jax.lax.stop_gradient(target)
 
 
 def _check_nonneg(name, value):
-    if not (isinstance(value, (int, float)) and value >= 0 and math.isfinite(value)):
-        raise ValueError(f"`{name}` must be a finite number >= 0, got {value!r}.")
+    check_number(name, value, low=0.0)
 
 
 def meanflow_loss(params, key, batch, *, apply_fn, path=None, coupling=None,
@@ -125,9 +142,16 @@ def meanflow_loss(params, key, batch, *, apply_fn, path=None, coupling=None,
     Returns:
       `(loss, aux)` with `aux = {"mse", "coupling_cost"}`.
     """
+    check_model(key, apply_fn)
+    check_batch(batch)
     _check_nonneg("weight_power", weight_power)
-    if not weight_eps > 0:
-        raise ValueError(f"`weight_eps` must be positive, got {weight_eps!r}.")
+    check_number("weight_eps", weight_eps, low=0.0, low_open=True)
+    check_number("guidance_scale", guidance_scale)
+    check_number("guidance_mix", guidance_mix)
+    check_callable("velocity_fn", velocity_fn, allow_none=True)
+    check_callable("time_sampler", time_sampler, allow_none=True)
+    if path is not None:
+        check_path("path", path)
     check_label_dropout(cond_drop_prob, null_cond, batch)
     guided = guidance_scale != 1.0 or guidance_mix != 0.0
     if (guided or cond_drop_prob > 0) and (null_cond is None or batch.get("cond") is None):
@@ -139,8 +163,7 @@ def meanflow_loss(params, key, batch, *, apply_fn, path=None, coupling=None,
     k_x0, k_pair, k_t, k_z, k_drop, k_model = jax.random.split(key, 6)
     model = apply_fn if not model_key else functools.partial(call_model, apply_fn, k_model)
     x0, x1, pair_aux = paired_batch(k_x0, k_pair, batch, coupling)
-    r, t = time_sampler(k_t, (x1.shape[0],))
-    r, t = r.astype(x1.dtype), t.astype(x1.dtype)
+    r, t = sample_times(time_sampler, k_t, x1.shape[0], x1.dtype, pairs=True)
     z = None if path.noise is None else jax.random.normal(k_z, x1.shape, x1.dtype)
     x_r = path.interpolate(x0, x1, r, z)
     cond = batch.get("cond")
@@ -197,10 +220,15 @@ def shortcut_loss(params, key, batch, *, apply_fn, path=None, coupling=None,
     Returns:
       `(loss, aux)` with `aux = {"mse", "fm_mse", "consistency_mse", "coupling_cost"}`.
     """
-    if not (isinstance(max_steps, int) and max_steps >= 2 and max_steps & (max_steps - 1) == 0):
+    check_model(key, apply_fn)
+    check_batch(batch)
+    check_number("max_steps", max_steps, low=2, integer=True)
+    if max_steps & (max_steps - 1):
         raise ValueError(f"`max_steps` must be a power of two >= 2, got {max_steps!r}.")
-    if not 0.0 <= bootstrap_fraction < 1.0:
-        raise ValueError(f"`bootstrap_fraction` must lie in [0, 1), got {bootstrap_fraction!r}.")
+    check_number("bootstrap_fraction", bootstrap_fraction, low=0.0, high=1.0, high_open=True)
+    check_callable("time_sampler", time_sampler, allow_none=True)
+    if path is not None:
+        check_path("path", path)
     path = RectifiedFlow() if path is None else path
     time_sampler = uniform() if time_sampler is None else time_sampler
     k_x0, k_pair, k_t, k_level, k_start, k_z = jax.random.split(key, 6)
@@ -210,7 +238,7 @@ def shortcut_loss(params, key, batch, *, apply_fn, path=None, coupling=None,
     levels = int(math.log2(max_steps))
 
     # Flow-matching rows nb: and self-consistency rows :nb.
-    r_fm = time_sampler(k_t, (n - nb,)).astype(dtype) * (1.0 - 1.0 / max_steps)
+    r_fm = sample_times(time_sampler, k_t, n - nb, dtype) * (1.0 - 1.0 / max_steps)
     j = jax.random.randint(k_level, (nb,), 0, levels)
     big = (2.0 ** -j).astype(dtype)
     r_b = jnp.floor(jax.random.uniform(k_start, (nb,)) * 2.0 ** j).astype(dtype) * big
@@ -227,6 +255,7 @@ def shortcut_loss(params, key, batch, *, apply_fn, path=None, coupling=None,
     if nb:
         xb, cb, half = x_r[:nb], rows(cond, slice(None, nb)), big / 2
         s1 = apply_fn(params, xb, r_b, r_b + half, cb)
+        check_output(s1, xb)
         s2 = apply_fn(params, xb + broadcast_time(half, xb) * s1, r_b + half, r_b + big, cb)
         target = jnp.concatenate([jax.lax.stop_gradient(0.5 * (s1 + s2)), fm_target])
     else:
@@ -262,7 +291,6 @@ def reflow_loss(params, key, batch, *, apply_fn, distill: bool = False, time_sam
       distill: train the one-step map only.
       time_sampler: the time sampler of k-rectified flow (uniform by default).
     """
-    if not isinstance(batch, dict) or "x0" not in batch or "x1" not in batch:
-        raise ValueError("`batch` must be a dict with the paired keys 'x0' and 'x1'.")
+    check_batch(batch, ("x0", "x1"))
     return cfm_loss(params, key, batch, apply_fn=apply_fn, path=RectifiedFlow(),
                     coupling=independent(), time_sampler=_at_zero if distill else time_sampler)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from flowjax._checks import check_array, check_finite
+from flowjax._checks import check_array, check_finite, check_number
 
 
 def _features(name, f, min_points=2):
@@ -81,10 +81,9 @@ def kernel_distance(feats_a, feats_b, *, num_subsets: int = 100, subset_size: in
     """
     a, b = _features("feats_a", feats_a), _features("feats_b", feats_b)
     _check_dims(a, b)
-    if num_subsets < 1:
-        raise ValueError(f"`num_subsets` must be >= 1, got {num_subsets!r}.")
-    if subset_size < 2:
-        raise ValueError(f"`subset_size` must be >= 2, got {subset_size!r}.")
+    check_number("num_subsets", num_subsets, low=1, integer=True)
+    check_number("subset_size", subset_size, low=2, integer=True)
+    check_number("seed", seed, low=0, integer=True, allow_none=True)
     m = min(subset_size, a.shape[0], b.shape[0])
     dim = a.shape[1]
     rng = np.random.default_rng(seed)

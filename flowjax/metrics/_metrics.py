@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from flowjax._checks import check_array, check_finite
+from flowjax._checks import check_array, check_finite, check_grid, check_number
 from flowjax.couplings._couplings import host_sq_cost
 
 #: Above this many points the exact assignment gets too slow (O(n^3)).
@@ -39,12 +39,24 @@ def w2(x, y) -> float:
     return float(np.sqrt(cost[rows, cols].mean()))
 
 
+def _check_times(velocities, ts):
+    """`velocities: [T, B, *dims]` (finite) and `ts: [T]`, a monotone grid in [0, 1]."""
+    check_array("velocities", velocities, min_rank=2)
+    check_finite("velocities", velocities)
+    grid = check_grid("ts", ts, increasing=None)
+    if grid.shape != velocities.shape[:1]:
+        raise ValueError(f"`ts` must have one time per state of `velocities`: shape "
+                         f"{velocities.shape[:1]}, got {grid.shape}.")
+
+
 def _check_traj(trajectory, velocities, ts):
     check_array("trajectory", trajectory, min_rank=2)
+    check_finite("trajectory", trajectory)
+    check_array("velocities", velocities, min_rank=2)
     if velocities.shape != trajectory.shape:
-        raise ValueError(f"`velocities` must have shape {trajectory.shape}, got {velocities.shape}.")
-    if ts.shape != trajectory.shape[:1]:
-        raise ValueError(f"`ts` must have shape {trajectory.shape[:1]}, got {ts.shape}.")
+        raise ValueError(f"`velocities` must have shape {trajectory.shape} (that of "
+                         f"`trajectory`), got {velocities.shape}.")
+    _check_times(velocities, ts)
 
 
 def _sq_norm(x):
@@ -56,8 +68,9 @@ def path_energy(velocities, ts):
 
     Args:
       velocities: `[T, B, *dims]`, the field along trajectories.
-      ts: `[T]` times.
+      ts: `[T]` times, monotone, in [0, 1].
     """
+    _check_times(velocities, ts)
     e = jnp.mean(_sq_norm(velocities), axis=1)
     return float(jnp.abs(jnp.trapezoid(e, ts)))
 
@@ -68,8 +81,7 @@ def normalized_path_energy(velocities, ts, w2_squared: float) -> float:
     Tong et al. 2023, "Improving and generalizing flow-based generative
     models with minibatch optimal transport", Sec. 5: zero for the OT map.
     """
-    if not w2_squared > 0:
-        raise ValueError(f"`w2_squared` must be positive, got {w2_squared!r}.")
+    check_number("w2_squared", w2_squared, low=0.0, low_open=True)
     return abs(path_energy(velocities, ts) - w2_squared) / w2_squared
 
 

@@ -1,7 +1,12 @@
-"""Probability paths x_t = alpha(t) x1 + sigma(t) x0 + gamma(t) z, and prediction conversions."""
+"""Probability paths x_t = alpha(t) x1 + sigma(t) x0 + gamma(t) z, prediction conversions,
+the forward-SDE diffusion of a path, and EDM's preconditioning in flow time."""
 
 from flowjax.paths._conversions import Prediction as Prediction
 from flowjax.paths._conversions import convert as convert
+from flowjax.paths._conversions import noise_ratio as noise_ratio
+from flowjax.paths._conversions import sde_diffusion as sde_diffusion
+from flowjax.paths._edm import edm_precondition as edm_precondition
+from flowjax.paths._edm import edm_scalings as edm_scalings
 from flowjax.paths._paths import EDGE as EDGE
 from flowjax.paths._paths import VE as VE
 from flowjax.paths._paths import VP as VP

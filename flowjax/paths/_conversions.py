@@ -18,15 +18,32 @@ inverses of each other. Their determinant is
 negative on every path of this module (-1 for rectified flow, -pi/2 for cosine).
 
 Safety at the ends: the schedule is evaluated at the true `t`, and only the
-denominators are floored: :math:`\alpha` by :math:`\alpha(t_{clip})` (it is 0 at
-t = 0 on most paths) and :math:`\bar\sigma` by :math:`\bar\sigma(1 - t_{clip})` (0
-at t = 1); :math:`\Delta` is floored in magnitude at the dtype's machine epsilon (it
-vanishes only where the velocity carries no information, e.g. at t = 0 on
-:math:`t^n` paths with n > 1). So a conversion is exact wherever its
+denominators are floored: :math:`\alpha` by :math:`\alpha(t_{clip}) - \alpha(0)` (it
+is 0 at t = 0 on most paths) and :math:`\bar\sigma` by
+:math:`\bar\sigma(1 - t_{clip}) - \bar\sigma(1)` (0 at t = 1 on most paths), the
+values a schedule that vanishes at the end reaches `t_clip` away from it, so a
+floor never acts on a path whose :math:`\alpha(0)` or :math:`\bar\sigma(1)` is
+clearly positive (VP at t = 0, Lipman's path and VE at t = 1); :math:`\Delta` is
+floored in magnitude at the dtype's machine epsilon (it vanishes only where
+the velocity carries no information, e.g. at t = 0 on :math:`t^n` paths with
+n > 1). So a conversion is exact wherever its
 denominator is above the floor (e.g. data -> velocity at t = 0 on rectified
 flow), and finite everywhere; where a floor acts the problem itself is
 ill-posed (data cannot be read off pure noise) and errors are amplified by
 at most the inverse of the floor.
+
+At the ends exactly, in float32 and float64: every conversion is finite at
+t = 0 and t = 1 (and at 1e-7 and 1 - 1e-7), on every path of this module,
+and so are its gradients with respect to `t`, `x_t` and `value` (the
+schedules have finite autodiff derivatives there, see
+:mod:`flowjax.paths`). Where the problem is well posed the end values are
+the exact limits: data and noise from a velocity at t = 0 and t = 1
+(:math:`\Delta \ne 0`; at t = 1 with bridge noise :math:`\dot{\bar\sigma}` is the
+clipped slope, not 0), a velocity from noise at t = 1 and from data at t = 0.
+The floors act only within `t_clip` of an end; there a conversion that
+divides by a vanishing :math:`\alpha` or :math:`\bar\sigma` (data from noise
+near t = 0, noise or score from data near t = 1) is finite but not the
+exact inverse.
 """
 
 from __future__ import annotations
@@ -37,7 +54,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from flowjax._checks import broadcast_time, check_array, check_same_shape, check_time
+from flowjax._checks import (broadcast_time, check_array, check_finite, check_number,
+                             check_path, check_same_shape, check_time)
 
 
 class Prediction(enum.Enum):
@@ -47,6 +65,15 @@ class Prediction(enum.Enum):
     DATA = "data"  #: x1, E[x1 | x_t]
     NOISE = "noise"  #: the standardized noise E[eps | x_t] (x0 for a Gaussian source)
     SCORE = "score"  #: grad_x log p_t(x)
+
+
+def check_prediction(name: str, kind, allowed=tuple(Prediction)):
+    """Raises unless `kind` is one of the `allowed` :class:`Prediction` members."""
+    if not isinstance(kind, Prediction):
+        raise TypeError(f"`{name}` must be a flowjax.paths.Prediction, got {kind!r}.")
+    if kind not in allowed:
+        raise ValueError(f"`{name}` must be one of {[k.name for k in allowed]}, got {kind!r}.")
+    return kind
 
 
 class _Coeffs(NamedTuple):
@@ -66,8 +93,10 @@ def _coeffs(path, t, t_clip) -> _Coeffs:
     det = a * ds - s * da
     eps = jnp.finfo(jnp.result_type(a)).eps
     det = jnp.where(jnp.abs(det) < eps, jnp.where(det > 0, eps, -eps), det)
-    a_floor = path.alpha(jnp.asarray(t_clip, jnp.result_type(a)))
-    s_floor = path.sigma_total(jnp.asarray(1.0 - t_clip, jnp.result_type(a)))
+    ends = jnp.asarray([0.0, t_clip, 1.0 - t_clip, 1.0], jnp.result_type(a))
+    alphas, sigmas = path.alpha(ends), path.sigma_total(ends)
+    a_floor = alphas[1] - alphas[0]  # what a vanishing alpha grows to over t_clip
+    s_floor = sigmas[2] - sigmas[3]
     a_div = jnp.maximum(a, jnp.maximum(a_floor, tiny))
     s_div = jnp.maximum(s, jnp.maximum(s_floor, tiny))
     return _Coeffs(a, da, s, ds, det, a_div, s_div)
@@ -84,8 +113,8 @@ def convert(path, x_t, t, value, *, given: Prediction, to: Prediction,
       value: the prediction, shaped like `x_t`.
       given: the kind of `value` (a :class:`Prediction`).
       to: the kind wanted.
-      t_clip: sets the floors of the denominators, alpha(t_clip) and
-        sigma_total(1 - t_clip) (see the module docstring).
+      t_clip: sets the floors of the denominators, alpha(t_clip) - alpha(0) and
+        sigma_total(1 - t_clip) - sigma_total(1) (see the module docstring), in (0, 0.5).
 
     Returns:
       The prediction of kind `to`, shaped like `x_t`.
@@ -94,10 +123,14 @@ def convert(path, x_t, t, value, *, given: Prediction, to: Prediction,
     `v = convert(path, x, t, x1_hat, given=Prediction.DATA, to=Prediction.VELOCITY)`.
     """
     for name, kind in (("given", given), ("to", to)):
-        if not isinstance(kind, Prediction):
-            raise TypeError(f"`{name}` must be a flowjax.paths.Prediction, got {kind!r}.")
+        check_prediction(name, kind)
+    check_path("path", path)
     check_array("x_t", x_t)
+    check_array("value", value)
     check_same_shape("value", value, "x_t", x_t)
+    check_finite("x_t", x_t)
+    check_finite("value", value)
+    check_number("t_clip", t_clip, low=0.0, high=0.5, low_open=True, high_open=True)
     t = broadcast_time(check_time(t, x_t.shape[0]), x_t)
     if given == to:
         return value
@@ -123,3 +156,76 @@ def convert(path, x_t, t, value, *, given: Prediction, to: Prediction,
     if to == Prediction.SCORE:
         return -eps / c.s_div
     return c.da * x1 + c.ds * eps
+
+
+def _coefficient(path, t, given: Prediction, to: Prediction, t_clip: float):
+    """The factor c(t) with d(prediction `to`) = c(t) d(prediction `given`) at fixed `x_t`.
+
+    :func:`convert` is affine in `value` at fixed `x_t` and zero at
+    `x_t = value = 0`, so the factor is `convert(0, t, 1)`: the same floors.
+    """
+    t = jnp.atleast_1d(jnp.asarray(t, jnp.result_type(t, float)))
+    one = jnp.ones(t.shape + (1,), t.dtype)
+    return convert(path, jnp.zeros_like(one), t, one, given=given, to=to, t_clip=t_clip)[:, 0]
+
+
+def noise_ratio(path, t, *, t_clip: float = 1e-5):
+    r"""The noise-to-signal ratio :math:`\bar\sigma(t)/\alpha(t)`: EDM's noise level :math:`\sigma`.
+
+    Karras et al. 2022 ("Elucidating the design space of diffusion-based
+    generative models", Sec. 2) write every Gaussian diffusion as
+    :math:`x = s(\sigma)(x_1 + \sigma\varepsilon)`; on an affine path
+    :math:`x_t/\alpha = x_1 + (\bar\sigma/\alpha)\varepsilon`, so their
+    :math:`\sigma` is this ratio and their :math:`s` is :math:`\alpha`. It decreases
+    from :math:`\infty` (or :math:`\sigma_{max}` on VE) at t = 0 to 0 (or
+    :math:`\sigma_{min}`) at t = 1; :func:`flowjax.time.time_of_noise_ratio` inverts it.
+    Both are floored like :func:`convert` (by :math:`\bar\sigma(1 - t_{clip})` and
+    :math:`\alpha(t_{clip})`), so the ratio is positive and finite at both ends.
+
+    Args:
+      path: an :class:`AffinePath`.
+      t: times, a scalar or `[B]`, in [0, 1].
+      t_clip: sets the floors.
+
+    Returns:
+      `[B]` (a scalar `t` gives `[1]`).
+    """
+    t = check_time(t)
+    c = _coeffs(path, jnp.atleast_1d(t).astype(jnp.result_type(t, float)), t_clip)
+    return c.s_div / c.a_div
+
+
+def sde_diffusion(path, t, *, t_clip: float = 1e-5):
+    r"""The diffusion :math:`g(t)` of the forward (noising) SDE whose marginals are the path's.
+
+    A linear SDE :math:`dx = f(s)x\,ds + g(s)\,dW` run in diffusion time
+    :math:`s = 1 - t` (from data to noise, the direction of Song et al. 2021,
+    "Score-based generative modeling through SDEs", Eq. 5) has the marginals
+    :math:`\alpha x_1 + \bar\sigma\varepsilon` iff :math:`f = d\log\alpha/ds` and
+    :math:`g^2 = d\bar\sigma^2/ds - 2f\bar\sigma^2`; in flow time
+
+    .. math:: g(t)^2 = \frac{2\bar\sigma\,(\bar\sigma\dot\alpha - \alpha\dot{\bar\sigma})}{\alpha}
+              = \bar\sigma^2\,\frac{d}{dt}\log\mathrm{SNR}(t),
+              \qquad \mathrm{SNR} = \alpha^2/\bar\sigma^2.
+
+    VP gives Song et al.'s :math:`g^2 = \beta(1 - t)`, VE
+    :math:`g^2 = 2\log(\sigma_{max}/\sigma_{min})\,\sigma(t)^2`, rectified flow
+    :math:`2(1 - t)/t`. It is also the factor between score and velocity:
+    :math:`v = \dot\alpha x/\alpha + \tfrac12 g^2\nabla\log p_t` (the
+    probability-flow ODE), so with :math:`g` as the diffusion of
+    :func:`flowjax.sample.solve_sde` the sampler is the reverse-time SDE.
+    :math:`\alpha` is floored at :math:`\alpha(t_{clip})` (rectified flow's
+    :math:`g` is infinite at t = 0).
+
+    Args:
+      path: an :class:`AffinePath`.
+      t: times, a scalar or `[B]`, in [0, 1].
+      t_clip: sets the floor of :math:`\alpha`.
+
+    Returns:
+      `[B]` (a scalar `t` gives `[1]`), non-negative.
+    """
+    t = check_time(t)
+    # (1/2) g^2 is the score -> velocity factor of `convert`: d v = (g^2 / 2) d score.
+    return jnp.sqrt(jnp.maximum(2.0 * _coefficient(path, t, Prediction.SCORE,
+                                                   Prediction.VELOCITY, t_clip), 0.0))

@@ -16,20 +16,41 @@ the VP and VE paths below are written with `s = 1 - t` where that is so.
 
 Derivatives are in closed form. Where one is singular at an end point
 (VP's :math:`\dot\sigma` at t = 1, the bridge noise :math:`\dot\gamma` at
-t = 0 and 1, :math:`t^n` with n < 1 at t = 0) it is evaluated at `t` clipped
-to `[EDGE, 1 - EDGE]`, so it is finite everywhere; the clipping is exact
-away from the ends.
+t = 0 and 1, :math:`t^n` with n < 1 at t = 0, :math:`\dot{\bar\sigma}` wherever
+:math:`\bar\sigma = 0`) it is evaluated at `t` clipped to `[EDGE, 1 - EDGE]`,
+so it is finite everywhere; the clipping is exact away from the ends.
+
+What happens at the ends, t = 0 and t = 1 exactly:
+
+- values are exact: :math:`\alpha(0) = 0` and :math:`\sigma(1) = 0` where the
+  formula says so (the cosine path is written with :math:`\sin(\pi(1 - t)/2)`
+  so that float32 gives 0, not -4e-8, at t = 1);
+- autodiff is finite: where a schedule has a square-root or fractional-power
+  singularity (VP's :math:`\sigma` at t = 1, the bridge :math:`\gamma` at t = 0
+  and 1, :math:`t^n` with n < 1 at t = 0, :math:`\bar\sigma = \sqrt{\sigma^2 +
+  \gamma^2}` where it vanishes) its true slope is infinite; there the square
+  root is differentiated as if its argument were at least `EDGE**2`, and
+  :math:`t^n` with the clipped `d_alpha`, so `jax.grad`/`jax.jvp` of anything
+  built on the schedules is finite at t = 0 and 1. Elsewhere (in float32:
+  everywhere but those points) derivatives are the exact ones, and they
+  stay exact in the parameters (`beta_min`, `sigma`, ...);
+- every method checks its `t`: a real number or array in [0, 1] (values are
+  checked only when concrete, never under `jit`).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
+import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
-from flowjax._checks import (broadcast_time, check_array, check_same_shape,
-                             check_time)
+from flowjax._checks import (as_real_array, broadcast_time, check_array, check_finite,
+                             check_number, check_same_shape, check_time,
+                             check_unit_interval)
 
 #: Distance from the end points at which singular derivatives are evaluated.
 EDGE = 1e-6
@@ -37,6 +58,68 @@ EDGE = 1e-6
 
 def _clip(t):
     return jnp.clip(t, EDGE, 1.0 - EDGE)
+
+
+@jax.custom_jvp
+def _sqrt(u):
+    """`sqrt(max(u, 0))` whose slope is finite at u = 0 (see :func:`_sqrt_jvp`)."""
+    return jnp.sqrt(jnp.maximum(u, 0.0))
+
+
+@_sqrt.defjvp
+def _sqrt_jvp(primals, tangents):
+    # The slope 1 / (2 sqrt(u)) is infinite at u = 0; it is taken at u = EDGE^2
+    # below that, so derivatives through a vanishing square root are finite. In
+    # float32 this changes the derivative only where u = 0 exactly.
+    (u,), (du,) = primals, tangents
+    return _sqrt(u), du / (2.0 * jnp.sqrt(jnp.maximum(u, EDGE ** 2)))
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
+def _power(t, n):
+    """`t ** n` for t >= 0 and 0 < n < 1, whose slope at t = 0 is the clipped `d_alpha`."""
+    return jnp.maximum(t, 0.0) ** n
+
+
+@_power.defjvp
+def _power_jvp(n, primals, tangents):
+    (t,), (dt,) = primals, tangents
+    return _power(t, n), n * jnp.maximum(t, EDGE) ** (n - 1.0) * dt
+
+
+def _checked_t(method):
+    """Checks `t` of a schedule method (a real number or array in [0, 1], any shape)."""
+
+    @functools.wraps(method)
+    def wrapper(self, t):
+        t = as_real_array("t", t)
+        check_unit_interval("t", t)
+        return method(self, t)
+
+    wrapper.checks_t = True
+    return wrapper
+
+
+def _param(name, value, **bounds):
+    """Checks a constructor parameter given as a Python number (or as a string, list, ...).
+
+    Arrays and tracers pass unchecked, and so do `None`, booleans and other
+    objects: JAX and equinox rebuild these pytrees with such placeholders as
+    leaves (gradients, `vmap` axis specs, `eqx.partition`).
+    """
+    if isinstance(value, (str, bytes, list, tuple, dict, complex)):
+        raise TypeError(f"`{name}` must be a real number, got {value!r}.")
+    if isinstance(value, (int, float, np.integer, np.floating)) \
+            and not isinstance(value, (bool, np.bool_)):
+        check_number(name, value, **bounds)
+
+
+def _check_noise(noise):
+    if noise is None or isinstance(noise, (bool, np.bool_)):
+        return
+    if not (callable(getattr(noise, "gamma", None)) and callable(getattr(noise, "d_gamma", None))):
+        raise TypeError("`noise` must be None, ConstantNoise, BridgeNoise or an object with "
+                        f"`gamma(t)` and `d_gamma(t)`, got {type(noise).__name__}.")
 
 
 # --------------------------------------------------------------------------
@@ -54,9 +137,14 @@ class ConstantNoise:
 
     sigma: float = 0.1
 
+    def __post_init__(self):
+        _param("sigma", self.sigma, low=0.0)
+
+    @_checked_t
     def gamma(self, t):
         return jnp.full_like(t, self.sigma)
 
+    @_checked_t
     def d_gamma(self, t):
         return jnp.zeros_like(t)
 
@@ -72,14 +160,20 @@ class BridgeNoise:
     .. math:: \dot\gamma(t) = \sigma \frac{1 - 2t}{2\sqrt{t(1 - t)}}
 
     is singular at t = 0 and 1 and is evaluated at `t` clipped to
-    `[EDGE, 1 - EDGE]`.
+    `[EDGE, 1 - EDGE]`; autodiff of :math:`\gamma` is finite there too (see the
+    module docstring).
     """
 
     sigma: float = 1.0
 
-    def gamma(self, t):
-        return self.sigma * jnp.sqrt(jnp.clip(t * (1.0 - t), 0.0))
+    def __post_init__(self):
+        _param("sigma", self.sigma, low=0.0)
 
+    @_checked_t
+    def gamma(self, t):
+        return self.sigma * _sqrt(t * (1.0 - t))
+
+    @_checked_t
     def d_gamma(self, t):
         t = _clip(t)
         return self.sigma * (1.0 - 2.0 * t) / (2.0 * jnp.sqrt(t * (1.0 - t)))
@@ -101,6 +195,17 @@ class AffinePath:
 
     noise: object = None
 
+    def __init_subclass__(cls, **kwargs):
+        # Every schedule a subclass defines checks its `t` like the methods below.
+        super().__init_subclass__(**kwargs)
+        for name in ("alpha", "sigma", "d_alpha", "d_sigma"):
+            method = cls.__dict__.get(name)
+            if callable(method) and not getattr(method, "checks_t", False):
+                setattr(cls, name, _checked_t(method))
+
+    def __post_init__(self):
+        _check_noise(self.noise)
+
     # -- schedule --------------------------------------------------------
     def alpha(self, t):  # pragma: no cover - abstract
         raise NotImplementedError
@@ -114,45 +219,71 @@ class AffinePath:
     def d_sigma(self, t):  # pragma: no cover - abstract
         raise NotImplementedError
 
+    @_checked_t
     def gamma(self, t):
         """Standard deviation of the extra noise, 0 when `noise` is None."""
-        t = jnp.asarray(t)
         return jnp.zeros_like(t) if self.noise is None else self.noise.gamma(t)
 
+    @_checked_t
     def d_gamma(self, t):
-        t = jnp.asarray(t)
         return jnp.zeros_like(t) if self.noise is None else self.noise.d_gamma(t)
 
+    @_checked_t
     def sigma_total(self, t):
         r"""Total noise level :math:`\bar\sigma = \sqrt{\sigma^2 + \gamma^2}`.
 
         For a Gaussian source independent of the data, :math:`\sigma x_0 + \gamma z`
         is :math:`\bar\sigma \varepsilon` with :math:`\varepsilon \sim \mathcal N(0, I)`,
         so the marginal path is the noise-free path with :math:`\sigma \to \bar\sigma`.
+        Without extra noise it is :math:`\sigma` itself. Where it vanishes (t = 1
+        with bridge noise) its autodiff derivative is finite (module docstring).
         """
-        return jnp.sqrt(self.sigma(t) ** 2 + self.gamma(t) ** 2)
+        if self.noise is None:
+            return self.sigma(t)
+        return _sqrt(self.sigma(t) ** 2 + self.gamma(t) ** 2)
 
+    @_checked_t
     def d_sigma_total(self, t):
         r""":math:`\dot{\bar\sigma} = (\sigma\dot\sigma + \gamma\dot\gamma)/\bar\sigma`.
 
         Without extra noise this is :math:`\dot\sigma`, also where :math:`\sigma = 0`.
+        With extra noise it is evaluated at `t` clipped to `[EDGE, 1 - EDGE]`:
+        at the ends its pieces are singular (:math:`\dot\gamma` of the bridge,
+        VP's :math:`\dot\sigma`) or it is 0/0 (t = 1 with bridge noise), and the
+        clipped value is the limit up to O(EDGE) where that is finite (VP with
+        constant noise at t = 1: :math:`-\alpha\dot\alpha/\bar\sigma`, not the 0
+        that :math:`\sigma(1)\dot\sigma(1)` would give) and the large slope of the
+        last instants where it is not (bridge noise at t = 1, not 0), so
+        conversions at t = 1 still read the data off the velocity
+        (:func:`flowjax.paths.convert`).
         """
         if self.noise is None:
             return self.d_sigma(t)
-        num = self.sigma(t) * self.d_sigma(t) + self.gamma(t) * self.d_gamma(t)
-        return num / jnp.maximum(self.sigma_total(t), jnp.finfo(jnp.result_type(t)).tiny)
+        t = _clip(t)
+        sigma, gamma = self.sigma(t), self.gamma(t)
+        num = sigma * self.d_sigma(t) + gamma * self.d_gamma(t)
+        den = jnp.sqrt(jnp.maximum(sigma ** 2 + gamma ** 2, jnp.finfo(jnp.result_type(t)).tiny))
+        return num / den
 
     # -- interpolant and conditional velocity ------------------------------
     def _prepare(self, x0, x1, t, z):
         check_array("x0", x0)
         check_array("x1", x1)
         check_same_shape("x0", x0, "x1", x1)
+        check_finite("x0", x0)
+        check_finite("x1", x1)
         t = check_time(t, x1.shape[0])
-        if z is not None:
-            check_same_shape("z", z, "x1", x1)
-        elif self.noise is not None:
-            raise ValueError("this path has extra noise: pass `z` (a standard normal like `x1`).")
+        self._check_z(z, x1)
         return broadcast_time(t, x1)
+
+    def _check_z(self, z, like, like_name="x1"):
+        if z is not None:
+            check_array("z", z)
+            check_same_shape("z", z, like_name, like)
+            check_finite("z", z)
+        elif self.noise is not None:
+            raise ValueError("this path has extra noise: pass `z` (a standard normal like "
+                             f"`{like_name}`).")
 
     def interpolate(self, x0, x1, t, z=None):
         r"""The point :math:`x_t = \alpha x_1 + \sigma x_0 + \gamma z`.
@@ -184,12 +315,19 @@ class AffinePath:
         r"""The standardized total noise :math:`\varepsilon = (\sigma x_0 + \gamma z)/\bar\sigma`.
 
         This is what a noise-prediction model regresses; without extra noise it is `x0`.
+        Where :math:`\bar\sigma = 0` (t = 1 with bridge noise) there is no noise
+        left and the target is 0.
         """
+        check_array("x0", x0)
+        check_finite("x0", x0)
+        tb = broadcast_time(check_time(t, x0.shape[0]), x0)
+        self._check_z(z, x0, "x0")
         if z is None:
             return x0
-        tb = broadcast_time(check_time(t, x0.shape[0]), x0)
-        safe = jnp.maximum(self.sigma_total(tb), jnp.finfo(x0.dtype).tiny)
-        return (self.sigma(tb) * x0 + self.gamma(tb) * z) / safe
+        s_tot = self.sigma_total(tb)
+        pos = s_tot > 0
+        safe = jnp.where(pos, s_tot, 1.0)
+        return jnp.where(pos, (self.sigma(tb) * x0 + self.gamma(tb) * z) / safe, 0.0)
 
 
 @struct.dataclass
@@ -231,6 +369,10 @@ class LipmanPath(AffinePath):
     sigma_min: float = 1e-4
     noise: object = None
 
+    def __post_init__(self):
+        _param("sigma_min", self.sigma_min, low=0.0, high=1.0, high_open=True)
+        _check_noise(self.noise)
+
     def alpha(self, t):
         return t
 
@@ -250,6 +392,9 @@ class Cosine(AffinePath):
 
     The variance-preserving trigonometric interpolant (Albergo &
     Vanden-Eijnden 2023; Nichol & Dhariwal 2021 up to the time reparametrisation).
+    The cosines are computed as :math:`\sin(\pi(1 - t)/2)`, which is exactly 0 at
+    t = 1 (float32's :math:`\cos(\pi/2)` is -4.4e-8, a negative noise level) and
+    more accurate near it.
     """
 
     noise: object = None
@@ -258,10 +403,10 @@ class Cosine(AffinePath):
         return jnp.sin(0.5 * math.pi * t)
 
     def sigma(self, t):
-        return jnp.cos(0.5 * math.pi * t)
+        return jnp.sin(0.5 * math.pi * (1.0 - t))
 
     def d_alpha(self, t):
-        return 0.5 * math.pi * jnp.cos(0.5 * math.pi * t)
+        return 0.5 * math.pi * jnp.sin(0.5 * math.pi * (1.0 - t))
 
     def d_sigma(self, t):
         return -0.5 * math.pi * jnp.sin(0.5 * math.pi * t)
@@ -278,14 +423,22 @@ class Polynomial(AffinePath):
     noise: object = None
 
     def __post_init__(self):
-        if not (isinstance(self.n, (int, float)) and self.n > 0):
+        if isinstance(self.n, (bool, np.bool_)) or not isinstance(
+                self.n, (int, float, np.integer, np.floating)):
+            raise TypeError(f"`n` must be a positive number, got {self.n!r}.")
+        if not (self.n > 0 and math.isfinite(self.n)):
             raise ValueError(f"`n` must be a positive number, got {self.n!r}.")
+        _check_noise(self.noise)
+
+    def _power(self, t):
+        # With n < 1 the slope of t^n is infinite at t = 0: the clipped d_alpha there instead.
+        return t ** self.n if self.n >= 1 else _power(t, float(self.n))
 
     def alpha(self, t):
-        return t ** self.n
+        return self._power(t)
 
     def sigma(self, t):
-        return 1.0 - t ** self.n
+        return 1.0 - self._power(t)
 
     def d_alpha(self, t):
         # For n < 1 the derivative is singular at t = 0.
@@ -318,6 +471,15 @@ class VP(AffinePath):
     beta_max: float = 20.0
     noise: object = None
 
+    def __post_init__(self):
+        _param("beta_min", self.beta_min, low=0.0)
+        _param("beta_max", self.beta_max, low=0.0, low_open=True)
+        if all(isinstance(b, (int, float)) for b in (self.beta_min, self.beta_max)) \
+                and self.beta_min > self.beta_max:
+            raise ValueError(f"`beta_min` must not exceed `beta_max`, got {self.beta_min!r} "
+                             f"and {self.beta_max!r}.")
+        _check_noise(self.noise)
+
     def _beta(self, s):
         return self.beta_min + s * (self.beta_max - self.beta_min)
 
@@ -327,15 +489,18 @@ class VP(AffinePath):
     def alpha(self, t):
         return jnp.exp(-0.5 * self._int_beta(1.0 - t))
 
+    def _sigma_sq(self, t):
+        return -jnp.expm1(-self._int_beta(1.0 - t))
+
     def sigma(self, t):
-        return jnp.sqrt(-jnp.expm1(-self._int_beta(1.0 - t)))
+        return _sqrt(self._sigma_sq(t))
 
     def d_alpha(self, t):
         return 0.5 * self._beta(1.0 - t) * self.alpha(t)
 
     def d_sigma(self, t):
         t = jnp.minimum(t, 1.0 - EDGE)
-        return -self.alpha(t) * self.d_alpha(t) / self.sigma(t)
+        return -self.alpha(t) * self.d_alpha(t) / jnp.sqrt(self._sigma_sq(t))
 
 
 @struct.dataclass
@@ -353,6 +518,15 @@ class VE(AffinePath):
     sigma_min: float = 0.01
     sigma_max: float = 50.0
     noise: object = None
+
+    def __post_init__(self):
+        _param("sigma_min", self.sigma_min, low=0.0, low_open=True)
+        _param("sigma_max", self.sigma_max, low=0.0, low_open=True)
+        if all(isinstance(b, (int, float)) for b in (self.sigma_min, self.sigma_max)) \
+                and self.sigma_min >= self.sigma_max:
+            raise ValueError(f"`sigma_min` must be below `sigma_max`, got {self.sigma_min!r} "
+                             f"and {self.sigma_max!r}.")
+        _check_noise(self.noise)
 
     def alpha(self, t):
         return jnp.ones_like(t)

@@ -13,12 +13,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flowjax._checks import broadcast_time, check_array, check_finite
+from flowjax._checks import (broadcast_time, check_array, check_callable, check_finite,
+                             check_grid, check_number, check_output_shape, check_signature)
 from flowjax.sample._ode import ODESolution, solve_ode
 
 
 def model_average_velocity(apply_fn):
     """Wraps `apply_fn(params, x, r, t, cond)` into `average_fn(x, r, t, args)`, `args = (params, cond)`."""
+    check_signature("apply_fn", apply_fn, 5)
 
     def average_fn(x, r, t, args):
         params, cond = args
@@ -29,14 +31,9 @@ def model_average_velocity(apply_fn):
 
 def _grid(num_steps, ts, dtype):
     if ts is None:
-        if not isinstance(num_steps, (int, np.integer)) or num_steps < 1:
-            raise ValueError(f"`num_steps` must be a positive int, got {num_steps!r}.")
+        check_number("num_steps", num_steps, low=1, integer=True)
         return jnp.linspace(0.0, 1.0, int(num_steps) + 1, dtype=dtype)
-    grid = np.asarray(ts, dtype=np.float64)
-    if grid.ndim != 1 or grid.size < 2 or np.any(np.diff(grid) <= 0) \
-            or grid[0] < 0 or grid[-1] > 1:
-        raise ValueError("`ts` must be a strictly increasing grid in [0, 1] with >= 2 points.")
-    return jnp.asarray(grid, dtype)
+    return jnp.asarray(check_grid("ts", ts), dtype)
 
 
 def solve_flow_map(average_fn, x0, args=None, *, num_steps: int = 1, ts=None,
@@ -59,6 +56,7 @@ def solve_flow_map(average_fn, x0, args=None, *, num_steps: int = 1, ts=None,
       An :class:`flowjax.sample.ODESolution` (no diffrax statistics: `stats`
       holds `num_steps`).
     """
+    check_signature("average_fn", average_fn, 4)
     check_array("x0", x0)
     check_finite("x0", x0)
     grid = _grid(num_steps, ts, x0.dtype)
@@ -67,7 +65,8 @@ def solve_flow_map(average_fn, x0, args=None, *, num_steps: int = 1, ts=None,
         r, t = rt
         rb = jnp.full(x.shape[:1], r, x.dtype)
         tb = jnp.full(x.shape[:1], t, x.dtype)
-        x = x + broadcast_time(tb - rb, x) * average_fn(x, rb, tb, args)
+        u = check_output_shape("average_fn", average_fn(x, rb, tb, args), x)
+        x = x + broadcast_time(tb - rb, x) * u
         return x, x if save_trajectory else None
 
     x1, states = jax.lax.scan(jump, x0, (grid[:-1], grid[1:]))
@@ -98,12 +97,13 @@ def reflow_pairs(velocity_fn, x0, args=None, *, chunk_size: int | None = None, *
       `(x0, x1, nfe)` with `x1 [N, *dims]` and the total number of field
       evaluations (summed over chunks).
     """
+    check_signature("velocity_fn", velocity_fn, 3)
     check_array("x0", x0)
+    check_finite("x0", x0)
     n = x0.shape[0]
     if chunk_size is None:
         chunk_size = n
-    if not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
-        raise ValueError(f"`chunk_size` must be a positive int, got {chunk_size!r}.")
+    check_number("chunk_size", chunk_size, low=1, integer=True)
     outs, nfe = [], 0
     for start in range(0, n, chunk_size):
         sol = solve_ode(velocity_fn, x0[start:start + chunk_size], args, **solve_kwargs)

@@ -11,6 +11,11 @@ divergence integrated alongside. The divergence is the exact trace of the
 Jacobian (`d` forward-mode passes; small `d`) or Hutchinson's estimate
 :math:`E[\varepsilon^\top J\varepsilon]` with fixed probes per sample
 (Grathwohl et al. 2019, "FFJORD"), which is unbiased for the log-likelihood.
+
+The reverse solve starts at the data end, t = 1, where the field of a data-
+or noise-prediction model comes from the floored formulas of
+:func:`flowjax.paths.convert`; the field and its divergence are finite at
+t = 1, 1 - 1e-7, 1e-7 and 0 (tests/test_time_edges.py).
 """
 
 from __future__ import annotations
@@ -18,11 +23,13 @@ from __future__ import annotations
 import math
 
 import diffrax
+import numpy as np
 
-from flowjax._checks import check_array, check_finite
+from flowjax._checks import (check_array, check_callable, check_finite, check_number,
+                             check_signature)
 from flowjax._divergence import Probe, standard_normal_log_prob  # noqa: F401 (re-exported)
 from flowjax._divergence import (check_probes, divergence_solve, draw_probes,
-                                 reverse_controller)
+                                 evaluations_per_step, reverse_controller)
 
 
 def log_likelihood(velocity_fn, x1, args=None, *, key=None, num_probes: int | None = None,
@@ -57,10 +64,13 @@ def log_likelihood(velocity_fn, x1, args=None, *, key=None, num_probes: int | No
       `(log_prob [B], nfe)`; nfe counts evaluations of the augmented field
       (each one velocity plus its divergence).
     """
+    check_signature("velocity_fn", velocity_fn, 3)
     check_array("x1", x1)
     check_finite("x1", x1)
     solver = diffrax.Dopri5() if solver is None else solver
-    check_probes(num_probes, key)
+    evaluations_per_step(solver)  # a TypeError naming `solver` for what it cannot count
+    check_callable("source_log_prob", source_log_prob)
+    check_probes(num_probes, key, probe)
     controller, dt0, cap = reverse_controller(solver, rtol=rtol, atol=atol, num_steps=num_steps,
                                               ts=ts, max_steps=max_steps, dtype=x1.dtype)
     probes = draw_probes(key, num_probes, probe, x1)
@@ -81,8 +91,18 @@ def bits_per_dim(log_prob, shape, *, num_bins: int = 256, data_range: float = 2.
     on the discrete model's bpd under uniform dequantization).
 
     Args:
-      log_prob: `[B]` log-densities in nats.
+      log_prob: `[B]` (or scalar) finite log-densities in nats.
       shape: the shape of one data point (D is its size).
     """
+    check_array("log_prob", log_prob, min_rank=0)
+    if log_prob.size == 0:
+        raise ValueError(f"`log_prob` is empty (shape {tuple(log_prob.shape)}).")
+    check_finite("log_prob", log_prob)
+    if isinstance(shape, (str, bytes)) or not isinstance(shape, (tuple, list)) or not all(
+            isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s > 0
+            for s in shape):
+        raise ValueError(f"`shape` must be a tuple of positive ints, got {shape!r}.")
+    check_number("num_bins", num_bins, low=1, integer=True)
+    check_number("data_range", data_range, low=0.0, low_open=True)
     d = math.prod(shape)
     return -log_prob / (d * math.log(2.0)) - math.log2(data_range / num_bins)

@@ -58,8 +58,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flowjax._checks import check_array, check_finite
+from flowjax._checks import (check_array, check_finite, check_grid, check_output_shape,
+                             check_path, check_signature)
 from flowjax.paths import Prediction, convert
+from flowjax.paths._conversions import check_prediction
 
 
 def dpm_solver_2m(velocity_fn, x0, args=None, *, path, ts,
@@ -81,18 +83,18 @@ def dpm_solver_2m(velocity_fn, x0, args=None, *, path, ts,
       `(samples, nfe)`: the state at `ts[-1]` and the number of model
       evaluations, N.
     """
+    check_signature("velocity_fn", velocity_fn, 3)
     check_array("x0", x0)
     check_finite("x0", x0)
+    check_path("path", path)
+    check_prediction("prediction", prediction)
+    grid = check_grid("ts", ts)
     ts = jnp.asarray(ts, x0.dtype)
-    grid = np.asarray(ts)
-    if grid.ndim != 1 or grid.size < 2 or np.any(np.diff(grid) <= 0) or grid[0] < 0 \
-            or grid[-1] > 1:
-        raise ValueError("`ts` must be an increasing grid in [0, 1] with at least 2 points.")
     n = grid.size - 1
 
     def data_prediction(x, t):
         tb = jnp.full((x.shape[0],), t, x.dtype)
-        out = velocity_fn(x, tb, args)
+        out = check_output_shape("velocity_fn", velocity_fn(x, tb, args), x)
         return convert(path, x, tb, out, given=prediction, to=Prediction.DATA)
 
     a, s = path.alpha(ts), path.sigma_total(ts)

@@ -5,6 +5,13 @@ to data by default, data to noise with `t0=1, t1=0`) for a whole batch.
 One state `[B, *dims]` is integrated, so an adaptive controller measures the
 error as the RMS over the whole batch (one step-size sequence for all
 samples), which is what makes it fast on accelerators.
+
+The ends: a solve evaluates the field at t = 0 and t = 1 exactly (a grid's
+end points, Heun's and Dopri5's last stages), where alpha or sigma_total
+vanish on most paths. :func:`model_velocity` converts data, noise and score
+predictions with :func:`flowjax.paths.convert`, which is finite there (and
+exact where the problem is well posed), so every sampler here is finite on
+grids that contain 0, 1e-7, 1 - 1e-7 and 1 (tests/test_time_edges.py).
 """
 
 from __future__ import annotations
@@ -17,9 +24,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flowjax._checks import check_array, check_finite
-from flowjax._divergence import evaluations_per_step  # noqa: F401 (re-exported)
+from flowjax._checks import (check_array, check_callable, check_finite, check_grid,
+                             check_number, check_output_shape, check_path, check_signature)
+from flowjax._divergence import check_adaptive, evaluations_per_step  # noqa: F401 (re-exported)
 from flowjax.paths import Prediction, convert
+from flowjax.paths._conversions import check_prediction
 
 _rk4_tableau = diffrax.ButcherTableau(
     a_lower=(np.array([0.5]), np.array([0.0, 0.5]), np.array([0.0, 0.0, 1.0])),
@@ -68,7 +77,8 @@ def _diffeqsolve(velocity_fn, solver, t0, t1, x0, args, saveat, controller, max_
     """The diffrax solve, compiled once per (velocity_fn, solver, shapes): `velocity_fn` is static."""
 
     def field(t, x, args):
-        return velocity_fn(x, jnp.full((x.shape[0],), t, dtype=x.dtype), args)
+        out = velocity_fn(x, jnp.full((x.shape[0],), t, dtype=x.dtype), args)
+        return check_output_shape("velocity_fn", out, x)  # at trace time
 
     return diffrax.diffeqsolve(diffrax.ODETerm(field), solver, t0=t0, t1=t1, dt0=None, y0=x0,
                                args=args, saveat=saveat, stepsize_controller=controller,
@@ -105,32 +115,31 @@ def solve_ode(velocity_fn, x0, args=None, *, solver=None, num_steps: int | None 
     Returns:
       An :class:`ODESolution` with the samples and the NFE.
     """
+    check_signature("velocity_fn", velocity_fn, 3)
     solver = diffrax.Dopri5() if solver is None else solver
     init_evals, step_evals = evaluations_per_step(solver)
     check_array("x0", x0)
     check_finite("x0", x0)
+    check_number("t0", t0)
+    check_number("t1", t1)
     if not (0.0 <= t0 <= 1.0 and 0.0 <= t1 <= 1.0) or t0 == t1:
         raise ValueError(f"`t0` and `t1` must be distinct times in [0, 1], got {t0}, {t1}.")
-    if num_steps is not None and (not isinstance(num_steps, (int, np.integer)) or num_steps < 1):
-        raise ValueError(f"`num_steps` must be a positive int, got {num_steps!r}.")
+    check_number("num_steps", num_steps, low=1, integer=True, allow_none=True)
+    check_number("rtol", rtol, low=0.0, low_open=True)
+    check_number("atol", atol, low=0.0, low_open=True)
+    check_number("num_save", num_save, low=2, integer=True)
+    check_number("max_steps", max_steps, low=1, integer=True)
 
     if ts is None and num_steps is not None:
         ts = jnp.linspace(t0, t1, num_steps + 1)
     if ts is not None:
+        grid = check_grid("ts", ts, increasing=t1 > t0, start=t0, end=t1)
         ts = jnp.asarray(ts, dtype=x0.dtype)
-        grid = np.asarray(ts)
-        if grid.ndim != 1 or grid.size < 2 or not np.isclose(grid[0], t0) \
-                or not np.isclose(grid[-1], t1) or np.any(np.diff(grid) * np.sign(t1 - t0) <= 0):
-            raise ValueError("`ts` must be a strictly monotone grid from `t0` to `t1`.")
         controller = diffrax.StepTo(ts=ts)
         saveat = diffrax.SaveAt(ts=ts) if save_trajectory else diffrax.SaveAt(t1=True)
         steps_cap = int(grid.size)
     else:
-        has_error_estimate = (isinstance(solver, diffrax.AbstractERK)
-                              and bool(np.any(solver.tableau.b_error)))
-        if not has_error_estimate:
-            raise ValueError("adaptive solves need a solver with an error estimate "
-                             "(Tsit5, Dopri5); or pass `num_steps`.")
+        check_adaptive(solver)
         controller = diffrax.PIDController(rtol=rtol, atol=atol)
         save_ts = jnp.linspace(t0, t1, num_save, dtype=x0.dtype)
         saveat = diffrax.SaveAt(ts=save_ts) if save_trajectory else diffrax.SaveAt(t1=True)
@@ -149,6 +158,10 @@ def model_velocity(apply_fn, *, path=None, prediction: Prediction = Prediction.V
     `args` is `(params, cond)`. A data- or noise-prediction model is turned
     into a velocity with :func:`flowjax.paths.convert` (then `path` is needed).
     """
+    check_signature("apply_fn", apply_fn, 4)
+    check_prediction("prediction", prediction)
+    if path is not None:
+        check_path("path", path)
     if prediction != Prediction.VELOCITY and path is None:
         raise ValueError("`path` is needed to convert a non-velocity prediction.")
 

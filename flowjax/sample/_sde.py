@@ -30,8 +30,11 @@ import jax.numpy as jnp
 import lineax
 import numpy as np
 
-from flowjax._checks import check_array, check_finite
-from flowjax.paths import Prediction, convert
+from flowjax._checks import (check_array, check_callable, check_finite, check_grid, check_key,
+                             check_number, check_output_shape, check_path,
+                             check_signature)
+from flowjax.paths import Prediction, convert, sde_diffusion
+from flowjax.paths._conversions import check_prediction
 
 
 def constant_diffusion(scale: float):
@@ -42,8 +45,41 @@ def constant_diffusion(scale: float):
 
 def sigma_diffusion(path, scale: float):
     """`g(t) = scale * sigma_total(t)`: proportional to the path's noise level (0 at t = 1)."""
+    check_path("path", path)
     _check_scale(scale)
     return lambda t: scale * path.sigma_total(t)
+
+
+def reverse_diffusion(path, scale: float = 1.0):
+    r"""`g(t) = scale * sde_diffusion(path, t)`; scale 1 makes :func:`solve_sde` the reverse SDE.
+
+    :func:`flowjax.paths.sde_diffusion` is the diffusion of the path's own
+    forward (noising) SDE, so with `scale = 1` the sampler integrates the
+    reverse-time SDE of Anderson 1982 and Song et al. 2021 ("Score-based
+    generative modeling through SDEs", Eq. 6),
+
+    .. math:: dx = \big[f x - g^2\nabla\log p_s(x)\big]ds + g\,d\bar W_s,
+
+    written in flow time (:math:`dt = -ds`, :math:`f = -\dot\alpha/\alpha`), whose drift
+    :math:`\dot\alpha x/\alpha + g^2\nabla\log p_t` is :func:`solve_sde`'s
+    :math:`v + \tfrac12 g^2\nabla\log p_t`, because the probability-flow ODE is
+    :math:`v = \dot\alpha x/\alpha + \tfrac12 g^2\nabla\log p_t`. VP gives
+    :math:`g^2 = \beta(1 - t)` (the
+    VP-SDE's reverse, the continuous limit of DDPM's ancestral sampler), VE
+    :math:`g^2 = d\sigma^2/ds`. `scale = 0` is the probability-flow ODE; any
+    scale keeps the marginals. On rectified flow `g` is infinite at t = 0
+    (it is floored there, see :func:`flowjax.paths.sde_diffusion`); VP and VE
+    are finite everywhere.
+
+    Args:
+      path: the affine path the model was trained on.
+      scale: a factor on `g`, >= 0.
+
+    Returns:
+      `g(t) -> ` an array shaped like `t`, for :func:`solve_sde`'s `diffusion`.
+    """
+    _check_scale(scale)
+    return lambda t: scale * sde_diffusion(path, t).reshape(jnp.shape(t))
 
 
 def vanishing_diffusion(scale: float, power: float = 1.0):
@@ -54,14 +90,12 @@ def vanishing_diffusion(scale: float, power: float = 1.0):
     :math:`O((1 - t)^{2p - 1})`, bounded for `power >= 1/2`.
     """
     _check_scale(scale)
-    if not power > 0:
-        raise ValueError(f"`power` must be positive, got {power!r}.")
+    check_number("power", power, low=0.0, low_open=True)
     return lambda t: scale * jnp.clip(1.0 - t, 0.0) ** power
 
 
 def _check_scale(scale):
-    if not (isinstance(scale, (int, float)) and scale >= 0):
-        raise ValueError(f"`scale` must be a non-negative number, got {scale!r}.")
+    check_number("scale", scale, low=0.0)
 
 
 _DRIFT_EVALS = {diffrax.Euler: 1, diffrax.ShARK: 2, diffrax.SRA1: 2, diffrax.SEA: 1}
@@ -101,27 +135,30 @@ def solve_sde(velocity_fn, x0, args=None, *, key, path, diffusion, num_steps: in
     Returns:
       An :class:`SDESolution`; `nfe` counts model evaluations.
     """
+    check_signature("velocity_fn", velocity_fn, 3)
     solver = diffrax.Euler() if solver is None else solver
     if type(solver) not in _DRIFT_EVALS:
         raise TypeError(f"`solver` must be one of {[c.__name__ for c in _DRIFT_EVALS]}, "
                         f"got {solver!r}.")
     check_array("x0", x0)
     check_finite("x0", x0)
+    check_key("key", key)
+    check_path("path", path)
+    check_callable("diffusion", diffusion)
+    check_prediction("prediction", prediction)
     if ts is None:
-        if not isinstance(num_steps, int) or num_steps < 1:
-            raise ValueError(f"`num_steps` must be a positive int (or pass `ts`), got {num_steps!r}.")
+        if num_steps is None:
+            raise ValueError("pass `num_steps` or `ts`.")
+        check_number("num_steps", num_steps, low=1, integer=True)
         ts = jnp.linspace(0.0, 1.0, num_steps + 1)
+    grid = check_grid("ts", ts)
     ts = jnp.asarray(ts, x0.dtype)
-    grid = np.asarray(ts)
-    if grid.ndim != 1 or grid.size < 2 or np.any(np.diff(grid) <= 0) or grid[0] < 0 \
-            or grid[-1] > 1:
-        raise ValueError("`ts` must be an increasing grid in [0, 1] with at least 2 points.")
     shape = x0.shape
 
     def drift(t, y, args):
         x = y.reshape(shape)
         tb = jnp.full((shape[0],), t, x.dtype)
-        out = velocity_fn(x, tb, args)
+        out = check_output_shape("velocity_fn", velocity_fn(x, tb, args), x)
         v = convert(path, x, tb, out, given=prediction, to=Prediction.VELOCITY)
         score = convert(path, x, tb, out, given=prediction, to=Prediction.SCORE)
         return (v + 0.5 * diffusion(t) ** 2 * score).reshape(-1)

@@ -8,6 +8,8 @@ from flowjax.time._samplers import shift_time as shift_time
 from flowjax.time._samplers import shifted as shifted
 from flowjax.time._samplers import uniform as uniform
 from flowjax.time._grids import edm_grid as edm_grid
+from flowjax.time._grids import edm_sigmas as edm_sigmas
+from flowjax.time._edm import edm_lognormal as edm_lognormal
 from flowjax.time._grids import shifted_grid as shifted_grid
 from flowjax.time._grids import time_of_noise_ratio as time_of_noise_ratio
 from flowjax.time._grids import uniform_grid as uniform_grid

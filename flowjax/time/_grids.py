@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from flowjax._checks import as_real_array, check_number, check_path, is_concrete
 from flowjax.time._samplers import shift_time
 
 
 def _check_steps(num_steps):
-    if not isinstance(num_steps, int) or num_steps < 1:
-        raise ValueError(f"`num_steps` must be a positive int, got {num_steps!r}.")
+    check_number("num_steps", num_steps, low=1, integer=True)
 
 
 def uniform_grid(num_steps: int):
@@ -37,8 +38,17 @@ def time_of_noise_ratio(path, ratio, *, iterations: int = 60):
     decreases from :math:`\infty` (or a large value) at t = 0 to 0 (or
     :math:`\sigma_{min}`) at t = 1 on every path here, so bisection finds t
     to float precision. Rectified flow has the closed form t = 1/(1 + ratio).
+
+    Args:
+      path: an affine path.
+      ratio: noise-to-signal ratios >= 0 (`inf` gives t = 0), any shape.
+      iterations: bisection steps (60 reach float64 precision).
     """
-    ratio = jnp.asarray(ratio, jnp.result_type(float))
+    check_path("path", path)
+    ratio = as_real_array("ratio", ratio).astype(jnp.result_type(float))
+    if is_concrete(ratio) and np.any(~(np.asarray(ratio) >= 0)):
+        raise ValueError("`ratio` must be >= 0 (not NaN).")
+    check_number("iterations", iterations, low=1, integer=True)
 
     def noise_ratio(t):
         return path.sigma_total(t) / jnp.maximum(path.alpha(t), jnp.finfo(t.dtype).tiny)
@@ -54,18 +64,47 @@ def time_of_noise_ratio(path, ratio, *, iterations: int = 60):
     return 0.5 * (lo + hi)
 
 
-def edm_grid(num_steps: int, path, *, sigma_min: float = 0.002, sigma_max: float = 80.0,
-             rho: float = 7.0):
-    r"""EDM's :math:`\rho`-schedule (Karras et al. 2022, Eq. 5) mapped to flow time.
+def edm_sigmas(num_steps: int, *, sigma_min: float = 0.002, sigma_max: float = 80.0,
+               rho: float = 7.0):
+    r"""EDM's noise levels :math:`\sigma_0 > \dots > \sigma_N = 0` (Karras et al. 2022, Eq. 5).
 
     .. math:: \sigma_i = \big(\sigma_{max}^{1/\rho} + \tfrac{i}{N-1}
               (\sigma_{min}^{1/\rho} - \sigma_{max}^{1/\rho})\big)^\rho,\quad i < N,
+              \qquad \sigma_N = 0:
 
-    each :math:`\sigma_i` mapped to the t where the path's noise-to-signal
-    ratio equals it (:func:`time_of_noise_ratio`); the first point is then
+    equally spaced in :math:`\sigma^{1/\rho}`, dense at low noise for
+    :math:`\rho > 1` (the paper's :math:`\rho = 7`, :math:`\sigma_{min} = 0.002`,
+    :math:`\sigma_{max} = 80`). With one step the grid is :math:`[\sigma_{max}, 0]`.
+
+    Args:
+      num_steps: N, the number of steps (N + 1 levels).
+      sigma_min, sigma_max, rho: EDM's parameters.
+
+    Returns:
+      `[N + 1]`, decreasing, ending at 0.
+    """
+    _check_steps(num_steps)
+    if not 0 < sigma_min < sigma_max:
+        raise ValueError(f"need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}.")
+    if not rho > 0:
+        raise ValueError(f"`rho` must be positive, got {rho!r}.")
+    if num_steps == 1:
+        return jnp.array([sigma_max, 0.0])
+    i = jnp.arange(num_steps) / (num_steps - 1)
+    sig = (sigma_max ** (1 / rho) + i * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
+    return jnp.concatenate([sig, jnp.zeros(1, sig.dtype)])
+
+
+def edm_grid(num_steps: int, path, *, sigma_min: float = 0.002, sigma_max: float = 80.0,
+             rho: float = 7.0):
+    r"""EDM's :math:`\rho`-schedule (:func:`edm_sigmas`) mapped to flow time.
+
+    Each :math:`\sigma_i`, i < N, is mapped to the t where the path's
+    noise-to-signal ratio equals it (:func:`time_of_noise_ratio`); the first point is then
     moved to t = 0 (a source sample is the state at :math:`\sigma = \infty`,
     and :math:`\sigma_{max} = 80` is t = 0.012 on rectified flow) and t = 1
     is appended (:math:`\sigma_N = 0`). Steps are dense near the data.
+    (:func:`flowjax.sample.edm_heun` instead starts at :math:`\sigma_{max}`, as EDM does.)
 
     Args:
       num_steps: N, the number of steps (N + 1 times).
@@ -73,11 +112,14 @@ def edm_grid(num_steps: int, path, *, sigma_min: float = 0.002, sigma_max: float
       sigma_min, sigma_max, rho: EDM's parameters (defaults from the paper).
     """
     _check_steps(num_steps)
-    if not 0 < sigma_min < sigma_max:
-        raise ValueError(f"need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}.")
+    check_path("path", path)
+    check_number("sigma_min", sigma_min, low=0.0, low_open=True)
+    check_number("sigma_max", sigma_max, low=0.0, low_open=True)
+    check_number("rho", rho, low=0.0, low_open=True)
+    if not sigma_min < sigma_max:
+        raise ValueError(f"`sigma_min` must be below `sigma_max`, got {sigma_min}, {sigma_max}.")
+    sig = edm_sigmas(num_steps, sigma_min=sigma_min, sigma_max=sigma_max, rho=rho)
     if num_steps == 1:
         return jnp.array([0.0, 1.0])
-    i = jnp.arange(num_steps) / (num_steps - 1)
-    sig = (sigma_max ** (1 / rho) + i * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
-    ts = time_of_noise_ratio(path, sig)
+    ts = time_of_noise_ratio(path, sig[:-1])
     return jnp.concatenate([jnp.zeros(1, ts.dtype), ts[1:], jnp.ones(1, ts.dtype)])

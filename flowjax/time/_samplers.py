@@ -13,21 +13,31 @@ import math
 import jax
 import jax.numpy as jnp
 
-from flowjax._checks import check_time
+from flowjax._checks import (as_real_array, check_callable, check_key, check_number,
+                             check_shape, check_unit_interval)
 
 
 def _check_positive(name, value):
-    if not (isinstance(value, (int, float)) and value > 0 and math.isfinite(value)):
-        raise ValueError(f"`{name}` must be a positive finite number, got {value!r}.")
+    check_number(name, value, low=0.0, low_open=True)
+
+
+def _sampler(draw):
+    """`sample(key, shape)` around `draw(key, shape)`, with the key and the shape checked.
+
+    Samplers are called inside jitted losses: the checks look at types and
+    shapes only, at trace time.
+    """
+
+    def sample(key, shape):
+        check_key("key", key)
+        return draw(key, check_shape("shape", shape))
+
+    return sample
 
 
 def uniform():
     """The uniform density on [0, 1]."""
-
-    def sample(key, shape):
-        return jax.random.uniform(key, shape)
-
-    return sample
+    return _sampler(lambda key, shape: jax.random.uniform(key, shape))
 
 
 def logit_normal(loc: float = 0.0, scale: float = 1.0):
@@ -39,12 +49,9 @@ def logit_normal(loc: float = 0.0, scale: float = 1.0):
     SD3, Eq. 19. SD3's `m` becomes `-m` here (time flip); its best
     setting, m = 0, s = 1, is the same in both conventions.
     """
+    check_number("loc", loc)
     _check_positive("scale", scale)
-
-    def sample(key, shape):
-        return jax.nn.sigmoid(loc + scale * jax.random.normal(key, shape))
-
-    return sample
+    return _sampler(lambda key, shape: jax.nn.sigmoid(loc + scale * jax.random.normal(key, shape)))
 
 
 def mode(scale: float = 1.29):
@@ -57,25 +64,22 @@ def mode(scale: float = 1.29):
     conventions. `scale` must lie in [-1, 2/(pi - 2)] for the map to be
     monotone; s = 0 is uniform.
     """
+    check_number("scale", scale)
     if not (-1.0 <= scale <= 2.0 / (math.pi - 2.0)):
         raise ValueError(f"`scale` must lie in [-1, 2/(pi-2)] = [-1, 1.752], got {scale!r}.")
 
-    def sample(key, shape):
+    def draw(key, shape):
         u = jax.random.uniform(key, shape)
         return jnp.clip(u + scale * (jnp.cos(0.5 * math.pi * u) ** 2 - 1.0 + u), 0.0, 1.0)
 
-    return sample
+    return _sampler(draw)
 
 
 def beta(a: float, b: float):
     """The Beta(a, b) density on [0, 1]."""
     _check_positive("a", a)
     _check_positive("b", b)
-
-    def sample(key, shape):
-        return jax.random.beta(key, a, b, shape)
-
-    return sample
+    return _sampler(lambda key, shape: jax.random.beta(key, a, b, shape))
 
 
 def shift_time(t, shift: float):
@@ -87,25 +91,25 @@ def shift_time(t, shift: float):
     .. math:: t \mapsto \frac{t}{s - (s - 1)\,t},
 
     which moves time towards the noise (t = 0) for `shift > 1` and keeps
-    0 and 1 fixed.
+    0 and 1 fixed: it is computed as :math:`t / (t + s(1 - t))`, which is
+    exactly 1 at t = 1 in floating point (the form above gives 1.0000001 in
+    float32 for some `s`, outside [0, 1]) and never leaves [0, 1].
 
     Args:
       t: times in [0, 1], any shape.
       shift: the factor s > 0.
     """
     _check_positive("shift", shift)
-    t = check_time(jnp.ravel(jnp.asarray(t))).reshape(jnp.shape(t))
-    return t / (shift - (shift - 1.0) * t)
+    t = as_real_array("t", t)
+    check_unit_interval("t", t)
+    return t / (t + shift * (1.0 - t))
 
 
 def shifted(sampler, shift: float):
     """Wraps a time sampler with :func:`shift_time`."""
+    check_callable("sampler", sampler)
     _check_positive("shift", shift)
-
-    def sample(key, shape):
-        return shift_time(sampler(key, shape), shift)
-
-    return sample
+    return _sampler(lambda key, shape: shift_time(sampler(key, shape), shift))
 
 
 def ordered_pairs(sampler=None, *, equal_fraction: float = 0.75):
@@ -125,15 +129,15 @@ def ordered_pairs(sampler=None, *, equal_fraction: float = 0.75):
     Returns:
       `sample(key, shape) -> (r, t)`.
     """
-    if not (isinstance(equal_fraction, (int, float)) and 0.0 <= equal_fraction <= 1.0):
-        raise ValueError(f"`equal_fraction` must lie in [0, 1], got {equal_fraction!r}.")
-    sampler = uniform() if sampler is None else sampler
+    check_number("equal_fraction", equal_fraction, low=0.0, high=1.0)
+    sampler = uniform() if check_callable("sampler", sampler, allow_none=True) is None \
+        else sampler
 
-    def sample(key, shape):
+    def draw(key, shape):
         k_a, k_b, k_eq = jax.random.split(key, 3)
         a, b = sampler(k_a, shape), sampler(k_b, shape)
         r, t = jnp.minimum(a, b), jnp.maximum(a, b)
         r = jnp.where(jax.random.uniform(k_eq, shape) < equal_fraction, t, r)
         return r, t
 
-    return sample
+    return _sampler(draw)

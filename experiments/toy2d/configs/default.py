@@ -6,8 +6,9 @@ Launch (this is what `make demo` runs; about 2.5 minutes on a 2-core CPU):
         --workdir=workdir/toy2d_demo
 
 Override any field on the command line, e.g. `--config.methods="('icfm','vp')"`.
-Methods: icfm, otcfm, otcfm_sinkhorn, sbcfm, fm (Lipman), vp, cosine, and the
-few-step methods meanflow, shortcut and reflow (see `fewstep.py`).
+Methods: icfm, otcfm, otcfm_sinkhorn, sbcfm, fm (Lipman), vp, cosine, the
+few-step methods meanflow, shortcut and reflow (see `fewstep.py`), and the
+diffusion methods vp_eps and edm (Gaussian source only; see `diffusion.py`).
 Sources: normal, 8gaussians. Targets: moons, 8gaussians, circles, swissroll,
 scurve, 2spirals, checkerboard.
 """
@@ -75,11 +76,23 @@ def get_config():
     config.reflow.chunk_size = 4096
     config.reflow.warm_start = True  # start k-RF from the (k-1)-RF weights
 
+    # Diffusion methods (vp_eps, edm; see diffusion.py). EDM (Karras et al. 2022): the
+    # paper's log-normal noise and rho = 7 grid; sigma_data ~ the std of moons (2.2).
+    config.edm = ml_collections.ConfigDict()
+    config.edm.sigma_data = 2.2
+    config.edm.p_mean = -1.2
+    config.edm.p_std = 1.2
+    config.edm.sigma_min = 0.002
+    config.edm.sigma_max = 80.0
+    config.edm.rho = 7.0
+
     # Evaluation.
     config.eval = ml_collections.ConfigDict()
     config.eval.num_samples = 2000
     config.eval.euler_steps = (1, 2, 4, 8, 100)
     config.eval.flow_map_steps = (1, 2, 4)  # MeanFlow jumps (shortcut: 1, 2, 4, ..., max_steps)
+    config.eval.sde_steps = (100, 1000)  # reverse-time SDE (vp_eps), Euler-Maruyama steps
+    config.eval.heun_steps = (9, 18, 32)  # EDM's Heun sampler (diffusion methods): 2N - 1 NFE
     config.eval.rtol = 1e-5
     config.eval.atol = 1e-5
     config.eval.num_save = 101  # trajectory points for NPE and straightness

@@ -1,0 +1,111 @@
+r"""EDM's preconditioning (Karras et al. 2022) as a wrapper around any model function.
+
+Karras et al. 2022, "Elucidating the design space of diffusion-based
+generative models" (EDM), Table 1 and Appendix B.6, train a denoiser
+
+.. math:: D(x; \sigma) = c_{skip}(\sigma)\,x
+          + c_{out}(\sigma)\,F\big(c_{in}(\sigma)\,x;\ c_{noise}(\sigma)\big),
+
+.. math:: c_{skip} = \frac{\sigma_d^2}{\sigma^2 + \sigma_d^2},\quad
+          c_{out} = \frac{\sigma\sigma_d}{\sqrt{\sigma^2 + \sigma_d^2}},\quad
+          c_{in} = \frac{1}{\sqrt{\sigma^2 + \sigma_d^2}},\quad
+          c_{noise} = \tfrac14\ln\sigma,
+
+on :math:`x = x_1 + \sigma\varepsilon`, with the loss weight
+:math:`\lambda(\sigma) = (\sigma^2 + \sigma_d^2)/(\sigma\sigma_d)^2`. These make the
+network's input and its effective target :math:`(x_1 - c_{skip}x)/c_{out}` unit
+variance when the data have standard deviation :math:`\sigma_d`, and
+:math:`\lambda c_{out}^2 = 1`, so every noise level contributes equally.
+
+In flowjax's time the state of an affine path is :math:`x_t = \alpha x_1 + \bar\sigma\varepsilon`
+(data at t = 1), so EDM's variables are :math:`x = x_t/\alpha` and
+:math:`\sigma = \bar\sigma/\alpha` (:func:`flowjax.paths.noise_ratio`); the wrapped
+model is then a data predictor (`Prediction.DATA`) on any path. EDM's own
+path is VE-like (:math:`\alpha = 1`, :math:`\bar\sigma = \sigma`); the training
+distribution depends on the path only through :math:`\sigma`, so EDM's loss
+is the same on every path (see :func:`flowjax.losses.edm_weighting` and
+:func:`flowjax.time.edm_lognormal`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax.numpy as jnp
+import numpy as np
+
+from flowjax._checks import broadcast_time, check_array, check_time, is_concrete
+from flowjax.paths._conversions import _coeffs
+
+
+def _check_sigma_data(sigma_data):
+    if not (isinstance(sigma_data, (int, float)) and sigma_data > 0 and math.isfinite(sigma_data)):
+        raise ValueError(f"`sigma_data` must be a positive finite number, got {sigma_data!r}.")
+
+
+def edm_scalings(sigma, sigma_data: float = 0.5):
+    r"""EDM's `(c_skip, c_out, c_in, c_noise)` at noise levels `sigma` (Karras et al., Table 1).
+
+    Args:
+      sigma: noise levels :math:`\sigma > 0`, any shape.
+      sigma_data: the data's standard deviation :math:`\sigma_d` (0.5 for images in [-1, 1]).
+
+    Returns:
+      Four arrays shaped like `sigma` (formulas in :mod:`flowjax.paths._edm`).
+    """
+    _check_sigma_data(sigma_data)
+    sigma = jnp.asarray(sigma, jnp.result_type(sigma, float))
+    if is_concrete(sigma) and not bool(np.all(np.asarray(sigma) > 0)):
+        raise ValueError("`sigma` must be positive (EDM's c_noise is ln(sigma) / 4).")
+    total = sigma ** 2 + sigma_data ** 2
+    c_skip = sigma_data ** 2 / total
+    c_out = sigma * sigma_data / jnp.sqrt(total)
+    c_in = 1.0 / jnp.sqrt(total)
+    c_noise = 0.25 * jnp.log(sigma)
+    return c_skip, c_out, c_in, c_noise
+
+
+def edm_precondition(apply_fn, path, *, sigma_data: float = 0.5, t_clip: float = 1e-5):
+    r"""Wraps a raw network `F` into EDM's preconditioned denoiser, a data predictor in flow time.
+
+    .. math:: \hat x_1(x_t, t) = c_{skip}(\sigma)\,\frac{x_t}{\alpha} + c_{out}(\sigma)\,
+              F\Big(c_{in}(\sigma)\frac{x_t}{\alpha},\ c_{noise}(\sigma)\Big),
+              \qquad \sigma = \bar\sigma(t)/\alpha(t),
+
+    which is EDM's :math:`D(x_t/\alpha; \sigma)` (Karras et al. 2022, Eq. 7
+    and Table 1). Train it with `prediction=Prediction.DATA`,
+    :func:`flowjax.losses.edm_weighting` and :func:`flowjax.time.edm_lognormal`;
+    sample it with :func:`flowjax.sample.edm_heun` or any flowjax sampler
+    (through :func:`flowjax.paths.convert`).
+
+    Args:
+      apply_fn: the raw network, `apply_fn(params, x, c_noise, cond, **kwargs)`
+        with `c_noise` `[B]` in the place of the time (any real number).
+      path: the :class:`AffinePath` whose `t` the wrapped model takes.
+      sigma_data: the data's standard deviation :math:`\sigma_d`.
+      t_clip: floors of :math:`\alpha` and :math:`\bar\sigma` at the ends (as in
+        :func:`flowjax.paths.convert`), so :math:`\sigma` is finite and positive.
+
+    Returns:
+      `model(params, x, t, cond=None, **kwargs) -> [B, *dims]`, a data
+      prediction; extra keyword arguments (e.g. `key=` for dropout) reach `apply_fn`.
+    """
+    _check_sigma_data(sigma_data)
+    if not callable(apply_fn):
+        raise TypeError(f"`apply_fn` must be callable, got {type(apply_fn).__name__}.")
+
+    def model(params, x, t, cond=None, **kwargs):
+        check_array("x", x)
+        t = check_time(t, x.shape[0])
+        t = jnp.broadcast_to(t, x.shape[:1]).astype(x.dtype)
+        c = _coeffs(path, t, t_clip)
+        sigma = c.s_div / c.a_div
+        c_skip, c_out, c_in, c_noise = edm_scalings(sigma, sigma_data)
+        x_edm = x / broadcast_time(c.a_div, x)
+        out = apply_fn(params, broadcast_time(c_in, x) * x_edm, c_noise, cond, **kwargs)
+        if out.shape != x.shape:
+            raise ValueError(f"`apply_fn` returned shape {tuple(out.shape)}, "
+                             f"expected {tuple(x.shape)}.")
+        return broadcast_time(c_skip, x) * x_edm + broadcast_time(c_out, x) * out
+
+    return model
