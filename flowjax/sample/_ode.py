@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flowjax._checks import (check_array, check_callable, check_finite, check_grid,
+from flowjax._checks import (check_array, check_finite, check_grid,
                              check_number, check_output_shape, check_path, check_signature)
 from flowjax._divergence import check_adaptive, evaluations_per_step  # noqa: F401 (re-exported)
 from flowjax.paths import Prediction, convert
