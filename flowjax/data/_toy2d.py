@@ -11,7 +11,6 @@ import math
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from flowjax._checks import check_array, check_finite, check_key, check_number
 

@@ -1,8 +1,12 @@
-"""Pure losses `(params, key, batch) -> (loss, aux)` once their options are bound."""
+"""Pure losses `(params, key, batch) -> (loss, aux)` once their options are bound: flow
+matching (CFM), diffusion (DSM, noise prediction), classifiers, few-step methods and CNF
+maximum likelihood."""
 
 from flowjax.losses._cfm import cfm_loss as cfm_loss
 from flowjax.losses._cfm import loss_weighting as loss_weighting
 from flowjax.losses._cfm import velocity_weighting as velocity_weighting
+from flowjax.losses._cnf import cnf_mle_loss as cnf_mle_loss
+from flowjax.losses._cnf import Probe as Probe
 from flowjax.losses._classifier import classifier_loss as classifier_loss
 from flowjax.losses._diffusion import dsm_loss as dsm_loss
 from flowjax.losses._diffusion import edm_weighting as edm_weighting

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from flowjax._checks import (broadcast_time, check_array, check_callable, check_finite,
+from flowjax._checks import (broadcast_time, check_array, check_finite,
                              check_grid, check_number, check_output_shape, check_signature)
 from flowjax.sample._ode import ODESolution, solve_ode
 

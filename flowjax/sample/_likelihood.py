@@ -20,54 +20,16 @@ t = 1, 1 - 1e-7, 1e-7 and 0 (tests/test_time_edges.py).
 
 from __future__ import annotations
 
-import enum
 import math
 
 import diffrax
-import jax
-import jax.numpy as jnp
 import numpy as np
 
-from flowjax._checks import (check_array, check_callable, check_finite, check_grid, check_key,
-                             check_number, check_output_shape, check_signature)
-from flowjax.sample._ode import check_adaptive, evaluations_per_step
-
-
-class Probe(enum.Enum):
-    """Distribution of Hutchinson probes."""
-
-    RADEMACHER = "rademacher"
-    GAUSSIAN = "gaussian"
-
-
-def standard_normal_log_prob(x):
-    """`log N(x; 0, I)` per sample, for `x: [B, *dims]`."""
-    check_array("x", x)
-    check_finite("x", x)
-    flat = x.reshape(x.shape[0], -1)
-    return -0.5 * jnp.sum(flat ** 2, -1) - 0.5 * flat.shape[1] * math.log(2.0 * math.pi)
-
-
-def _field(velocity_fn, x, t, args):
-    return check_output_shape("velocity_fn", velocity_fn(x, t, args), x)
-
-
-def _exact_divergence(velocity_fn, x, t, args):
-    def single(xi, ti):
-        f = lambda y: _field(velocity_fn, y[None], ti[None], args)[0]  # noqa: E731
-        jac = jax.jacfwd(f)(xi).reshape(xi.size, xi.size)
-        return f(xi), jnp.trace(jac)
-
-    return jax.vmap(single)(x, t)
-
-
-def _hutchinson_divergence(velocity_fn, x, t, args, probes):
-    def jvp(probe):
-        return jax.jvp(lambda y: _field(velocity_fn, y, t, args), (x,), (probe,))
-
-    v, jv = jax.vmap(jvp)(probes)  # [P, B, ...]
-    est = jnp.sum((probes * jv).reshape(probes.shape[0], x.shape[0], -1), -1)
-    return v[0], jnp.mean(est, 0)
+from flowjax._checks import (check_array, check_callable, check_finite, check_number,
+                             check_signature)
+from flowjax._divergence import Probe, standard_normal_log_prob  # noqa: F401 (re-exported)
+from flowjax._divergence import (check_probes, divergence_solve, draw_probes,
+                                 evaluations_per_step, reverse_controller)
 
 
 def log_likelihood(velocity_fn, x1, args=None, *, key=None, num_probes: int | None = None,
@@ -75,6 +37,14 @@ def log_likelihood(velocity_fn, x1, args=None, *, key=None, num_probes: int | No
                    solver=None, rtol: float = 1e-5, atol: float = 1e-5,
                    num_steps: int | None = None, ts=None, max_steps: int = 4096):
     r"""`log p_1(x1)` of the flow of `velocity_fn`, through the reverse divergence ODE.
+
+    The solve is compiled once per `velocity_fn`, as in :func:`solve_ode`:
+    pass parameters and data through `args`. Arrays that `velocity_fn` reads
+    from a closure or a global are compiled in as constants, so a later call
+    with the same function object would not see them change. The solve is
+    differentiable (diffrax's discretise-then-optimise adjoint);
+    :func:`flowjax.losses.cnf_mle_loss` is the same computation as a
+    training loss.
 
     Args:
       velocity_fn: `velocity_fn(x [B, *dims], t [B], args) -> [B, *dims]`.
@@ -98,51 +68,14 @@ def log_likelihood(velocity_fn, x1, args=None, *, key=None, num_probes: int | No
     check_array("x1", x1)
     check_finite("x1", x1)
     solver = diffrax.Dopri5() if solver is None else solver
-    init_evals, step_evals = evaluations_per_step(solver)
-    if not isinstance(probe, Probe):
-        raise TypeError(f"`probe` must be a flowjax.sample.Probe, got {probe!r}.")
+    evaluations_per_step(solver)  # a TypeError naming `solver` for what it cannot count
     check_callable("source_log_prob", source_log_prob)
-    check_number("rtol", rtol, low=0.0, low_open=True)
-    check_number("atol", atol, low=0.0, low_open=True)
-    check_number("num_steps", num_steps, low=1, integer=True, allow_none=True)
-    check_number("max_steps", max_steps, low=1, integer=True)
-    if ts is not None:
-        check_grid("ts", ts, start=0.0, end=1.0)
-    elif num_steps is None:
-        check_adaptive(solver)
-    if num_probes is not None:
-        check_number("num_probes", num_probes, low=1, integer=True)
-        if key is None:
-            raise ValueError("`key` is needed for Hutchinson probes (`num_probes` is set).")
-        check_key("key", key)
-        shape = (num_probes,) + x1.shape
-        probes = (jax.random.rademacher(key, shape, x1.dtype) if probe == Probe.RADEMACHER
-                  else jax.random.normal(key, shape, x1.dtype))
-
-    def field(t, state, args):
-        x, _ = state
-        tb = jnp.full((x.shape[0],), t, x.dtype)
-        if num_probes is None:
-            v, div = _exact_divergence(velocity_fn, x, tb, args)
-        else:
-            v, div = _hutchinson_divergence(velocity_fn, x, tb, args, probes)
-        return v, div
-
-    if ts is not None:
-        grid = jnp.asarray(ts, x1.dtype)[::-1]
-        controller, dt0, cap = diffrax.StepTo(ts=grid), None, int(grid.shape[0])
-    elif num_steps is not None:
-        controller, dt0 = diffrax.ConstantStepSize(), -1.0 / num_steps
-        cap = num_steps
-    else:
-        controller, dt0, cap = diffrax.PIDController(rtol=rtol, atol=atol), None, max_steps
-    state0 = (x1, jnp.zeros(x1.shape[:1], x1.dtype))
-    sol = diffrax.diffeqsolve(diffrax.ODETerm(field), solver, t0=1.0, t1=0.0, dt0=dt0,
-                              y0=state0, args=args, stepsize_controller=controller,
-                              max_steps=cap)
-    x0, int_div = sol.ys[0][-1], sol.ys[1][-1]  # int_div = int_1^0 div v dt
-    nfe = init_evals + step_evals * sol.stats["num_steps"]
-    return source_log_prob(x0) + int_div, nfe
+    check_probes(num_probes, key, probe)
+    controller, dt0, cap = reverse_controller(solver, rtol=rtol, atol=atol, num_steps=num_steps,
+                                              ts=ts, max_steps=max_steps, dtype=x1.dtype)
+    probes = draw_probes(key, num_probes, probe, x1)
+    return divergence_solve(velocity_fn, x1, args, probes, solver=solver, controller=controller,
+                            dt0=dt0, max_steps=cap, source_log_prob=source_log_prob)
 
 
 def bits_per_dim(log_prob, shape, *, num_bins: int = 256, data_range: float = 2.0):

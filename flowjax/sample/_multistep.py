@@ -56,7 +56,6 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from flowjax._checks import (check_array, check_finite, check_grid, check_output_shape,
                              check_path, check_signature)

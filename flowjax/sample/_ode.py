@@ -24,8 +24,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flowjax._checks import (check_array, check_callable, check_finite, check_grid,
+from flowjax._checks import (check_array, check_finite, check_grid,
                              check_number, check_output_shape, check_path, check_signature)
+from flowjax._divergence import check_adaptive, evaluations_per_step  # noqa: F401 (re-exported)
 from flowjax.paths import Prediction, convert
 from flowjax.paths._conversions import check_prediction
 
@@ -69,30 +70,6 @@ class ODESolution(NamedTuple):
     ts: jax.Array | None
     trajectory: jax.Array | None
     stats: dict
-
-
-def check_adaptive(solver):
-    """Adaptive step sizes need an embedded error estimate."""
-    if not (isinstance(solver, diffrax.AbstractERK) and bool(np.any(solver.tableau.b_error))):
-        raise ValueError(f"adaptive solves need a `solver` with an error estimate (Tsit5, "
-                         f"Dopri5), got {solver!r}; or pass `num_steps` or `ts`.")
-
-
-def evaluations_per_step(solver) -> tuple[int, int]:
-    """`(initial, per_step)` velocity evaluations of a diffrax solver.
-
-    Explicit RK methods with the first-same-as-last property (Dopri5, Tsit5)
-    evaluate once at the start and `stages - 1` times per step (rejected
-    steps included); others evaluate `stages` times per step. Checked against
-    a counting callback in the tests.
-    """
-    if isinstance(solver, diffrax.Euler):
-        return 0, 1
-    if isinstance(solver, diffrax.AbstractERK):
-        stages = len(solver.tableau.c) + 1
-        return (1, stages - 1) if solver.tableau.fsal else (0, stages)
-    raise TypeError(
-        f"`solver` must be diffrax.Euler or an explicit Runge-Kutta solver, got {solver!r}.")
 
 
 @eqx.filter_jit

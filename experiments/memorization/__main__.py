@@ -1,0 +1,3 @@
+from experiments.memorization.main import main
+
+main()

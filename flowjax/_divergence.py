@@ -1,0 +1,180 @@
+r"""The divergence ODE (instantaneous change of variables), shared below the public layers.
+
+Along a trajectory of :math:`\dot x = v(x, t)`,
+:math:`\frac{d}{dt}\log p_t(x_t) = -\nabla\cdot v(x_t, t)` (Chen et al. 2018,
+"Neural ordinary differential equations", Thm. 1), so
+
+.. math:: \log p_1(x_1) = \log p_0(x_0) - \int_0^1 \nabla\cdot v(x_t, t)\,dt,
+
+computed by solving backwards from the data at t = 1 to t = 0 with the
+divergence integrated alongside. The divergence is the exact trace of the
+Jacobian (`d` forward-mode passes; small `d`) or Hutchinson's estimate
+:math:`E[\varepsilon^\top J\varepsilon]` with probes fixed along the
+trajectory (Grathwohl et al. 2019, "FFJORD"), unbiased for the log-likelihood.
+
+This private module sits below both :mod:`flowjax.losses` (maximum-likelihood
+CNF training) and :mod:`flowjax.sample` (likelihood evaluation), which
+re-export its public names; it knows nothing of models or optimizers.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from flowjax._checks import (check_array, check_finite, check_grid, check_key, check_number,
+                             check_output_shape)
+
+
+class Probe(enum.Enum):
+    """Distribution of Hutchinson probes."""
+
+    RADEMACHER = "rademacher"
+    GAUSSIAN = "gaussian"
+
+
+def standard_normal_log_prob(x):
+    """`log N(x; 0, I)` per sample, for `x: [B, *dims]`."""
+    check_array("x", x)
+    check_finite("x", x)
+    flat = x.reshape(x.shape[0], -1)
+    return -0.5 * jnp.sum(flat ** 2, -1) - 0.5 * flat.shape[1] * math.log(2.0 * math.pi)
+
+
+def check_adaptive(solver):
+    """Adaptive step sizes need an embedded error estimate."""
+    if not (isinstance(solver, diffrax.AbstractERK) and bool(np.any(solver.tableau.b_error))):
+        raise ValueError(f"adaptive solves need a `solver` with an error estimate (Tsit5, "
+                         f"Dopri5), got {solver!r}; or pass `num_steps` or `ts`.")
+
+
+def evaluations_per_step(solver) -> tuple[int, int]:
+    """`(initial, per_step)` velocity evaluations of a diffrax solver.
+
+    Explicit RK methods with the first-same-as-last property (Dopri5, Tsit5)
+    evaluate once at the start and `stages - 1` times per step (rejected
+    steps included); others evaluate `stages` times per step. Checked against
+    a counting callback in the tests.
+    """
+    if isinstance(solver, diffrax.Euler):
+        return 0, 1
+    if isinstance(solver, diffrax.AbstractERK):
+        stages = len(solver.tableau.c) + 1
+        return (1, stages - 1) if solver.tableau.fsal else (0, stages)
+    raise TypeError(
+        f"`solver` must be diffrax.Euler or an explicit Runge-Kutta solver, got {solver!r}.")
+
+
+def check_probes(num_probes, key, probe):
+    """Checks the trace options: `num_probes` None (exact) or a positive int, which needs a key."""
+    if not isinstance(probe, Probe):
+        raise TypeError(f"`probe` must be a flowjax.sample.Probe, got {probe!r}.")
+    if num_probes is None:
+        return
+    check_number("num_probes", num_probes, low=1, integer=True)
+    if key is None:
+        raise ValueError("`key` is needed for Hutchinson probes (`num_probes` is set).")
+    check_key("key", key)
+
+
+def draw_probes(key, num_probes, probe, like):
+    """`[P, *like.shape]` probes (None for the exact trace), fixed along the trajectory."""
+    if num_probes is None:
+        return None
+    shape = (int(num_probes),) + like.shape
+    if probe == Probe.RADEMACHER:
+        return jax.random.rademacher(key, shape, like.dtype)
+    return jax.random.normal(key, shape, like.dtype)
+
+
+def reverse_controller(solver, *, rtol, atol, num_steps, ts, max_steps, dtype):
+    """Checks the step options of a solve from t = 1 back to t = 0: `(controller, dt0, max_steps)`.
+
+    `ts` (an increasing grid from 0 to 1, walked backwards) overrides
+    `num_steps` (uniform steps); with neither, a PID controller at
+    `rtol`/`atol` (the solver needs an error estimate).
+    """
+    check_number("rtol", rtol, low=0.0, low_open=True)
+    check_number("atol", atol, low=0.0, low_open=True)
+    check_number("num_steps", num_steps, low=1, integer=True, allow_none=True)
+    check_number("max_steps", max_steps, low=1, integer=True)
+    if ts is not None:
+        grid = check_grid("ts", ts, start=0.0, end=1.0)
+        rev = jnp.asarray(ts, dtype)[::-1]
+        return diffrax.StepTo(ts=rev), None, int(grid.size)
+    if num_steps is not None:
+        return diffrax.ConstantStepSize(), -1.0 / int(num_steps), int(num_steps)
+    check_adaptive(solver)
+    return diffrax.PIDController(rtol=rtol, atol=atol), None, int(max_steps)
+
+
+def _field(velocity_fn, x, t, args):
+    return check_output_shape("velocity_fn", velocity_fn(x, t, args), x)  # at trace time
+
+
+def _exact_divergence(velocity_fn, x, t, args):
+    """The exact trace as `sum_i e_i^T J e_i`: one jvp of the whole batch per basis vector.
+
+    Like the Hutchinson estimate, this takes the field to act on each sample
+    separately (no coupling across the batch, as for every flowjax model); a
+    jvp of the batch then runs the network on the whole batch at once, which
+    made a CNF training step 2.4x faster on the 2-core CPU than per-sample
+    `jacfwd` under `vmap` (2-D MLP, batch 256).
+    """
+    d = math.prod(x.shape[1:])
+    basis = jnp.eye(d, dtype=x.dtype).reshape((d, 1) + x.shape[1:])
+
+    def jvp(e):
+        return jax.jvp(lambda y: _field(velocity_fn, y, t, args), (x,),
+                       (jnp.broadcast_to(e, x.shape),))
+
+    v, jv = jax.vmap(jvp)(basis)  # [d, B, *dims]
+    diag = jnp.einsum("kbk->b", jv.reshape(d, x.shape[0], d))
+    return v[0], diag
+
+
+def _hutchinson_divergence(velocity_fn, x, t, args, probes):
+    def jvp(probe):
+        return jax.jvp(lambda y: _field(velocity_fn, y, t, args), (x,), (probe,))
+
+    v, jv = jax.vmap(jvp)(probes)  # [P, B, ...]
+    est = jnp.sum((probes * jv).reshape(probes.shape[0], x.shape[0], -1), -1)
+    return v[0], jnp.mean(est, 0)
+
+
+@eqx.filter_jit
+def divergence_solve(velocity_fn, x1, args, probes, *, solver, controller, dt0, max_steps,
+                     source_log_prob=standard_normal_log_prob, adjoint=None):
+    """`(log p_1(x1) [B], nfe)` through the reverse divergence ODE; no argument checks.
+
+    Compiled once per `velocity_fn` (and solver, controller, shapes):
+    callers pass data and parameters through `args`, and Hutchinson probes
+    (or None for the exact trace) through `probes`, never by closure, which
+    is also what :class:`diffrax.BacksolveAdjoint` needs to differentiate
+    them. `nfe` counts evaluations of the augmented field (one velocity and
+    its divergence each) in this forward solve.
+    """
+
+    def field(t, state, ode_args):
+        x, _ = state
+        user_args, p = ode_args
+        tb = jnp.full((x.shape[0],), t, x.dtype)
+        if p is None:
+            return _exact_divergence(velocity_fn, x, tb, user_args)
+        return _hutchinson_divergence(velocity_fn, x, tb, user_args, p)
+
+    adjoint = diffrax.RecursiveCheckpointAdjoint() if adjoint is None else adjoint
+    state0 = (x1, jnp.zeros(x1.shape[:1], x1.dtype))
+    sol = diffrax.diffeqsolve(diffrax.ODETerm(field), solver, t0=1.0, t1=0.0, dt0=dt0,
+                              y0=state0, args=(args, probes), stepsize_controller=controller,
+                              max_steps=max_steps, adjoint=adjoint)
+    x0, int_div = sol.ys[0][-1], sol.ys[1][-1]  # int_div = int_1^0 div v dt
+    init_evals, step_evals = evaluations_per_step(solver)
+    nfe = init_evals + step_evals * sol.stats["num_steps"]
+    return source_log_prob(x0) + int_div, nfe
