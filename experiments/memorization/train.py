@@ -41,18 +41,10 @@ import optax
 from tqdm import tqdm
 
 from experiments._workdir import start_run, write_results
-from flowjax import data, losses, metrics, models, paths, sample, train
+from experiments.toy2d.train import TARGETS  # the 2-D samplers, by name
+from flowjax import losses, metrics, models, paths, sample, train
 
-TARGETS = {  # 2-D samplers; "digits" is scikit-learn's 1,797 8x8 digits, 64-D in [-1, 1]
-    "moons": data.moons,
-    "8gaussians": data.eight_gaussians,
-    "circles": data.circles,
-    "swissroll": data.swissroll,
-    "scurve": data.scurve,
-    "2spirals": data.two_spirals,
-    "checkerboard": data.checkerboard,
-}
-DATASETS = ("digits",)
+DATASETS = ("digits",)  # scikit-learn's 1,797 8x8 digits, 64-D in [-1, 1]
 PATH = paths.RectifiedFlow()
 T_CLIP = 1e-5  # as flowjax.analytic: sigma is floored at sigma(1 - T_CLIP) to stay finite
 EXACT, NETWORK, HELDOUT, FRESH = ("exact empirical velocity", "network (I-CFM)",

@@ -1,16 +1,8 @@
 r"""Log-likelihoods through the divergence ODE (continuous change of variables).
 
-Along a trajectory of :math:`\dot x = v(x, t)`,
-:math:`\frac{d}{dt}\log p_t(x_t) = -\nabla\cdot v(x_t, t)` (Chen et al. 2018,
-"Neural ordinary differential equations", Thm. 1), so
-
-.. math:: \log p_1(x_1) = \log p_0(x_0) - \int_0^1 \nabla\cdot v(x_t, t)\,dt,
-
-computed by solving backwards from the data at t = 1 to t = 0 with the
-divergence integrated alongside. The divergence is the exact trace of the
-Jacobian (`d` forward-mode passes; small `d`) or Hutchinson's estimate
-:math:`E[\varepsilon^\top J\varepsilon]` with fixed probes per sample
-(Grathwohl et al. 2019, "FFJORD"), which is unbiased for the log-likelihood.
+The divergence ODE, its exact and Hutchinson traces and the references are
+described in `flowjax/_divergence.py`, which this module and
+:func:`flowjax.losses.cnf_mle_loss` share.
 
 The reverse solve starts at the data end, t = 1, where the field of a data-
 or noise-prediction model comes from the floored formulas of
