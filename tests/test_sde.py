@@ -82,3 +82,15 @@ def test_bad_inputs():
         sample.constant_diffusion(-1.0)
     with pytest.raises(ValueError, match="`power`"):
         sample.vanishing_diffusion(1.0, 0.0)
+
+
+def test_same_key_and_grid_give_the_same_samples():
+    target = analytic.GaussianMixture.gaussian(jnp.zeros(2), jnp.eye(2) * 0.3)
+    x0 = jax.random.normal(jax.random.PRNGKey(0), (64, 2))
+
+    def run(seed):
+        return sample.solve_sde(_field, x0, target, key=jax.random.PRNGKey(seed), path=PATH,
+                                diffusion=sample.constant_diffusion(1.0), num_steps=10).samples
+
+    np.testing.assert_array_equal(run(1), run(1))
+    assert np.min(np.abs(run(1) - run(2))) > 0  # every coordinate got its own noise
