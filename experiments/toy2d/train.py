@@ -300,7 +300,10 @@ def train_one(config, workdir: str, source: str, run: str, writer, apply_fn, ini
     saved call shows `config.max_consecutive_nonfinite` skipped steps in a
     row, the run stops with :class:`NonFiniteStop` before saving again.
     """
-    optimizer, shardings, multi_step = _compiled_steps(config.to_json(), run, apply_fn)
+    # Every reflow round k >= 2 has the same loss (only its pairs differ): one compile.
+    loss_kind = "reflow-2" if run.startswith("reflow-") and not run.endswith("distill") \
+        else run
+    optimizer, shardings, multi_step = _compiled_steps(config.to_json(), loss_kind, apply_fn)
     key = _run_key(config.seed, source, run)
     init_key, data_key = jax.random.split(key)
     state = train.shard(train.create_train_state(init_key, init_params, optimizer), shardings)
@@ -494,7 +497,14 @@ def _apply_fns(config_json: str, run: str):
         path, _, _ = make_method(run, config)
         return paths.edm_precondition(models.model_fn(module), path,
                                       sigma_data=config.edm.sigma_data)
-    return models.average_model_fn(module) if run in FLOW_MAP_METHODS else models.model_fn(module)
+    return _module_fn(module, run in FLOW_MAP_METHODS)
+
+
+@functools.lru_cache(maxsize=None)
+def _module_fn(module, average: bool):
+    """One model function per module (modules compare by their fields): runs with the same
+    MLP share it, and with it their compiled samplers (each solve compiles once per function)."""
+    return models.average_model_fn(module) if average else models.model_fn(module)
 
 
 def _init_params(config, run, source):
