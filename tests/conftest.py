@@ -4,17 +4,21 @@ The test session sees 8 CPU devices (`--xla_force_host_platform_device_count=8`,
 set before JAX starts) so that sharded and multi-device code is tested in
 process. Unsharded computations still run on device 0 alone. A collective
 that hangs fails after 60 s instead of stalling the suite (PLATFORM.md).
-Experiment commands started by the tests compile from scratch: the
-persistent compilation cache is off unless a test turns it on.
+The session compiles each large XLA program once: a persistent compilation
+cache in a temporary directory, made at the start of the run, shared by the
+xdist workers and the experiment commands the tests start, and deleted at the
+end (programs that compile in under 0.5 s are not cached). A test that checks
+the cache itself uses its own directory.
 """
 
 import os
+import shutil
+import tempfile
 
 _FLAGS = ("--xla_force_host_platform_device_count=8",
           "--xla_cpu_collective_call_terminate_timeout_seconds=60")
 _xla = os.environ.get("XLA_FLAGS", "")
 os.environ["XLA_FLAGS"] = " ".join([_xla] + [f for f in _FLAGS if f.split("=")[0] not in _xla])
-os.environ["FLOWJAX_COMPILATION_CACHE"] = ""
 
 import jax  # noqa: E402  (after XLA_FLAGS)
 import pytest  # noqa: E402
@@ -28,6 +32,27 @@ def x64():
 
 
 def pytest_configure(config):
+    """Starts the session's compilation cache (see the module docstring); the workers
+    inherit its directory through the environment."""
+    if not hasattr(config, "workerinput") and "FLOWJAX_TEST_XLA_CACHE" not in os.environ:
+        config.flowjax_cache = tempfile.mkdtemp(prefix="flowjax-test-xla-")
+        os.environ["FLOWJAX_TEST_XLA_CACHE"] = config.flowjax_cache
+    cache = os.environ.get("FLOWJAX_TEST_XLA_CACHE", "")
+    os.environ["FLOWJAX_COMPILATION_CACHE"] = cache  # for the experiment commands
+    if cache:
+        from experiments._cli import enable_compilation_cache
+
+        enable_compilation_cache(cache, min_compile_secs=0.5)
+    _check_loadgroup(config)
+
+
+def pytest_unconfigure(config):
+    if getattr(config, "flowjax_cache", None):
+        shutil.rmtree(config.flowjax_cache, ignore_errors=True)
+        del os.environ["FLOWJAX_TEST_XLA_CACHE"]
+
+
+def _check_loadgroup(config):
     """Stops at once when `--dist loadgroup` would not group: each `xdist_group` holds a
     run that its tests share, and ungrouped it is trained again on every worker. pytest 9.2
     moved the node id where pytest-xdist 3.8 writes the group."""

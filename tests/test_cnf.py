@@ -55,6 +55,7 @@ def mlp_problem():
     return params, batch, opts, value_and_grad, value, grad
 
 
+@pytest.mark.xdist_group("cnf_mlp")  # one worker: one compile
 def test_gradient_matches_central_differences(x64, mlp_problem):
     """The default adjoint differentiates the discretized solve exactly."""
     params, _, _, value_and_grad, _, grad = mlp_problem
@@ -67,6 +68,7 @@ def test_gradient_matches_central_differences(x64, mlp_problem):
         np.testing.assert_allclose(float(g @ u), float(fd), rtol=1e-7, err_msg=f"direction {i}")
 
 
+@pytest.mark.xdist_group("cnf_mlp")  # one worker: one compile
 def test_hutchinson_loss_and_gradient_are_unbiased(x64, mlp_problem):
     """Over probe keys, the mean Hutchinson loss and gradient equal the exact-trace ones.
 

@@ -47,14 +47,14 @@ def test_hutchinson_is_unbiased_within_three_standard_errors(x64):
     x = target.sample(jax.random.PRNGKey(0), 4)
     exact = analytic.mixture_log_prob(PATH, target, x, 1.0)
     est = jax.jit(lambda k: sample.log_likelihood(_field, x, target, key=k, num_probes=1,
-                                                  rtol=1e-7, atol=1e-7)[0])
+                                                  rtol=1e-5, atol=1e-5)[0])
     reps = jax.vmap(est)(jax.random.split(jax.random.PRNGKey(0), 200))
     se = reps.std(0) / math.sqrt(reps.shape[0])
     assert np.all(np.abs(reps.mean(0) - exact) < 3 * se), (reps.mean(0), exact, se)
     # More probes per solve reduce the variance (Rademacher and Gaussian alike).
     for probe in sample.Probe:
         many = jax.vmap(lambda k: sample.log_likelihood(  # noqa: B023 (used at once)
-            _field, x, target, key=k, num_probes=16, probe=probe, rtol=1e-7, atol=1e-7)[0])(
+            _field, x, target, key=k, num_probes=16, probe=probe, rtol=1e-5, atol=1e-5)[0])(
             jax.random.split(jax.random.PRNGKey(1), 8))
         assert float(many.std(0).mean()) < 0.5 * float(reps.std(0).mean())
 

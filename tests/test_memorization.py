@@ -20,6 +20,7 @@ def tiny_run(tmp_path_factory):
     return config, workdir, memorization.train_and_evaluate(config, workdir)
 
 
+@pytest.mark.xdist_group("memorization_run")  # one worker: the run is made once
 def test_exact_velocity_copies_and_network_generalizes(tiny_run):
     config, _, rows = tiny_run
     by = {r["sampler"]: r for r in rows}
@@ -38,6 +39,7 @@ def test_exact_velocity_copies_and_network_generalizes(tiny_run):
     assert len(rows) == 4 * len(config.train_sizes)
 
 
+@pytest.mark.xdist_group("memorization_run")  # one worker: the run is made once
 def test_run_files_and_resume(tiny_run):
     config, workdir, rows = tiny_run
     for name in ("config.json", "metrics.jsonl", "results.json", "samples.png",

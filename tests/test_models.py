@@ -95,11 +95,13 @@ def image_params():
     return out
 
 
+@pytest.mark.xdist_group("image_params")  # one worker: the models are initialised once
 @pytest.mark.parametrize("name", list(IMAGE_MODELS))
 def test_fresh_image_models_output_zero(name, image_params):
     np.testing.assert_array_equal(image_params[name + "_fresh"], 0.0)
 
 
+@pytest.mark.xdist_group("image_params")  # one worker: the models are initialised once
 @pytest.mark.parametrize("name", list(IMAGE_MODELS))
 def test_image_models_condition_on_time_class_and_duration(name, image_params):
     module = IMAGE_MODELS[name]()
@@ -117,6 +119,7 @@ def test_image_models_condition_on_time_class_and_duration(name, image_params):
                                          LABELS))  # time
 
 
+@pytest.mark.xdist_group("image_params")  # one worker: the models are initialised once
 @pytest.mark.parametrize("name", list(IMAGE_MODELS))
 def test_image_models_in_bfloat16_match_float32(name, image_params):
     params = image_params[name]
@@ -128,6 +131,7 @@ def test_image_models_in_bfloat16_match_float32(name, image_params):
     assert 0 < err < 0.1
 
 
+@pytest.mark.xdist_group("image_params")  # one worker: the models are initialised once
 def test_unet_dropout_and_shape_errors(image_params):
     module = IMAGE_MODELS["unet"](dropout=0.5)  # dropout adds no parameters
     params = image_params["unet"]

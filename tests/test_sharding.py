@@ -96,10 +96,11 @@ def test_mlp_steps_on_eight_devices_equal_one_device(strategy, multi):
 def test_unet_step_on_eight_devices_equals_one_device():
     params, loss, opt, batches = unet_problem()
     ref, ref_loss = _train(params, loss, opt, batches)
-    for strategy in ("data", "fsdp"):
-        out, out_loss = _train(params, loss, opt, batches, train.make_mesh(), strategy)
-        np.testing.assert_allclose(out_loss, ref_loss, rtol=1e-6)
-        _assert_close(out, ref, 1e-6)
+    # FSDP only: it splits the convolution, norm and attention parameters too, where data
+    # parallelism (tested on the MLP) only splits the batch.
+    out, out_loss = _train(params, loss, opt, batches, train.make_mesh(), "fsdp")
+    np.testing.assert_allclose(out_loss, ref_loss, rtol=1e-6)
+    _assert_close(out, ref, 1e-6)
 
 
 def test_fsdp_splits_the_state_memory():
