@@ -31,13 +31,14 @@ not exceed one save interval (`SAVE_EVERY` steps here):
                     orbax) during the 2nd or 3rd asynchronous save: a clear
                     OSError naming the directory; the earlier ones restore
   kill-9            SIGKILL of a toy2d training process (3x128 MLP, a save
-                    every 500 steps) at a random moment, then the same command
-                    again: it resumes and finishes. Lost: the last logged step
-                    minus the newest complete checkpoint, at most one interval;
-                    a kill that lands while a save is being written in the
-                    background (~0.2 s here) also loses the steps trained
-                    since that save began. `kill-9-sync-saves`: the same with
-                    `--config.async_checkpoint=False` (at most one interval)
+                    every 500 steps, blocking saves: the configs' default) at a
+                    random moment, then the same command again: it resumes and
+                    finishes. Lost: the last logged step minus the newest
+                    complete checkpoint, at most one interval.
+                    `kill-9-async-saves`: the same with
+                    `--config.async_checkpoint=True`; a kill that lands while a
+                    save is being written in the background (~0.2 s here) also
+                    loses the steps trained since that save began
   shape-mismatch    the killed run's workdir resumed with another MLP width:
                     exit 2, one line naming the leaf and both shapes, the
                     checkpoints untouched
@@ -416,9 +417,9 @@ def _writing_steps(directory):
                   and n.split(".")[0].isdigit())
 
 
-def kill9(synchronous, rng, workdir):
+def kill9(asynchronous, rng, workdir):
     ckpts = os.path.join(workdir, "checkpoints", "normal_icfm")
-    args = KILL_ARGS + ["--config.async_checkpoint=False"] * synchronous
+    args = KILL_ARGS + [f"--config.async_checkpoint={asynchronous}"]
     proc = _cli("experiments.toy2d", workdir, *args, wait=False)
     target = rng.randrange(KILL_EVERY, KILL_STEPS - KILL_EVERY)
     deadline = time.time() + 300
@@ -437,8 +438,8 @@ def kill9(synchronous, rng, workdir):
     resumed = code == 0 and _complete_steps(ckpts)[-1] == KILL_STEPS
     lost = max(progress - latest, 0)
     # A kill while a save is written in the background also loses the steps trained since
-    # that save began: the bound is one interval plus those (synchronous saves: none).
-    during = max(progress - writing[-1], 0) if writing and not synchronous else 0
+    # that save began: the bound is one interval plus those (blocking saves: none).
+    during = max(progress - writing[-1], 0) if writing and asynchronous else 0
     ok = resumed and lost <= KILL_EVERY + during
     return dict(ok=ok, lost=lost, save_every=KILL_EVERY, during_save=during,
                 outcome=("resumed and finished" + (" (killed during a save)" if writing else ""))
@@ -542,7 +543,7 @@ def main():
               ("flip", functools.partial(damaged, "flip"), fast),
               ("delete", functools.partial(damaged, "delete"), fast),
               ("enospc", enospc, fast), ("kill-9", functools.partial(kill9, False), slow),
-              ("kill-9-sync-saves", functools.partial(kill9, True), slow),
+              ("kill-9-async-saves", functools.partial(kill9, True), slow),
               ("shape-mismatch", None, slow), ("cli-unknown-key", cli_unknown_key, 2),
               ("cli-data-dir", cli_data_dir, 2), ("cli-workdir", cli_workdir, 2)]
     t0 = time.perf_counter()

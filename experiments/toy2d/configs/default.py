@@ -35,11 +35,13 @@ def get_config():
     config.warmup_steps = 100
     config.ema_decay = 0.995
     config.steps_per_call = 100  # optimizer steps fused in one lax.scan call
-    config.checkpoint_every = 1000  # orbax saves (asynchronous) every this many steps
+    config.checkpoint_every = 1000  # orbax saves every this many steps
     config.keep_checkpoints = 2
-    # Saves are written in the background while training goes on; a kill during a write
-    # then also loses the steps trained since it began. False: block until each is on disk.
-    config.async_checkpoint = True
+    # False (the default): each save blocks until it is on disk, so a kill loses at most
+    # one interval of steps. True: saves are written in the background while training goes
+    # on (faster for large states), and a kill during a write also loses the steps trained
+    # since it began.
+    config.async_checkpoint = False
     # A step with a NaN/inf loss or gradient is skipped (and counted); this many in a
     # row stop the run (checked when it logs), its last checkpoint kept as it was.
     config.max_consecutive_nonfinite = 20
