@@ -1,17 +1,68 @@
 """Argument checks shared by the public functions.
 
-Every check runs on shapes and dtypes, which are known while tracing, so it
-works inside `jax.jit`. Checks on values (range of `t`, finiteness) run only
-when the value is concrete, i.e. outside of a trace: they cost a host sync,
-so they belong at the edges (data loading, samplers called eagerly), never
-inside a jitted step.
+Two kinds of check, both safe inside `jax.jit`, `vmap` and `grad`:
+
+- Structural checks (types, ranks, shapes, dtypes, a factory passed uncalled,
+  a class passed instead of an instance, a string where an object belongs)
+  run in Python once per call, at trace time, and cost nothing afterwards.
+- Value checks (`t` in [0, 1], finiteness, label ranges) are compiled into the
+  program with :func:`equinox.error_if`: no host copy, eager or jitted. They
+  return the checked array, and only a value that flows on from that return
+  is checked. They are on by default; :func:`set_value_checks` (or the
+  environment variable ``FLOWJAX_VALUE_CHECKS=0``) leaves them out of programs
+  traced afterwards.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+_value_checks = os.environ.get("FLOWJAX_VALUE_CHECKS", "1").strip().lower() not in (
+    "0", "false", "off", "no")
+
+
+def set_value_checks(enabled: bool) -> None:
+    """Turns the compiled value checks on or off for programs traced from now on.
+
+    Programs already compiled keep the setting they were traced with.
+    """
+    global _value_checks
+    if not isinstance(enabled, bool):
+        raise TypeError(f"`enabled` must be a bool, got {enabled!r}.")
+    _value_checks = enabled
+
+
+def value_checks_enabled() -> bool:
+    """Whether value checks are compiled into newly traced programs."""
+    return _value_checks
+
+
+@contextlib.contextmanager
+def value_checks(enabled: bool):
+    """Context manager form of :func:`set_value_checks`."""
+    previous = _value_checks
+    set_value_checks(enabled)
+    try:
+        yield
+    finally:
+        set_value_checks(previous)
+
+
+def error_if(x, bad, message: str):
+    """`x`, with a compiled check that raises `message` where `bad` holds.
+
+    Use the returned value: the check runs only if something depends on it.
+    A no-op when value checks are off.
+    """
+    if not _value_checks:
+        return x
+    return eqx.error_if(x, bad, message)
 
 
 def is_concrete(x) -> bool:
@@ -37,9 +88,9 @@ def check_array(name: str, x, *, min_rank: int = 1, rank: int | None = None,
 
 
 def check_finite(name: str, x):
-    """Raises if a concrete `x` holds NaN or inf (no-op under a trace)."""
-    if is_concrete(x) and not bool(np.all(np.isfinite(np.asarray(x)))):
-        raise ValueError(f"`{name}` contains non-finite values (NaN or inf).")
+    """`x` with a compiled check that it holds no NaN or inf (see :func:`error_if`)."""
+    return error_if(x, ~jnp.all(jnp.isfinite(x)),
+                    f"`{name}` contains non-finite values (NaN or inf).")
 
 
 def check_same_shape(name_a: str, a, name_b: str, b):
@@ -59,8 +110,7 @@ def check_time(t, batch_size: int | None = None, name: str = "t"):
     if t.ndim == 1 and batch_size is not None and t.shape[0] != batch_size:
         raise ValueError(
             f"`{name}` has {t.shape[0]} entries but the batch has {batch_size}.")
-    check_unit_interval(name, t)
-    return t
+    return check_unit_interval(name, t)
 
 
 def broadcast_time(t, x):
@@ -94,14 +144,30 @@ def as_real_array(name: str, t):
 
 
 def check_unit_interval(name: str, t):
-    """Raises if a concrete `t` (any shape) is outside [0, 1] or NaN (no-op under a trace)."""
-    if is_concrete(t) and np.size(t):
-        tv = np.asarray(t)
-        if np.any(np.isnan(tv)):
-            raise ValueError(f"`{name}` must lie in [0, 1]; it contains NaN.")
-        if np.any(tv < 0) or np.any(tv > 1):
-            raise ValueError(f"`{name}` must lie in [0, 1]; got values in "
-                             f"[{tv.min():.4g}, {tv.max():.4g}].")
+    """`t` (any shape) with a compiled check that it lies in [0, 1] (NaN fails)."""
+    return error_if(t, ~jnp.all((t >= 0) & (t <= 1)),
+                    f"`{name}` must lie in [0, 1] (and not be NaN).")
+
+
+def check_instance(name: str, value, cls, what: str):
+    """Checks `isinstance(value, cls)`, explaining the usual mistakes in the message.
+
+    `what` names the expected kind, e.g. "a coupling (e.g. flowjax.couplings.ExactOT())".
+    A class passed instead of an instance, a factory or class left uncalled,
+    and a string where an object belongs each get their own hint.
+    """
+    if isinstance(value, cls):
+        return value
+    if isinstance(value, type):
+        hint = f"the class {value.__name__} itself; pass an instance, {value.__name__}(...)"
+    elif isinstance(value, str):
+        hint = f"the string {value!r}; options are objects, not strings"
+    elif callable(value) and getattr(value, "__name__", None):
+        hint = (f"the function {value.__name__}; if it builds the object, call it: "
+                f"{value.__name__}(...)")
+    else:
+        hint = type(value).__name__
+    raise TypeError(f"`{name}` must be {what}, got {hint}.")
 
 
 def _is_real_number(value) -> bool:
