@@ -1,6 +1,7 @@
 """Probability paths x_t = alpha(t) x1 + sigma(t) x0 + gamma(t) z, prediction conversions,
 the forward-SDE diffusion of a path, and EDM's preconditioning in flow time."""
 
+from flowjax.paths._constants import T_CLIP as T_CLIP
 from flowjax.paths._conversions import Prediction as Prediction
 from flowjax.paths._conversions import convert as convert
 from flowjax.paths._conversions import noise_ratio as noise_ratio
