@@ -6,6 +6,7 @@ large Sinkhorn couplings".
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
 import equinox as eqx
@@ -138,8 +139,8 @@ class _AbstractEntropicOT(AbstractCoupling):
         self.threshold = check_number("threshold", threshold, low=0.0, low_open=True)
         self.max_iterations = check_number("max_iterations", max_iterations, low=1,
                                            integer=True)
-        self.fallback_tolerance = check_number("fallback_tolerance", fallback_tolerance,
-                                               low=0.0, low_open=True)
+        self.fallback_tolerance = fallback_tolerance if fallback_tolerance == math.inf \
+            else check_number("fallback_tolerance", fallback_tolerance, low=0.0, low_open=True)
         _check_flags(sample=sample, scale_free=scale_free, warm_start=warm_start,
                      precompute_cost=precompute_cost)
         self.sample, self.scale_free = sample, scale_free
