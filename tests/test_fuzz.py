@@ -27,6 +27,7 @@ import traceback
 from typing import Any, Callable, NamedTuple
 
 import diffrax
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -68,6 +69,10 @@ def assert_clear_error(module, arg, call):
     _count(module, "invalid")
     try:
         call()
+    except eqx.EquinoxRuntimeError as err:  # a compiled value check (flowjax._checks.error_if)
+        assert f"`{arg}`" in str(err), f"invalid `{arg}`: the value check does not name it: {err}"
+        _count(module, "clear")
+        return
     except (ValueError, TypeError) as err:
         where = _last_frame(err)
         assert f"`{arg}`" in str(err), (
@@ -441,8 +446,9 @@ def _fuzz_paths_valid():
 # flowjax.time
 # --------------------------------------------------------------------------
 
-SAMPLERS = (ftime.uniform(), ftime.logit_normal(0.4, 1.0), ftime.mode(1.29),
-            ftime.beta(2.0, 5.0), ftime.shifted(ftime.uniform(), 3.0))
+SAMPLERS = (ftime.Uniform(), ftime.LogitNormal(0.4, 1.0), ftime.Mode(1.29),
+            ftime.Beta(2.0, 5.0), ftime.Shifted(ftime.Uniform(), 3.0))
+BAD_SAMPLER = BAD_CALLABLE | st.sampled_from([ftime.LogitNormal, "uniform", len])
 
 
 def _sampler_spec(name, sampler):
@@ -453,26 +459,26 @@ def _sampler_spec(name, sampler):
 
 TIME_SPECS = [
     *[_sampler_spec(f"sampler{i}", s) for i, s in enumerate(SAMPLERS)],
-    _sampler_spec("ordered_pairs", ftime.ordered_pairs()),
-    _sampler_spec("edm_lognormal", ftime.edm_lognormal(paths.RectifiedFlow())),
-    Spec("logit_normal", lambda kw: ftime.logit_normal(**kw), lambda: dict(loc=0.0, scale=1.0),
-         (Mutation("loc", "loc", bad_number()),
-          Mutation("scale", "scale", bad_number(low=0.0, low_open=True)))),
-    Spec("mode", lambda kw: ftime.mode(**kw), lambda: dict(scale=1.0),
-         (Mutation("scale", "scale", bad_number(low=-1.0, high=2.0 / (math.pi - 2.0))),)),
-    Spec("beta", lambda kw: ftime.beta(**kw), lambda: dict(a=1.0, b=2.0),
+    _sampler_spec("OrderedPairs", ftime.OrderedPairs()),
+    _sampler_spec("EDMLogNormal", ftime.EDMLogNormal(paths.RectifiedFlow())),
+    Spec("LogitNormal", lambda kw: ftime.LogitNormal(**kw), lambda: dict(loc=0.0, std=1.0),
+         (Mutation("loc", "loc", bad_number() | st.just(KEY)),
+          Mutation("std", "std", bad_number(low=0.0, low_open=True)))),
+    Spec("Mode", lambda kw: ftime.Mode(**kw), lambda: dict(s=1.0),
+         (Mutation("s", "s", bad_number(low=-1.0, high=2.0 / (math.pi - 2.0))),)),
+    Spec("Beta", lambda kw: ftime.Beta(**kw), lambda: dict(a=1.0, b=2.0),
          (Mutation("a", "a", bad_number(low=0.0, low_open=True)),
           Mutation("b", "b", bad_number(low=0.0, low_open=True)))),
     Spec("shift_time", lambda kw: ftime.shift_time(**kw), lambda: dict(t=T, shift=3.0),
          (Mutation("t", "t", bad_time(vector=False)),
           Mutation("shift", "shift", bad_number(low=0.0, low_open=True)))),
-    Spec("shifted", lambda kw: ftime.shifted(**kw),
-         lambda: dict(sampler=ftime.uniform(), shift=3.0),
-         (Mutation("sampler", "sampler", BAD_CALLABLE | st.just(None)),
+    Spec("Shifted", lambda kw: ftime.Shifted(**kw),
+         lambda: dict(sampler=ftime.Uniform(), shift=3.0),
+         (Mutation("sampler", "sampler", BAD_SAMPLER | st.just(None)),
           Mutation("shift", "shift", bad_number(low=0.0, low_open=True)))),
-    Spec("ordered_pairs", lambda kw: ftime.ordered_pairs(**kw),
+    Spec("OrderedPairs", lambda kw: ftime.OrderedPairs(**kw),
          lambda: dict(sampler=None, equal_fraction=0.5),
-         (Mutation("sampler", "sampler", BAD_CALLABLE),
+         (Mutation("sampler", "sampler", BAD_SAMPLER),
           Mutation("equal_fraction", "equal_fraction", bad_number(low=0.0, high=1.0)))),
     Spec("uniform_grid", lambda kw: ftime.uniform_grid(**kw), lambda: dict(num_steps=4),
          (Mutation("num_steps", "num_steps", BAD_STEPS),)),
@@ -491,7 +497,7 @@ TIME_SPECS = [
                                                         high_open=True)),
           Mutation("sigma_max", "sigma_max", bad_number(low=0.002, low_open=True)),
           Mutation("rho", "rho", bad_number(low=0.0, low_open=True)))),
-    Spec("edm_lognormal", lambda kw: ftime.edm_lognormal(**kw), lambda: dict(path=paths.VP()),
+    Spec("EDMLogNormal", lambda kw: ftime.EDMLogNormal(**kw), lambda: dict(path=paths.VP()),
          (Mutation("path", "path", BAD_PATH), Mutation("p_mean", "p_mean", bad_number()),
           Mutation("p_std", "p_std", bad_number(low=0.0, low_open=True)))),
     Spec("edm_grid", lambda kw: ftime.edm_grid(**kw),
@@ -520,13 +526,13 @@ def _fuzz_time_valid():
     def check(which, seed, loc, scale, shift, steps):
         key = jax.random.PRNGKey(seed)
         if which == len(SAMPLERS):
-            t = ftime.logit_normal(loc, scale)(key, (B,))
+            t = ftime.LogitNormal(loc, scale)(key, (B,))
         else:
             t = SAMPLERS[which](key, (B,))
         grids = [ftime.uniform_grid(steps), ftime.shifted_grid(steps, shift)]
         sigmas = np.asarray(ftime.edm_sigmas(steps, rho=shift))
         assert sigmas[-1] == 0 and np.all(np.diff(sigmas) < 0)
-        t = jnp.concatenate([t, ftime.edm_lognormal(paths.VP(), loc, scale)(key, (B,))])
+        t = jnp.concatenate([t, ftime.EDMLogNormal(paths.VP(), loc, scale)(key, (B,))])
         assert np.all((np.asarray(t) >= 0) & (np.asarray(t) <= 1))
         for g in grids:
             g = np.asarray(g)
@@ -540,8 +546,11 @@ def _fuzz_time_valid():
 # flowjax.couplings
 # --------------------------------------------------------------------------
 
-SINKHORN = couplings.sinkhorn(0.5, threshold=1e-2, max_iterations=50)
-WARM = couplings.sinkhorn(0.5, threshold=1e-2, max_iterations=50, warm_start=True)
+from ott.geometry.epsilon_scheduler import Epsilon  # noqa: E402
+from ott.solvers.linear.acceleration import Momentum  # noqa: E402
+
+SINKHORN = couplings.Sinkhorn(0.5, threshold=1e-2, max_iterations=50)
+WARM = couplings.Sinkhorn(0.5, threshold=1e-2, max_iterations=50, warm_start=True)
 LABELS = np.array([0, 1, 0], np.int32)
 
 
@@ -554,41 +563,48 @@ COUPLING_SPECS = [
            lambda: dict(key=KEY, x0=X, x1=X + 1.0),
            (Mutation("key", "key", BAD_KEY.filter(lambda k: k is not None)),
             *_pair_mutations()))
-      for name, c in (("independent", couplings.independent()),
-                      ("exact_ot", couplings.exact_ot()), ("sinkhorn", SINKHORN))],
-    Spec("sinkhorn warm", lambda kw: WARM(**kw),
-         lambda: dict(key=KEY, x0=X, x1=X + 1.0, init=None),
-         (Mutation("init", "init", st.sampled_from(
+      for name, c in (("Independent", couplings.Independent()),
+                      ("ExactOT", couplings.ExactOT()), ("Sinkhorn", SINKHORN))],
+    Spec("Sinkhorn warm", lambda kw: WARM(**kw),
+         lambda: dict(key=KEY, x0=X, x1=X + 1.0, state=None),
+         (Mutation("state", "state", st.sampled_from(
              [1.0, "g", couplings.SinkhornPotentials(X, np.zeros(B + 1, np.float32)),
               couplings.SinkhornPotentials(np.ones((B, D + 1), np.float32),
                                            np.zeros(B, np.float32))])),)),
-    Spec("condition_aware_ot(key, x0, x1, cond)",
-         lambda kw: couplings.condition_aware_ot(None)(**kw),
+    Spec("ConditionAwareOT(key, x0, x1, cond)",
+         lambda kw: couplings.ConditionAwareOT(None)(**kw),
          lambda: dict(key=KEY, x0=X, x1=X + 1.0, cond=LABELS),
          (Mutation("key", "key", BAD_KEY.filter(lambda k: k is not None)), *_pair_mutations(),
           Mutation("cond", "cond", st.sampled_from(
               [np.zeros(B + 1, np.int32), np.float32(0.0), None, "labels",
                np.zeros((B, 2), np.int32), np.array([0.5, 0.1, 0.2], np.float32)])))),
-    Spec("condition_aware_ot(weight)(..., cond)",
-         lambda kw: couplings.condition_aware_ot(1.0)(**kw),
+    Spec("ConditionAwareOT(weight)(..., cond)",
+         lambda kw: couplings.ConditionAwareOT(1.0)(**kw),
          lambda: dict(key=KEY, x0=X, x1=X + 1.0, cond=np.ones((B, 2), np.float32)),
          (Mutation("cond", "cond", bad_array((B, 2), mismatch=False).filter(
              lambda c: not (isinstance(c, np.ndarray) and c.dtype.kind in "iub"))
                    | st.just(np.ones((B + 1, 2), np.float32))),)),
-    Spec("sinkhorn", lambda kw: couplings.sinkhorn(**kw), lambda: dict(epsilon=0.1),
+    Spec("Sinkhorn", lambda kw: couplings.Sinkhorn(**kw), lambda: dict(epsilon=0.1),
          (Mutation("epsilon", "epsilon", bad_number(low=0.0, low_open=True)),
           Mutation("threshold", "threshold", bad_number(low=0.0, low_open=True)),
           Mutation("max_iterations", "max_iterations", bad_number(low=1, integer=True)),
-          Mutation("sampler", "sampler", st.sampled_from(["exact", None, 1])),
-          Mutation("epsilon_init", "epsilon_init", bad_number(low=1.0)),
-          Mutation("epsilon_decay", "epsilon_decay", bad_number(low=0.0, high=1.0,
-                                                                low_open=True)),
-          Mutation("momentum", "momentum", st.sampled_from(["fast", 2.5, 0.0, -1.0, True,
-                                                            np.nan])))),
-    Spec("schrodinger_bridge", lambda kw: couplings.schrodinger_bridge(**kw),
+          Mutation("sample", "sample", st.sampled_from(["gumbel", None, 1])),
+          Mutation("epsilon_schedule", "epsilon_schedule", st.sampled_from(
+              ["anneal", 50.0, Epsilon, (50.0, 0.8)])),
+          Mutation("epsilon_schedule.init", "epsilon_schedule", st.sampled_from(
+              [Epsilon(0.1, init=0.5, decay=0.9), Epsilon(0.1, init=np.nan, decay=0.9)])),
+          Mutation("epsilon_schedule.decay", "epsilon_schedule", st.sampled_from(
+              [Epsilon(0.1, init=10.0, decay=0.0), Epsilon(0.1, init=10.0, decay=-0.5)])),
+          Mutation("momentum", "momentum", st.sampled_from(["adaptive", "fast", 2.5, True,
+                                                            Momentum])),
+          Mutation("momentum.value", "momentum", st.sampled_from(
+              [Momentum(value=2.5), Momentum(value=0.0), Momentum(value=np.nan)])),
+          Mutation("momentum.start", "momentum", st.sampled_from(
+              [Momentum(start=10), Momentum(start=-1), Momentum(start=2.5)])))),
+    Spec("SchrodingerBridge", lambda kw: couplings.SchrodingerBridge(**kw),
          lambda: dict(sigma=1.0),
          (Mutation("sigma", "sigma", bad_number(low=0.0, low_open=True)),)),
-    Spec("condition_aware_ot", lambda kw: couplings.condition_aware_ot(**kw),
+    Spec("ConditionAwareOT", lambda kw: couplings.ConditionAwareOT(**kw),
          lambda: dict(weight=1.0),
          (Mutation("weight", "weight", bad_number(low=0.0, low_open=True, none_ok=True)),)),
     Spec("sinkhorn_plan", lambda kw: couplings.sinkhorn_plan(**kw),
@@ -616,19 +632,19 @@ def test_fuzz_couplings():
 
 
 def _fuzz_couplings_valid():
-    pair = (couplings.independent(), couplings.exact_ot())
+    pair = (couplings.Independent(), couplings.ExactOT())
 
     @settings(max_examples=30, **SETTINGS)
     @given(which=st.integers(0, 2), x0=floats_array(), x1=floats_array())
     def check(which, x0, x1):
         if which < 2:
-            (a, b), aux = pair[which](KEY, x0, x1)
-            assert sorted(map(tuple, np.asarray(a))) == sorted(map(tuple, x0))
+            res = pair[which](KEY, x0, x1)
+            assert sorted(map(tuple, np.asarray(res.x0))) == sorted(map(tuple, x0))
         else:
-            (a, b), aux = couplings.condition_aware_ot(None)(KEY, x0, x1, LABELS)
-        np.testing.assert_array_equal(b, x1)  # x1 stays in place
+            res = couplings.ConditionAwareOT(None)(KEY, x0, x1, cond=LABELS)
+        np.testing.assert_array_equal(res.x1, x1)  # x1 stays in place
         plan = np.abs(x0[:, :1] - x1[:, 0][None]) + 1e-3
-        assert_finite("couplings", a, aux["cost"], couplings.sq_distances(x0, x1),
+        assert_finite("couplings", res.x0, res.cost, couplings.sq_distances(x0, x1),
                       couplings.renormalized_entropy(plan))
 
     check()
