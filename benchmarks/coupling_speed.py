@@ -12,13 +12,13 @@ one fixed batch per (n, d) (seeded), float32 for flowjax. Methods:
   pot_emd               ot.emd(a, b, M), uniform weights, M the same float64 cost (as
                         TorchCFM's OTPlanSampler, which builds M with torch.cdist in
                         float32; numItermax=100,000 and numThreads=1, POT's defaults)
-  flowjax_exact         jax.jit(couplings.exact_ot()): SciPy through a host callback
-  flowjax_sinkhorn      jax.jit(couplings.sinkhorn(eps, scale_free=True)), default options
-  flowjax_sinkhorn_fast the same with precompute_cost=(d > 2), sampler="inverse_cdf",
-                        momentum="adaptive" and, for eps < 0.05, epsilon annealing from
-                        0.5 std(C) (epsilon_init=0.5/eps, epsilon_decay=0.8)
+  flowjax_exact         jax.jit(couplings.ExactOT()): SciPy through a host callback
+  flowjax_sinkhorn      jax.jit(couplings.Sinkhorn(eps, scale_free=True)), default options
+  flowjax_sinkhorn_fast the same with precompute_cost=(d > 2), adaptive ott Momentum and,
+                        for eps < 0.05, epsilon annealing from 0.5 std(C)
+                        (ott Epsilon(None, init=0.5/eps, decay=0.8))
   local_exact, local_sinkhorn, global_sinkhorn
-                        flowjax.train.local_coupling / global_coupling of exact_ot and of
+                        flowjax.train.LocalCoupling / GlobalCoupling of ExactOT and of
                         the default sinkhorn (--sharded-eps) on 8 host devices
                         (mesh = train.make_mesh()), 2-D only, n in --sharded-sizes
 
@@ -194,34 +194,55 @@ def pot_emd(x0, x1):
 
 
 def fast_options(eps: float, d: int) -> dict:
-    opts = dict(precompute_cost=d > 2, sampler="inverse_cdf", momentum="adaptive")
+    """The fast options, as recorded in the output."""
+    opts = dict(precompute_cost=d > 2, momentum="adaptive")
     if eps < 0.05:
         opts.update(epsilon_init=0.5 / eps, epsilon_decay=0.8)
     return opts
 
 
+def fast_kwargs(eps: float, d: int) -> dict:
+    """`fast_options` as Sinkhorn's arguments: ott's Epsilon schedule and adaptive Momentum,
+    estimated two error checks (10 iterations apart) after the annealing ends."""
+    from ott.geometry.epsilon_scheduler import Epsilon
+    from ott.solvers.linear.acceleration import Momentum
+
+    opts = fast_options(eps, d)
+    init, decay = opts.pop("epsilon_init", 1.0), opts.pop("epsilon_decay", 1.0)
+    done = 0 if init == 1 else math.ceil(math.log(init) / -math.log(decay))
+    opts["momentum"] = Momentum(start=10 * (math.ceil(done / 10) + 2))
+    if init != 1:
+        opts["epsilon_schedule"] = Epsilon(None, init=init, decay=decay)
+    return opts
+
+
 def jitted_method(name, eps, d, args):
-    """The jitted flowjax coupling `(key, x0, x1) -> ((x0, x1), aux)` of one method."""
+    """The jitted flowjax coupling `(key, x0, x1) -> CouplingResult` of one method."""
     if name == "flowjax_exact":
-        return jax.jit(couplings.exact_ot())
+        return jax.jit(couplings.ExactOT())
     sk = dict(scale_free=True, threshold=args.threshold, max_iterations=args.max_iterations)
     if name == "flowjax_sinkhorn":
-        return jax.jit(couplings.sinkhorn(eps, **sk))
+        return jax.jit(couplings.Sinkhorn(eps, **sk))
     if name == "flowjax_sinkhorn_fast":  # warm_start=True only to return the potentials (LB)
-        return jax.jit(couplings.sinkhorn(eps, **sk, warm_start=True, **fast_options(eps, d)))
+        return jax.jit(couplings.Sinkhorn(eps, **sk, warm_start=True, **fast_kwargs(eps, d)))
     raise ValueError(name)
 
 
 def sharded_method(name, eps, mesh, args):
     if name == "local_exact":
-        return jax.jit(train.local_coupling(couplings.exact_ot(), mesh))
-    sk = couplings.sinkhorn(eps, scale_free=True, threshold=args.threshold,
+        return jax.jit(train.LocalCoupling(couplings.ExactOT(), mesh))
+    sk = couplings.Sinkhorn(eps, scale_free=True, threshold=args.threshold,
                             max_iterations=args.max_iterations)
     if name == "local_sinkhorn":
-        return jax.jit(train.local_coupling(sk, mesh))
+        return jax.jit(train.LocalCoupling(sk, mesh))
     if name == "global_sinkhorn":
-        return jax.jit(train.global_coupling(sk, mesh))
+        return jax.jit(train.GlobalCoupling(sk, mesh))
     raise ValueError(name)
+
+
+def _aux(res):
+    """A coupling result's scalars as one dict (and a warm start's potentials)."""
+    return {"cost": res.cost, **res.stats, "potentials": res.state}
 
 
 def _scalar(aux, name):
@@ -238,14 +259,14 @@ def time_jitted(fn, key, x0, x1, args):
     compiled = fn.lower(key, x0, x1).compile()
     compile_s = time.perf_counter() - t
     t = time.perf_counter()
-    _, aux = jax.block_until_ready(compiled(key, x0, x1))
+    aux = _aux(jax.block_until_ready(compiled(key, x0, x1)))
     first = time.perf_counter() - t
     if first > args.slow_s:
         return compile_s, first, [first], aux
     times = []
     for _ in range(args.repeats):
         t = time.perf_counter()
-        _, aux = jax.block_until_ready(compiled(key, x0, x1))
+        aux = _aux(jax.block_until_ready(compiled(key, x0, x1)))
         times.append(time.perf_counter() - t)
     return compile_s, first, times, aux
 
@@ -438,8 +459,7 @@ def profile(rows, n, d, args, log):
         return None
     best = min(cands, key=lambda r: r["time_s"])
     eps = best["eps_rel"]
-    opts = fast_options(eps, d) if best["method"] == "flowjax_sinkhorn_fast" else {}
-    opts.pop("sampler", None)
+    opts = fast_kwargs(eps, d) if best["method"] == "flowjax_sinkhorn_fast" else {}
     x0, x1 = make_batch(n, d, args.seed)
     cost = jax.jit(couplings.sq_distances)
     plan = jax.jit(functools.partial(couplings.sinkhorn_plan, epsilon=eps, scale_free=True,

@@ -94,8 +94,8 @@ def _problem(coupling_name: str = "independent", per_call: int = 10):
     if coupling_name == "independent":
         loss = cfm
     else:  # the coupling's aux forwarded into the step metrics, pairs made on scaled points
-        coupling = {"sinkhorn": couplings.sinkhorn(0.05, scale_free=True),
-                    "sinkhorn-10-iterations": couplings.sinkhorn(1e-4, max_iterations=10)}[
+        coupling = {"sinkhorn": couplings.Sinkhorn(0.05, scale_free=True),
+                    "sinkhorn-10-iterations": couplings.Sinkhorn(1e-4, max_iterations=10)}[
             coupling_name]
 
         def loss(params, key, batch):

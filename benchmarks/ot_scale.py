@@ -4,12 +4,12 @@ For batches of n = 1,024 / 4,096 / 16,384 points of a 2-D toy problem
 (x0 ~ N(0, I), x1 ~ two moons, a fresh batch every step), sharded along one
 mesh axis "data" of 8 CPU devices, this times and scores:
 
-  local exact      flowjax.train.local_coupling(couplings.exact_ot())   8 x (n/8) SciPy problems
-  local sinkhorn   local_coupling(couplings.sinkhorn(eps, scale_free))  8 x (n/8) Sinkhorn problems
-  global sinkhorn  global_coupling(couplings.sinkhorn(...))  one n x n Sinkhorn, plan row-sharded
+  local exact      flowjax.train.LocalCoupling(couplings.ExactOT())   8 x (n/8) SciPy problems
+  local sinkhorn   LocalCoupling(couplings.Sinkhorn(eps, scale_free))  8 x (n/8) Sinkhorn problems
+  global sinkhorn  GlobalCoupling(couplings.Sinkhorn(...))  one n x n Sinkhorn, plan row-sharded
     cold           every step starts from zero potentials
     warm           every step starts from the previous step's potentials (Klein et al. 2025)
-  global exact     global_coupling(couplings.exact_ot()): the batch gathered to SciPy (n = 1,024)
+  global exact     GlobalCoupling(couplings.ExactOT()): the batch gathered to SciPy (n = 1,024)
 
 with eps = 0.05 std(C) at every size and a sharper eps = 0.003 std(C) up to 1,024
 (--quick) or 4,096 points (its Sinkhorn needs ~15x the iterations).
@@ -89,8 +89,12 @@ def dual_lower_bound(x0, x1, g):
 
 
 def exact_cost(x0, x1):
-    (_, _), aux = couplings.exact_ot()(None, np.asarray(x0), np.asarray(x1))
-    return float(aux["cost"])
+    return float(couplings.ExactOT()(None, np.asarray(x0), np.asarray(x1)).cost)
+
+
+def _aux(res):
+    """A coupling result's scalars as one dict (and a warm start's potentials)."""
+    return {"cost": res.cost, **res.stats, "potentials": res.state}
 
 
 def _scalars(aux):
@@ -101,10 +105,10 @@ def run_coupling(coupling, batches, key, *, warm_from=None, time_first=False):
     """Compiles, calls on batches[0] (a warm-up, timed only with `time_first`) and times the
     others; with `warm_from` (the potentials of batches[0]) there is no warm-up call and each
     step starts from the previous step's potentials. Blocking on every result also avoids the
-    multi-device deadlock of PLATFORM.md."""
+    multi-device deadlock of collectives on the host platform."""
     warm = warm_from is not None
     x0, x1 = batches[0]
-    kwargs = {"init": warm_from} if warm else {}
+    kwargs = {"state": warm_from} if warm else {}
     t = time.perf_counter()
     compiled = jax.jit(coupling).lower(key, x0, x1, **kwargs).compile()
     compile_s = time.perf_counter() - t
@@ -115,13 +119,13 @@ def run_coupling(coupling, batches, key, *, warm_from=None, time_first=False):
         if time_first:
             times.append(time.perf_counter() - t)
     for i, (x0, x1) in enumerate(batches[1:], start=1):
-        kw = {"init": init} if warm else {}
+        kw = {"state": init} if warm else {}
         t = time.perf_counter()
         out = jax.block_until_ready(compiled(jax.random.fold_in(key, i), x0, x1, **kw))
         times.append(time.perf_counter() - t)
-        auxs.append(out[1])
+        auxs.append(_aux(out))
         if warm:
-            init = out[1]["potentials"]
+            init = out.state
     return {"compile_s": compile_s, "times": times, "auxs": auxs, "first": first}
 
 
@@ -133,26 +137,26 @@ def bench_size(n, mesh, args, log):
     batches = [batch(jax.random.fold_in(key, i), n, rows) for i in range(repeats + 1)]
     x0, x1 = batches[1]  # the batch every cost is scored on
     ref = {"indep": float(jnp.mean(jnp.sum((x0 - x1) ** 2, -1)))}
-    methods = [("local exact", None, train.local_coupling(couplings.exact_ot(), mesh))]
+    methods = [("local exact", None, train.LocalCoupling(couplings.ExactOT(), mesh))]
     for i, eps in enumerate(args.epsilons):
         if i and n > args.sharp_max:  # the sharper plans take 10-20x the iterations
             continue
         sk = dict(epsilon=eps, scale_free=True, threshold=args.threshold,
                   max_iterations=args.max_iterations)
         methods += [
-            ("local sinkhorn", eps, train.local_coupling(couplings.sinkhorn(**sk), mesh)),
-            ("global sinkhorn cold", eps, train.global_coupling(
-                couplings.sinkhorn(**sk, warm_start=True), mesh)),
+            ("local sinkhorn", eps, train.LocalCoupling(couplings.Sinkhorn(**sk), mesh)),
+            ("global sinkhorn cold", eps, train.GlobalCoupling(
+                couplings.Sinkhorn(**sk, warm_start=True), mesh)),
             ("global sinkhorn warm", eps, None)]  # the cold coupling, from the previous step
     if n <= args.exact_max:
-        methods.append(("global exact", None, train.global_coupling(couplings.exact_ot(), mesh)))
+        methods.append(("global exact", None, train.GlobalCoupling(couplings.ExactOT(), mesh)))
     results, out = {}, []
     for name, eps, coupling in methods:
         t0 = time.perf_counter()
         if coupling is None:  # warm: the cold coupling started from batch 0's potentials
             cold = results[("global sinkhorn cold", eps)]
             coupling = cold["coupling"]
-            res = run_coupling(coupling, batches, key, warm_from=cold["first"][1]["potentials"])
+            res = run_coupling(coupling, batches, key, warm_from=cold["first"].state)
         else:  # at n > 4,096 a step takes minutes: the first call (after compile) is timed too
             res = run_coupling(coupling, batches, key, time_first=big)
         res["coupling"] = coupling
@@ -197,10 +201,10 @@ def bench_train(n, mesh, args, log):
     sk = dict(epsilon=args.epsilons[0], scale_free=True, threshold=args.threshold,
               max_iterations=args.max_iterations)
     out = []
-    for name, coupling in [("independent", couplings.independent()),
-                           ("local exact", train.local_coupling(couplings.exact_ot(), mesh)),
-                           ("local sinkhorn", train.local_coupling(couplings.sinkhorn(**sk), mesh)),
-                           ("global sinkhorn", train.global_coupling(couplings.sinkhorn(**sk),
+    for name, coupling in [("independent", couplings.Independent()),
+                           ("local exact", train.LocalCoupling(couplings.ExactOT(), mesh)),
+                           ("local sinkhorn", train.LocalCoupling(couplings.Sinkhorn(**sk), mesh)),
+                           ("global sinkhorn", train.GlobalCoupling(couplings.Sinkhorn(**sk),
                                                                      mesh))]:
         loss = functools.partial(losses.cfm_loss, apply_fn=apply_fn, path=paths.RectifiedFlow(),
                                  coupling=coupling)

@@ -18,7 +18,7 @@ The same velocity field, the same data, the same optimizer, the same thread coun
   methods  `icfm`  independent pairs, the rectified-flow path (sigma = 0)
            `otcfm` exact minibatch OT pairs: TorchCFM's `ExactOptimalTransportConditional
                    FlowMatcher` (POT's `emd`, then a draw from the plan); flowjax's
-                   `couplings.exact_ot` (SciPy's assignment through a host callback)
+                   `couplings.ExactOT` (SciPy's assignment through a host callback)
   runners  `flowjax-step`  a jitted `make_batches` + `train.make_train_step`, per step
            `flowjax-scan`  `make_batches` of K batches (OT pairs solved for all K in
                            one host call, in parallel threads) + `make_multi_step(K)`
@@ -102,7 +102,7 @@ def _flowjax_case(case, seconds):
     params = module.init(jax.random.PRNGKey(0), jnp.zeros((1,) + shape), jnp.zeros(1))["params"]
     optimizer = optax.adam(1e-3)
     loss_fn = functools.partial(losses.cfm_loss, apply_fn=apply_fn, path=paths.RectifiedFlow())
-    coupling = couplings.exact_ot() if case["method"] == "otcfm" else None
+    coupling = couplings.ExactOT() if case["method"] == "otcfm" else None
 
     @jax.jit
     def make_batches(key):
