@@ -80,7 +80,7 @@ def test_meanflow_loss_is_zero_for_the_exact_u(x64):
     loss_fn = functools.partial(
         losses.meanflow_loss, apply_fn=_exact_apply(path), path=path,
         velocity_fn=_exact_velocity(path),
-        time_sampler=time.ordered_pairs(time.uniform(), equal_fraction=0.25))
+        time_sampler=time.OrderedPairs(time.Uniform(), equal_fraction=0.25))
     loss, aux = loss_fn(None, jax.random.PRNGKey(4), {"x1": x1})
     assert float(aux["mse"]) < 1e-20 and float(loss) < 1e-16
     # With the conditional velocity the loss is not zero, but the target is
@@ -140,7 +140,7 @@ def test_meanflow_guidance_fixed_point(x64):
     x1 = means[cond] + 0.5 * jax.random.normal(jax.random.PRNGKey(6), (128, 2))
     loss_fn = functools.partial(
         losses.meanflow_loss, apply_fn=apply_fn, velocity_fn=class_velocity,
-        time_sampler=time.ordered_pairs(equal_fraction=1.0), null_cond=2, weight_power=0.0)
+        time_sampler=time.OrderedPairs(equal_fraction=1.0), null_cond=2, weight_power=0.0)
     batch = {"x1": x1, "cond": cond}
     loss, _ = loss_fn(None, jax.random.PRNGKey(7), batch, guidance_scale=omega,
                       guidance_mix=kappa, cond_drop_prob=0.1)
@@ -170,7 +170,7 @@ def test_adaptive_weight_normalises_the_error():
         return params * jnp.ones_like(x)
 
     batch = {"x1": jnp.zeros((8, 2)), "x0": jnp.zeros((8, 2))}
-    pairs = time.ordered_pairs(equal_fraction=1.0)
+    pairs = time.OrderedPairs(equal_fraction=1.0)
     for p, expected in [(0.0, 9.0), (1.0, 18.0 / (18.0 + 1e-3) / 2)]:
         loss, aux = losses.meanflow_loss(jnp.float32(3.0), jax.random.PRNGKey(0), batch,
                                          apply_fn=apply_fn, weight_power=p, time_sampler=pairs)
@@ -179,7 +179,7 @@ def test_adaptive_weight_normalises_the_error():
 
 
 def test_ordered_pairs_distribution():
-    r, t = time.ordered_pairs(equal_fraction=0.75)(jax.random.PRNGKey(0), (40_000,))
+    r, t = time.OrderedPairs(equal_fraction=0.75)(jax.random.PRNGKey(0), (40_000,))
     r, t = np.asarray(r), np.asarray(t)
     assert np.all(r <= t)
     equal = r == t
@@ -190,7 +190,7 @@ def test_ordered_pairs_distribution():
     assert stats.kstest(r[~equal], lambda s: 1 - (1 - s) ** 2).pvalue > 1e-3
     assert stats.kstest(t, lambda s: s).pvalue < 1e-6
     with pytest.raises(ValueError, match="equal_fraction"):
-        time.ordered_pairs(equal_fraction=1.5)
+        time.OrderedPairs(equal_fraction=1.5)
 
 
 @pytest.mark.parametrize("steps", [1, 3, 8])

@@ -119,8 +119,8 @@ def test_velocity_weighting_makes_losses_equal(x64, prediction, path):
 def test_loss_is_jittable_with_every_coupling():
     params = _params(jax.random.PRNGKey(0))
     x1 = jax.random.normal(jax.random.PRNGKey(1), (64, 2))
-    for i, coupling in enumerate((couplings.independent(), couplings.exact_ot(),
-                                  couplings.sinkhorn(0.1), couplings.schrodinger_bridge(0.5))):
+    for i, coupling in enumerate((couplings.Independent(), couplings.ExactOT(),
+                                  couplings.Sinkhorn(0.1), couplings.SchrodingerBridge(0.5))):
         loss = functools.partial(losses.cfm_loss, apply_fn=linear_field,
                                  path=paths.RectifiedFlow(noise=paths.BridgeNoise(0.5)),
                                  coupling=coupling)
@@ -137,7 +137,7 @@ def test_ot_coupling_lowers_the_pair_cost():
     params = _params(jax.random.PRNGKey(0))
     x1 = jax.random.normal(jax.random.PRNGKey(1), (128, 2)) * 0.3
     costs = {}
-    for name, c in (("ind", couplings.independent()), ("ot", couplings.exact_ot())):
+    for name, c in (("ind", couplings.Independent()), ("ot", couplings.ExactOT())):
         _, aux = losses.cfm_loss(params, jax.random.PRNGKey(2), {"x1": x1},
                                  apply_fn=linear_field, path=paths.RectifiedFlow(), coupling=c)
         costs[name] = float(aux["coupling_cost"])
@@ -188,11 +188,11 @@ def test_the_condition_aware_coupling_gets_the_labels():
     cond = jnp.arange(64) % 4
     key = jax.random.PRNGKey(2)
     loss = functools.partial(losses.cfm_loss, apply_fn=linear_field, path=paths.RectifiedFlow(),
-                             coupling=couplings.condition_aware_ot())
+                             coupling=couplings.ConditionAwareOT())
     _, aux = loss(_params(key), key, {"x1": x1, "cond": cond})
     # The loss draws x0 with the first key of its split, as the coupling would see it.
     x0 = jax.random.normal(jax.random.split(key, 6)[0], x1.shape)
-    expect = couplings.condition_aware_ot()(None, x0, x1, cond)[1]["cost"]
+    expect = couplings.ConditionAwareOT()(None, x0, x1, cond=cond).cost
     np.testing.assert_allclose(float(aux["coupling_cost"]), float(expect), rtol=1e-6)
     with pytest.raises(ValueError, match="needs 'cond'"):
         loss(_params(key), key, {"x1": x1})

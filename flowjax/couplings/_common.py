@@ -20,7 +20,7 @@ def flat(x):
     return x.reshape(x.shape[0], -1)
 
 
-def check_call(coupling, key, x0, x1, cond, *, key_used: bool):
+def _check_call(coupling, key, x0, x1, cond, *, key_used: bool):
     """The structural checks of one coupling call; returns `(x0, x1)` with their finiteness check.
 
     A coupling that draws nothing ignores its key and accepts None for it.

@@ -11,7 +11,7 @@ from scipy.optimize import linear_sum_assignment
 from flowjax._checks import check_array, check_finite, check_number
 from flowjax._types import Batch, Cond, KeyArray, Scalar
 from flowjax.couplings._base import AbstractCoupling, CouplingResult, pairs_result
-from flowjax.couplings._common import (assignment_host, check_call, column_assignment,
+from flowjax.couplings._common import (assignment_host, _check_call, column_assignment,
                                        host_permutation, host_sq_cost)
 
 
@@ -81,7 +81,7 @@ class ConditionAwareOT(AbstractCoupling):
 
     def __call__(self, key: KeyArray | None, x0: Batch, x1: Batch, *, cond: Cond = None,
                  state: Any = None) -> CouplingResult:
-        x0, x1 = check_call(self, key, x0, x1, cond, key_used=False)
+        x0, x1 = _check_call(self, key, x0, x1, cond, key_used=False)
         cond = _check_cond(cond, x1.shape[0], self.weight is None)
         if self.weight is None:
             perm = host_permutation(_per_class_host, x0, x1, cond)

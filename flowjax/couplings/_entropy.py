@@ -21,6 +21,14 @@ def plan_entropy(plan):
     return 2.0 * _entropy(p) / (h_a + h_b) - 1.0
 
 
+def _checked_plan(plan):
+    check_array("plan", plan, rank=2)
+    if plan.shape[0] * plan.shape[1] < 2:
+        raise ValueError(f"`plan` must have more than one entry, got shape {tuple(plan.shape)}.")
+    return error_if(check_finite("plan", plan), jnp.any(plan < 0) | ~(jnp.sum(plan) > 0),
+                    "`plan` must be nonnegative with a positive total mass.")
+
+
 def renormalized_entropy(plan: Float[Array, "n m"]) -> Float[Array, ""]:
     r"""The scale-free sharpness of a coupling: 0 for a permutation, 1 for the independent plan.
 
@@ -46,9 +54,4 @@ def renormalized_entropy(plan: Float[Array, "n m"]) -> Float[Array, ""]:
     Returns:
       A scalar in [0, 1].
     """
-    check_array("plan", plan, rank=2)
-    if plan.shape[0] * plan.shape[1] < 2:
-        raise ValueError(f"`plan` must have more than one entry, got shape {tuple(plan.shape)}.")
-    plan = error_if(check_finite("plan", plan), jnp.any(plan < 0) | ~(jnp.sum(plan) > 0),
-                    "`plan` must be nonnegative with a positive total mass.")
-    return plan_entropy(plan)
+    return plan_entropy(_checked_plan(plan))

@@ -11,7 +11,7 @@ from typing import Any
 
 from flowjax._types import Batch, Cond, KeyArray
 from flowjax.couplings._base import AbstractCoupling, CouplingResult, pairs_result
-from flowjax.couplings._common import assignment_host, check_call, host_permutation
+from flowjax.couplings._common import assignment_host, _check_call, host_permutation
 
 
 class ExactOT(AbstractCoupling):
@@ -30,5 +30,5 @@ class ExactOT(AbstractCoupling):
 
     def __call__(self, key: KeyArray | None, x0: Batch, x1: Batch, *, cond: Cond = None,
                  state: Any = None) -> CouplingResult:
-        x0, x1 = check_call(self, key, x0, x1, cond, key_used=False)
+        x0, x1 = _check_call(self, key, x0, x1, cond, key_used=False)
         return pairs_result(x0[host_permutation(assignment_host, x0, x1)], x1)

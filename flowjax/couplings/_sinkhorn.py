@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from flowjax._checks import check_array, check_instance, check_number
 from flowjax._types import Array, Batch, Bool, Cond, Float, KeyArray, Scalar
 from flowjax.couplings._base import AbstractCoupling, CouplingResult, mean_pair_cost
-from flowjax.couplings._common import check_call, flat, sq_distances
+from flowjax.couplings._common import _check_call, flat, sq_distances
 from flowjax.couplings._entropy import plan_entropy
 
 _INNER = 10  # ott's inner_iterations: the marginal error is checked every 10 iterations
@@ -219,7 +219,7 @@ class _AbstractEntropicOT(AbstractCoupling):
 
     def __call__(self, key: KeyArray | None, x0: Batch, x1: Batch, *, cond: Cond = None,
                  state: SinkhornPotentials | None = None) -> CouplingResult:
-        x0, x1 = check_call(self, key, x0, x1, cond, key_used=self.sample)
+        x0, x1 = _check_call(self, key, x0, x1, cond, key_used=self.sample)
         if state is not None:
             if not self.warm_start:
                 raise ValueError(f"`state` is used only with warm_start=True; this "
@@ -361,7 +361,7 @@ def sinkhorn_plan(x0: Batch, x1: Batch, *, epsilon: Scalar, threshold: Scalar = 
     solver = Sinkhorn(epsilon, threshold=threshold, max_iterations=max_iterations,
                       scale_free=scale_free, precompute_cost=precompute_cost,
                       epsilon_schedule=epsilon_schedule, momentum=momentum, sample=False)
-    x0, x1 = check_call(solver, None, x0, x1, None, key_used=False)
+    x0, x1 = _check_call(solver, None, x0, x1, None, key_used=False)
     out = solver._solve(x0, x1)
     return out.plan, out.converged
 

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from flowjax._checks import as_real_array, check_number, check_path, error_if
-from flowjax._types import Array, Float, Scalar, TimeGrid
+from flowjax._types import Array, ArrayLike, Float, Scalar, TimeGrid
 from flowjax.time._samplers import shift_time
 
 
@@ -30,7 +30,7 @@ def shifted_grid(num_steps: int, shift: Scalar) -> TimeGrid:
     return shift_time(uniform_grid(num_steps), shift)
 
 
-def time_of_noise_ratio(path, ratio: Float[Array, "..."], *,
+def time_of_noise_ratio(path, ratio: ArrayLike, *,
                         iterations: int = 60) -> Float[Array, "..."]:
     r"""The flow time t at which the path's noise-to-signal ratio :math:`\bar\sigma(t)/\alpha(t)` is `ratio`.
 

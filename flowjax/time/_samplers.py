@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from flowjax._checks import as_real_array, check_instance, check_number, check_unit_interval
-from flowjax._types import Scalar, Times
+from flowjax._types import Array, ArrayLike, Float, Scalar
 from flowjax.time._base import AbstractTimeSampler
 
 _SAMPLER = "a time sampler (e.g. flowjax.time.Uniform())"
@@ -104,7 +104,7 @@ class Beta(AbstractTimeSampler):
         return jax.random.beta(key, self.a, self.b, shape)
 
 
-def shift_time(t: Times, shift: Scalar):
+def shift_time(t: ArrayLike, shift: Scalar) -> Float[Array, "..."]:
     r"""SD3's resolution-dependent timestep shift, written in flow time.
 
     SD3 (Eq. 23) maps :math:`\tau \mapsto s\tau / (1 + (s - 1)\tau)` with
@@ -122,7 +122,10 @@ def shift_time(t: Times, shift: Scalar):
       shift: the factor s > 0.
     """
     _positive("shift", shift)
-    t = check_unit_interval("t", as_real_array("t", t))
+    return _shift(check_unit_interval("t", as_real_array("t", t)), shift)
+
+
+def _shift(t, shift):
     return t / (t + shift * (1.0 - t))
 
 
@@ -139,8 +142,7 @@ class Shifted(AbstractTimeSampler):
         _positive("shift", self.shift)
 
     def _draw(self, key, shape):
-        t = self.sampler._draw(key, shape)
-        return t / (t + self.shift * (1.0 - t))
+        return _shift(self.sampler._draw(key, shape), self.shift)
 
 
 class OrderedPairs(AbstractTimeSampler):

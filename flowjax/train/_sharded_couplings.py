@@ -46,6 +46,14 @@ def _reduce(value, axis_name):
     return jax.lax.pmean(value, axis_name)
 
 
+def _check_mesh(mesh, axis_name):
+    if not isinstance(mesh, Mesh):
+        raise TypeError(f"`mesh` must be a jax.sharding.Mesh, got {type(mesh).__name__}.")
+    if axis_name not in mesh.axis_names:
+        raise ValueError(f"`axis_name` {axis_name!r} is not an axis of `mesh` "
+                         f"(axes {mesh.axis_names}).")
+
+
 class _AbstractShardedCoupling(AbstractCoupling):
     """A coupling wrapped for a batch sharded along `axis_name` of `mesh`."""
 
@@ -56,11 +64,7 @@ class _AbstractShardedCoupling(AbstractCoupling):
     def __check_init__(self):
         check_instance("coupling", self.coupling, AbstractCoupling,
                        "a coupling (e.g. flowjax.couplings.ExactOT())")
-        if not isinstance(self.mesh, Mesh):
-            raise TypeError(f"`mesh` must be a jax.sharding.Mesh, got {type(self.mesh).__name__}.")
-        if self.axis_name not in self.mesh.axis_names:
-            raise ValueError(f"`axis_name` {self.axis_name!r} is not an axis of `mesh` "
-                             f"(axes {self.mesh.axis_names}).")
+        _check_mesh(self.mesh, self.axis_name)
 
     @property
     def reorders(self) -> bool:
