@@ -6,12 +6,11 @@ from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 
 from flowjax._checks import check_array, check_finite, check_number
 from flowjax._types import Batch, Cond, KeyArray, Scalar
 from flowjax.couplings._base import AbstractCoupling, CouplingResult, pairs_result
-from flowjax.couplings._common import (assignment_host, _check_call, column_assignment,
+from flowjax.couplings._common import (_check_call, assignment_host, column_assignment,
                                        host_permutation, host_sq_cost)
 
 

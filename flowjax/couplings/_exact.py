@@ -11,7 +11,7 @@ from typing import Any
 
 from flowjax._types import Batch, Cond, KeyArray
 from flowjax.couplings._base import AbstractCoupling, CouplingResult, pairs_result
-from flowjax.couplings._common import assignment_host, _check_call, host_permutation
+from flowjax.couplings._common import _check_call, assignment_host, host_permutation
 
 
 class ExactOT(AbstractCoupling):
