@@ -26,15 +26,22 @@ from flowjax._checks import as_real_array, check_number, check_path
 from flowjax._types import Batch, BatchTimes, Cond, KeyArray, Params, Scalar
 from flowjax.couplings import Independent
 from flowjax.couplings._base import AbstractCoupling
-from flowjax.losses._core import (check_cond as check_cond, check_label_dropout,
-                                  check_loss_args, check_time_sampler, drop_labels, model_call,
-                                  paired_batch, path_noise, regression, sample_times)
+from flowjax.losses._core import (_check_cond, _check_loss_options, _drop_labels, _model_call,
+                                  _path_noise, _sample_times, paired_batch, regression)
 from flowjax.paths import T_CLIP, Prediction, convert
 from flowjax.paths._conversions import _coefficient, check_prediction
 from flowjax.time import Uniform
 from flowjax.time._base import AbstractTimeSampler
 
-_CLIP = dict(low=0.0, high=0.5, low_open=True, high_open=True)
+check_cond = _check_cond  # the name flowjax.losses._cnf imports
+
+
+def _check_weighting(path, t_clip, **predictions):
+    """The arguments of a weighting: a path, the floors' `t_clip` and the predictions."""
+    check_path("path", path)
+    for name, kind in predictions.items():
+        check_prediction(name, kind)
+    check_number("t_clip", t_clip, low=0.0, high=0.5, low_open=True, high_open=True)
 
 
 def cfm_target(path, x0: Batch, x1: Batch, t: BatchTimes, z: Batch | None = None, *,
@@ -107,10 +114,7 @@ def loss_weighting(path, given: Prediction, to: Prediction, *,
     Returns:
       `w(t [B]) -> [B]`.
     """
-    check_path("path", path)
-    check_prediction("given", given)
-    check_prediction("to", to)
-    check_number("t_clip", t_clip, **_CLIP)
+    _check_weighting(path, t_clip, given=given, to=to)
 
     def weight(t):
         return _coefficient(path, as_real_array("t", t), given, to, t_clip) ** 2
@@ -137,7 +141,7 @@ def velocity_weighting(path, prediction: Prediction, *,
     Returns:
       `w(t [B]) -> [B]`.
     """
-    check_prediction("prediction", prediction)
+    _check_weighting(path, t_clip, prediction=prediction)
     return loss_weighting(path, prediction, Prediction.VELOCITY, t_clip=t_clip)
 
 
@@ -192,20 +196,17 @@ def cfm_loss(params: Params, key: KeyArray, batch: dict, *, apply_fn: Callable, 
       `coupling_fallback` (int32, 1 when the coupling fell back to
       independent pairs) and the coupling's own scalar stats as `coupling_*`.
     """
-    check_loss_args(key, apply_fn, path=path, prediction=prediction, weighting=weighting)
-    check_label_dropout(cond_drop_prob, null_cond, batch)
-    time_sampler = check_time_sampler(Uniform() if time_sampler is None else time_sampler,
-                                      pairs=False)
+    time_sampler = _check_loss_options(locals(), Uniform())
     k_pair, k_t, k_z, k_drop, k_model = jax.random.split(key, 5)
     x0, x1, cond, aux = paired_batch(k_pair, batch, Independent() if coupling is None
                                      else coupling,
                                      allow_cond_blind_coupling=allow_cond_blind_coupling)
-    cond, _ = drop_labels(k_drop, cond, null_cond, cond_drop_prob)
-    t = sample_times(time_sampler, k_t, x1.shape[0], x1.dtype)
-    z = path_noise(path, k_z, x1)
+    cond, _ = _drop_labels(k_drop, cond, null_cond, cond_drop_prob)
+    t = _sample_times(time_sampler, k_t, x1.shape[0], x1.dtype)
+    z = _path_noise(path, k_z, x1)
     target = cfm_target(path, x0, x1, t, z, prediction=prediction)
-    out = model_call(apply_fn, k_model if model_key else None, params,
-                     path.interpolate(x0, x1, t, z), t, cond, like=x1)
+    out = _model_call(apply_fn, k_model if model_key else None, params,
+                      path.interpolate(x0, x1, t, z), t, cond, like=x1)
     mse = regression(out, target)
     loss = mse if weighting is None else regression(out, target, weighting(t))
     return loss, {"mse": mse, **aux}

@@ -19,22 +19,29 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from flowjax._checks import check_signature, error_if
+from flowjax._checks import error_if
 from flowjax._types import KeyArray, Params
 from flowjax.couplings import Independent
-from flowjax.losses._core import (check_loss_args, check_time_sampler, model_call, paired_batch,
-                                  path_noise, sample_times)
+from flowjax.losses._core import (_check_loss_options, _model_call, _path_noise, _sample_times,
+                                  paired_batch)
 from flowjax.time import Uniform
 from flowjax.time._base import AbstractTimeSampler
 
 
-def _check_labels(labels, batch_size):
+def _check_labels(labels, logits, batch_size):
+    """Integer labels `[B]` for logits `[B, K]`, checked in [0, K) in the compiled program."""
+    if getattr(logits, "ndim", None) != 2 or logits.shape[0] != batch_size:
+        raise ValueError(f"`apply_fn` must return logits [B, K] with B = {batch_size}, "
+                         f"got shape {tuple(getattr(logits, 'shape', ()))}.")
     if not hasattr(labels, "dtype") or not jnp.issubdtype(labels.dtype, jnp.integer) \
             or labels.shape != (batch_size,):
         got = (f"{labels.dtype} of shape {tuple(labels.shape)}" if hasattr(labels, "dtype")
                else type(labels).__name__)
         raise TypeError(f"`batch['cond']` must be an integer array of labels [{batch_size}], "
                         f"got {got}.")
+    k = logits.shape[1]
+    return error_if(labels, jnp.any((labels < 0) | (labels >= k)),
+                    f"`batch['cond']` labels must lie in [0, {k}) (the classifier's logits).")
 
 
 def classifier_loss(params: Params, key: KeyArray, batch: dict, *, apply_fn: Callable, path,
@@ -59,22 +66,13 @@ def classifier_loss(params: Params, key: KeyArray, batch: dict, *, apply_fn: Cal
       `(loss, aux)` with `aux = {"accuracy"}`, the fraction of noisy points
       classified correctly.
     """
-    check_loss_args(key, apply_fn, path=path)
-    check_signature("apply_fn", apply_fn, 3)
-    time_sampler = check_time_sampler(Uniform() if time_sampler is None else time_sampler,
-                                      pairs=False)
+    time_sampler = _check_loss_options(locals(), Uniform(), model_args=3)
     k_pair, k_t, k_z, k_model = jax.random.split(key, 4)
     x0, x1, labels, _ = paired_batch(k_pair, batch, Independent(), keys=("x1", "cond"))
-    _check_labels(labels, x1.shape[0])
-    t = sample_times(time_sampler, k_t, x1.shape[0], x1.dtype)
-    x_t = path.interpolate(x0, x1, t, path_noise(path, k_z, x1))
-    logits = model_call(apply_fn, k_model if model_key else None, params, x_t, t)
-    if getattr(logits, "ndim", None) != 2 or logits.shape[0] != x1.shape[0]:
-        raise ValueError(f"`apply_fn` must return logits [B, K] with B = {x1.shape[0]}, "
-                         f"got shape {tuple(getattr(logits, 'shape', ()))}.")
-    labels = error_if(labels, jnp.any((labels < 0) | (labels >= logits.shape[1])),
-                      f"`batch['cond']` labels must lie in [0, {logits.shape[1]}) "
-                      "(the classifier's number of logits).")
+    t = _sample_times(time_sampler, k_t, x1.shape[0], x1.dtype)
+    x_t = path.interpolate(x0, x1, t, _path_noise(path, k_z, x1))
+    logits = _model_call(apply_fn, k_model if model_key else None, params, x_t, t)
+    labels = _check_labels(labels, logits, x1.shape[0])
     log_p = jax.nn.log_softmax(logits, axis=-1)
     nll = -jnp.take_along_axis(log_p, labels[:, None], axis=-1)[:, 0]
     return jnp.mean(nll), {"accuracy": jnp.mean(jnp.argmax(logits, -1) == labels)}

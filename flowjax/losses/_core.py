@@ -4,8 +4,8 @@ A loss is a target plus :func:`regression`. The pieces here are written once
 and used by every loss in :mod:`flowjax.losses`:
 
 - :func:`paired_batch`: the batch checks, the source draw and the coupling;
-- :func:`sample_times`, :func:`path_noise`, :func:`drop_labels`: the draws;
-- :func:`model_call`: the model call, with a dropout key when asked for;
+- :func:`_sample_times`, :func:`_path_noise`, :func:`_drop_labels`: the draws;
+- :func:`_model_call`: the model call, with a dropout key when asked for;
 - :func:`regression`: the weighted mean squared error.
 
 Coupling state (a warm start's potentials) is not threaded through losses:
@@ -24,7 +24,7 @@ import jax.numpy as jnp
 
 from flowjax._checks import (check_array, check_callable, check_finite, check_instance,
                              check_key, check_number, check_output_shape, check_path,
-                             check_same_shape, check_unit_interval, error_if)
+                             check_same_shape, check_signature, check_unit_interval, error_if)
 from flowjax._types import Array, Batch, BatchTimes, Float
 from flowjax.couplings._base import AbstractCoupling, CouplingResult
 from flowjax.paths import Prediction
@@ -38,7 +38,7 @@ _TIME_SAMPLER = "a time sampler object (e.g. flowjax.time.Uniform() or LogitNorm
 # -- the regression --------------------------------------------------------------------------
 
 
-def squared_error(prediction: Batch, target: Batch) -> BatchTimes:
+def _squared_error(prediction: Batch, target: Batch) -> BatchTimes:
     """Per-sample mean squared error over the dimensions, `[B]`."""
     check_output_shape("prediction", prediction, target, "target")
     diff = (prediction - target).reshape(target.shape[0], -1)
@@ -63,14 +63,14 @@ def regression(prediction: Batch, target: Batch,
     Returns:
       The scalar loss.
     """
-    err = squared_error(prediction, target)
+    err = _squared_error(prediction, target)
     return jnp.mean(err) if weight is None else jnp.mean(weight * err)
 
 
 # -- structural checks shared by the losses --------------------------------------------------
 
 
-def check_cond(name: str, cond, batch_size: int) -> None:
+def _check_cond(name: str, cond, batch_size: int) -> None:
     """`cond` (a pytree or None) must have arrays with a leading batch axis as leaves."""
     for leaf in jax.tree.leaves(cond):
         if not hasattr(leaf, "shape") or not hasattr(leaf, "dtype"):
@@ -81,30 +81,78 @@ def check_cond(name: str, cond, batch_size: int) -> None:
                              f"got shape {tuple(leaf.shape)}.")
 
 
-def check_batch(batch, keys=("x1",)) -> None:
+def _check_batch(batch, keys=("x1",)) -> None:
     """A dict with `keys`, `x1` an array and `cond`, if any, aligned with it."""
     if not isinstance(batch, dict) or any(k not in batch for k in keys):
         got = sorted(batch) if isinstance(batch, dict) else type(batch).__name__
         raise ValueError(f"`batch` must be a dict with the keys {list(keys)} (and optionally "
                          f"'x0', 'cond'), got {got}.")
     check_array("batch['x1']", batch["x1"])
-    check_cond("batch['cond']", batch.get("cond"), batch["x1"].shape[0])
+    _check_cond("batch['cond']", batch.get("cond"), batch["x1"].shape[0])
 
 
-def check_loss_args(key, apply_fn, *, path=None, prediction=Prediction.VELOCITY,
-                    weighting=None, **numbers) -> None:
-    """The arguments most losses take; `numbers` maps a name to `(value, check_number bounds)`."""
-    check_key("key", key)
-    check_callable("apply_fn", apply_fn)
-    if path is not None:
-        check_path("path", path)
-    check_prediction("prediction", prediction)
-    check_callable("weighting", weighting, allow_none=True)
-    for name, (value, bounds) in numbers.items():
-        check_number(name, value, **bounds)
+#: The scalar options of the losses, by name, with their bounds (for `check_number`).
+_NUMBERS = {"cond_drop_prob": dict(low=0.0, high=1.0, high_open=True),
+            "weight_power": dict(low=0.0), "weight_eps": dict(low=0.0, low_open=True),
+            "guidance_scale": {}, "guidance_mix": {},
+            "finest_steps": dict(low=2, integer=True),
+            "bootstrap_fraction": dict(low=0.0, high=1.0, high_open=True)}
+#: The optional callables of the losses.
+_CALLABLES = ("weighting", "velocity_fn")
 
 
-def check_coupling(coupling, cond, allow_cond_blind_coupling: bool) -> AbstractCoupling:
+def _check_loss_options(args: dict, default_times: AbstractTimeSampler, *,
+                        model_args: int | None = None) -> AbstractTimeSampler:
+    """Checks a loss's arguments by name, once per call; returns its time sampler.
+
+    `args` are the loss's arguments (`locals()` as its first statement); each
+    one the losses share is checked by its name (one name per concept), so
+    every loss checks `key`, `apply_fn`, `path`, `prediction`, the scalar
+    options, label dropout and guidance the same way. `model_args`, when given,
+    is the number of positional arguments `apply_fn` must take. The time
+    sampler is `default_times` when None, and must draw pairs exactly when
+    `default_times` does.
+    """
+    check_key("key", args["key"])
+    check_callable("apply_fn", args["apply_fn"])
+    if model_args is not None:
+        check_signature("apply_fn", args["apply_fn"], model_args)
+    if args.get("path") is not None:
+        check_path("path", args["path"])
+    check_prediction("prediction", args.get("prediction", Prediction.VELOCITY))
+    for name in _CALLABLES:
+        check_callable(name, args.get(name), allow_none=True)
+    for name, bounds in _NUMBERS.items():
+        if name in args:
+            check_number(name, args[name], **bounds)
+    if args.get("finest_steps", 2) & (args.get("finest_steps", 2) - 1):
+        raise ValueError(f"`finest_steps` must be a power of two >= 2, "
+                         f"got {args['finest_steps']!r}.")
+    if args.get("distill") and args.get("time_sampler") is not None:
+        raise ValueError("`time_sampler` has no role with distill=True (the loss is at t = 0).")
+    _check_conditioning(args)
+    return _check_time_sampler(args.get("time_sampler"), default_times)
+
+
+def _check_conditioning(args: dict) -> None:
+    """Label dropout and guidance need `null_cond` and a batch with 'cond'."""
+    batch = args["batch"]
+    missing = args.get("null_cond") is None or not isinstance(batch, dict) \
+        or batch.get("cond") is None
+    if args.get("cond_drop_prob", 0.0) > 0 and missing:
+        raise ValueError("label dropout (`cond_drop_prob` > 0) needs `null_cond` and "
+                         "batch['cond'].")
+    if _guided(args.get("guidance_scale", 1.0), args.get("guidance_mix", 0.0)) and missing:
+        raise ValueError("guidance (`guidance_scale` != 1 or `guidance_mix` != 0) needs "
+                         "`null_cond` and batch['cond'].")
+
+
+def _guided(guidance_scale, guidance_mix) -> bool:
+    """Whether MeanFlow's guidance is on (`(1, 0)` is no guidance)."""
+    return guidance_scale != 1.0 or guidance_mix != 0.0
+
+
+def _check_coupling(coupling, cond, allow_cond_blind_coupling: bool) -> AbstractCoupling:
     """A coupling object, refused when it would reorder a conditional batch blindly."""
     check_instance("coupling", coupling, AbstractCoupling, _COUPLING)
     check_instance("allow_cond_blind_coupling", allow_cond_blind_coupling, bool, "a bool")
@@ -122,23 +170,17 @@ def check_coupling(coupling, cond, allow_cond_blind_coupling: bool) -> AbstractC
     return coupling
 
 
-def check_time_sampler(time_sampler, *, pairs: bool) -> AbstractTimeSampler:
-    """A time sampler object that draws pairs `(r, t)` exactly when `pairs`."""
+def _check_time_sampler(time_sampler, default: AbstractTimeSampler) -> AbstractTimeSampler:
+    """`time_sampler` (`default` when None): a time-sampler object that draws pairs `(r, t)`
+    exactly when `default` does."""
+    if time_sampler is None:
+        return default
     check_instance("time_sampler", time_sampler, AbstractTimeSampler, _TIME_SAMPLER)
-    if time_sampler.pairs != pairs:
-        want = ("pairs (r, t) (e.g. flowjax.time.OrderedPairs(...))" if pairs
+    if time_sampler.pairs != default.pairs:
+        want = ("pairs (r, t) (e.g. flowjax.time.OrderedPairs(...))" if default.pairs
                 else "one time per sample, not pairs")
         raise ValueError(f"`time_sampler` must draw {want}, got {type(time_sampler).__name__}.")
     return time_sampler
-
-
-def check_label_dropout(cond_drop_prob: float, null_cond, batch) -> None:
-    """Label dropout needs `null_cond` and a batch with 'cond'."""
-    check_number("cond_drop_prob", cond_drop_prob, low=0.0, high=1.0, high_open=True)
-    cond = batch.get("cond") if isinstance(batch, dict) else None
-    if cond_drop_prob > 0 and (null_cond is None or cond is None):
-        raise ValueError("label dropout (`cond_drop_prob` > 0) needs `null_cond` and "
-                         "batch['cond'].")
 
 
 # -- the prologue and the draws --------------------------------------------------------------
@@ -153,7 +195,7 @@ class Pairs(NamedTuple):
     aux: dict  #: the coupling's scalar diagnostics, `coupling_*`
 
 
-def coupling_aux(result: CouplingResult, dtype) -> dict:
+def _coupling_aux(result: CouplingResult, dtype) -> dict:
     """The coupling's diagnostics as loss aux: `coupling_cost` (float), `coupling_fallback`
     (int32, 1 when the coupling fell back to independent pairs) and `coupling_<stat>` for
     every scalar entry of `result.stats` (integer/bool ones are counts)."""
@@ -162,6 +204,26 @@ def coupling_aux(result: CouplingResult, dtype) -> dict:
     aux["coupling_cost"] = jnp.asarray(result.cost).astype(dtype)
     aux["coupling_fallback"] = jnp.asarray(result.fallback).astype(jnp.int32)
     return aux
+
+
+def _check_pairing(batch, coupling, keys, allow_cond_blind_coupling):
+    """The checked `(x0 or None, x1, cond, coupling)` of :func:`paired_batch`."""
+    _check_batch(batch, keys)
+    x1, x0, cond = batch["x1"], batch.get("x0"), batch.get("cond")
+    coupling = _check_coupling(coupling, cond, allow_cond_blind_coupling)
+    if x0 is not None:
+        check_same_shape("batch['x0']", x0, "batch['x1']", x1)
+        check_array("batch['x0']", x0)
+        x0 = check_finite("batch['x0']", x0)
+    return x0, check_finite("batch['x1']", x1), cond, coupling
+
+
+def _check_result(result, x0, x1) -> CouplingResult:
+    check_instance("coupling", result, CouplingResult,
+                   "a coupling that returns a flowjax.couplings.CouplingResult")
+    check_output_shape("coupling", result.x0, x0, "batch['x0']")
+    check_output_shape("coupling", result.x1, x1, "batch['x1']")
+    return result
 
 
 def paired_batch(key, batch: dict, coupling: AbstractCoupling, *, keys=("x1",),
@@ -173,28 +235,27 @@ def paired_batch(key, batch: dict, coupling: AbstractCoupling, *, keys=("x1",),
     called with `cond=batch['cond']`; one that reorders without it is refused
     on a batch with `cond` unless `allow_cond_blind_coupling`. Couplings keep
     `x1` in place, so `cond` stays aligned with it.
+
+    Args:
+      key: a PRNG key.
+      batch: a dict with (at least) `keys`, optionally `x0` and `cond`.
+      coupling: a coupling object.
+      keys: the keys the batch must have.
+      allow_cond_blind_coupling: pair a conditional batch with a coupling
+        that reorders without using `cond`.
+
+    Returns:
+      :class:`Pairs` `(x0, x1, cond, aux)`, `aux` the coupling's scalars.
     """
-    check_batch(batch, keys)
-    cond = batch.get("cond")
-    coupling = check_coupling(coupling, cond, allow_cond_blind_coupling)
+    x0, x1, cond, coupling = _check_pairing(batch, coupling, keys, allow_cond_blind_coupling)
     k_x0, k_pair = jax.random.split(key)
-    x1 = check_finite("batch['x1']", batch["x1"])
-    x0 = batch.get("x0")
-    if x0 is None:
-        x0 = jax.random.normal(k_x0, x1.shape, x1.dtype)
-    else:
-        check_same_shape("batch['x0']", x0, "batch['x1']", x1)
-        check_array("batch['x0']", x0)
-        x0 = check_finite("batch['x0']", x0)
+    x0 = jax.random.normal(k_x0, x1.shape, x1.dtype) if x0 is None else x0
     result = coupling(k_pair, x0, x1, **({"cond": cond} if coupling.uses_cond else {}))
-    check_instance("coupling", result, CouplingResult,
-                   "a coupling that returns a flowjax.couplings.CouplingResult")
-    check_output_shape("coupling", result.x0, x0, "batch['x0']")
-    check_output_shape("coupling", result.x1, x1, "batch['x1']")
-    return Pairs(result.x0, result.x1, cond, coupling_aux(result, x1.dtype))
+    result = _check_result(result, x0, x1)
+    return Pairs(result.x0, result.x1, cond, _coupling_aux(result, x1.dtype))
 
 
-def sample_times(time_sampler: AbstractTimeSampler, key, n: int, dtype):
+def _sample_times(time_sampler: AbstractTimeSampler, key, n: int, dtype):
     """`time_sampler(key, (n,))`: `[n]` times in [0, 1], or a pair `(r, t)` with `r <= t`.
 
     The shapes are checked at trace time, the values in the compiled program.
@@ -212,12 +273,12 @@ def sample_times(time_sampler: AbstractTimeSampler, key, n: int, dtype):
     return error_if(r, jnp.any(r > t), "`time_sampler` must return pairs with r <= t."), t
 
 
-def path_noise(path, key, like: Batch) -> Batch | None:
+def _path_noise(path, key, like: Batch) -> Batch | None:
     """The path's extra noise `z ~ N(0, I)` shaped like `like`, or None for a noiseless path."""
     return None if path.noise is None else jax.random.normal(key, like.shape, like.dtype)
 
 
-def drop_labels(key, cond, null_cond, prob: float):
+def _drop_labels(key, cond, null_cond, prob: float):
     """Replaces each label by `null_cond` with probability `prob` (classifier-free guidance).
 
     Returns `(cond, dropped)` with `dropped: [B]` bool, or None when
@@ -236,14 +297,14 @@ def drop_labels(key, cond, null_cond, prob: float):
     return jax.tree.map(swap, cond), dropped
 
 
-def model_call(apply_fn, key, *args, like=None):
+def _model_call(apply_fn, key, *args, like=None):
     """`apply_fn(*args)`, with `key=key` when a key is given (dropout), its shape checked
     against `like` (at trace time) when given."""
     out = apply_fn(*args) if key is None else apply_fn(*args, key=key)
     return out if like is None else check_output_shape("apply_fn", out, like, "x")
 
 
-def keyed_model(apply_fn, key):
+def _keyed_model(apply_fn, key):
     """`apply_fn` with `key=key` bound (a model called several times with one dropout mask)."""
     if key is None:
         return apply_fn

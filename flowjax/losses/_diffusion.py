@@ -37,9 +37,8 @@ import jax.numpy as jnp
 from flowjax._checks import check_number
 from flowjax._types import BatchTimes, Cond, KeyArray, Params, Scalar
 from flowjax.couplings._base import AbstractCoupling
-from flowjax.losses._cfm import cfm_loss, loss_weighting
+from flowjax.losses._cfm import _check_weighting, cfm_loss, loss_weighting
 from flowjax.paths import T_CLIP, Prediction, noise_ratio, sde_diffusion
-from flowjax.paths._conversions import check_prediction
 from flowjax.time._base import AbstractTimeSampler
 
 Weighting = Callable[[BatchTimes], BatchTimes]
@@ -164,7 +163,7 @@ def likelihood_weighting(path, prediction: Prediction = Prediction.SCORE, *,
     Returns:
       `w(t [B]) -> [B]`.
     """
-    check_prediction("prediction", prediction)
+    _check_weighting(path, t_clip, prediction=prediction)
     to_score = loss_weighting(path, prediction, Prediction.SCORE, t_clip=t_clip)
 
     def weight(t):
@@ -196,8 +195,8 @@ def edm_weighting(path, sigma_data: Scalar = 0.5, prediction: Prediction = Predi
     Returns:
       `w(t [B]) -> [B]`.
     """
+    _check_weighting(path, t_clip, prediction=prediction)
     check_number("sigma_data", sigma_data, low=0.0, low_open=True)
-    check_prediction("prediction", prediction)
     to_data = loss_weighting(path, prediction, Prediction.DATA, t_clip=t_clip)
 
     def weight(t):

@@ -23,21 +23,21 @@ import jax
 import jax.numpy as jnp
 
 from flowjax._checks import (broadcast_time, check_array, check_callable, check_finite,
-                             check_number, check_output_shape, check_same_shape, check_time,
-                             error_if)
+                             check_same_shape, check_time, error_if)
 from flowjax._types import Batch, BatchTimes, Cond, KeyArray, Params, Scalar
 from flowjax.couplings import Independent
 from flowjax.couplings._base import AbstractCoupling
-from flowjax.losses._core import (check_label_dropout, check_loss_args, check_time_sampler,
-                                  drop_labels, keyed_model, model_call, paired_batch,
-                                  path_noise, regression, sample_times, squared_error)
+from flowjax.losses._core import (_check_loss_options, _drop_labels, _guided, _keyed_model,
+                                  _model_call, _path_noise, _sample_times, _squared_error,
+                                  paired_batch, regression)
 from flowjax.paths import RectifiedFlow
 from flowjax.time import LogitNormal, OrderedPairs, Uniform
 from flowjax.time._base import AbstractTimeSampler
 
 
-def _check_jump(x, r, t, v=None):
-    """`x: [B, *dims]` and `[B]` times `r <= t` in [0, 1] (and `v` like `x`), checked."""
+def _check_jump(apply_fn, x, r, t, v=None):
+    """A model, `x: [B, *dims]` and `[B]` times `r <= t` in [0, 1] (and `v` like `x`), checked."""
+    check_callable("apply_fn", apply_fn)
     check_array("x", x)
     r, t = check_time(r, x.shape[0], name="r"), check_time(t, x.shape[0], name="t")
     if r.ndim != 1 or t.ndim != 1:
@@ -84,11 +84,10 @@ def meanflow_target(apply_fn: Callable, params: Params, x: Batch, r: BatchTimes,
       `(u, target)`: the prediction (differentiable in `params`) and the
       target, with its gradient stopped.
     """
-    check_callable("apply_fn", apply_fn)
-    x, r, t, v = _check_jump(x, r, t, v)
-    u, du_dr = jax.jvp(lambda x_, r_, t_: apply_fn(params, x_, r_, t_, cond), (x, r, t),
-                       (v, jnp.ones_like(r), jnp.zeros_like(t)))
-    check_output_shape("apply_fn", u, x, "x")
+    x, r, t, v = _check_jump(apply_fn, x, r, t, v)
+    u, du_dr = jax.jvp(lambda x_, r_, t_: _model_call(apply_fn, None, params, x_, r_, t_, cond,
+                                                      like=x),
+                       (x, r, t), (v, jnp.ones_like(r), jnp.zeros_like(t)))
     return u, jax.lax.stop_gradient(v + broadcast_time(t - r, x) * du_dr)
 
 
@@ -162,33 +161,24 @@ def meanflow_loss(params: Params, key: KeyArray, batch: dict, *, apply_fn: Calla
       `(loss, aux)` with the scalars `mse` and the coupling's `coupling_*`
       (as in :func:`flowjax.losses.cfm_loss`).
     """
-    check_loss_args(key, apply_fn, path=path, weight_power=(weight_power, dict(low=0.0)),
-                    weight_eps=(weight_eps, dict(low=0.0, low_open=True)),
-                    guidance_scale=(guidance_scale, {}), guidance_mix=(guidance_mix, {}))
-    check_callable("velocity_fn", velocity_fn, allow_none=True)
-    check_label_dropout(cond_drop_prob, null_cond, batch)
-    guided = guidance_scale != 1.0 or guidance_mix != 0.0
-    if guided and (null_cond is None or batch.get("cond") is None):
-        raise ValueError("guidance (`guidance_scale` != 1 or `guidance_mix` != 0) needs "
-                         "`null_cond` and batch['cond'].")
+    time_sampler = _check_loss_options(locals(), OrderedPairs(LogitNormal(0.4, 1.0),
+                                                              equal_fraction=0.75))
     path = RectifiedFlow() if path is None else path
-    time_sampler = check_time_sampler(OrderedPairs(LogitNormal(0.4, 1.0), equal_fraction=0.75)
-                                      if time_sampler is None else time_sampler, pairs=True)
     k_pair, k_t, k_z, k_drop, k_model = jax.random.split(key, 5)
-    model = keyed_model(apply_fn, k_model if model_key else None)
+    model = _keyed_model(apply_fn, k_model if model_key else None)
     x0, x1, cond, aux = paired_batch(k_pair, batch, Independent() if coupling is None
                                      else coupling,
                                      allow_cond_blind_coupling=allow_cond_blind_coupling)
-    r, t = sample_times(time_sampler, k_t, x1.shape[0], x1.dtype)
-    z = path_noise(path, k_z, x1)
+    r, t = _sample_times(time_sampler, k_t, x1.shape[0], x1.dtype)
+    z = _path_noise(path, k_z, x1)
     x_r = path.interpolate(x0, x1, r, z)
-    cond, dropped = drop_labels(k_drop, cond, null_cond, cond_drop_prob)
+    cond, dropped = _drop_labels(k_drop, cond, null_cond, cond_drop_prob)
     v = path.velocity(x0, x1, r, z) if velocity_fn is None else velocity_fn(x_r, r, cond)
-    if guided:
+    if _guided(guidance_scale, guidance_mix):
         v = _guided_velocity(model, params, x_r, r, v, cond, dropped, null_cond,
                              guidance_scale, guidance_mix)
     u, target = meanflow_target(model, params, x_r, r, t, v, cond)
-    err = squared_error(u, target)
+    err = _squared_error(u, target)
     weight = jax.lax.stop_gradient((err * math.prod(x1.shape[1:]) + weight_eps)
                                    ** -weight_power)
     return regression(u, target, weight), {"mse": jnp.mean(err), **aux}
@@ -217,18 +207,11 @@ def shortcut_target(apply_fn: Callable, params: Params, x: Batch, r: BatchTimes,
     Returns:
       The target `[B, *dims]`, with its gradient stopped.
     """
-    check_callable("apply_fn", apply_fn)
-    x, r, t, _ = _check_jump(x, r, t)
+    x, r, t, _ = _check_jump(apply_fn, x, r, t)
     half = 0.5 * (t - r)
-    s1 = check_output_shape("apply_fn", apply_fn(params, x, r, r + half, cond), x, "x")
+    s1 = _model_call(apply_fn, None, params, x, r, r + half, cond, like=x)
     s2 = apply_fn(params, x + broadcast_time(half, x) * s1, r + half, t, cond)
     return jax.lax.stop_gradient(0.5 * (s1 + s2))
-
-
-def _check_finest_steps(finest_steps):
-    check_number("finest_steps", finest_steps, low=2, integer=True)
-    if finest_steps & (finest_steps - 1):
-        raise ValueError(f"`finest_steps` must be a power of two >= 2, got {finest_steps!r}.")
 
 
 def shortcut_loss(params: Params, key: KeyArray, batch: dict, *, apply_fn: Callable,
@@ -269,14 +252,10 @@ def shortcut_loss(params: Params, key: KeyArray, batch: dict, *, apply_fn: Calla
       `(loss, aux)` with the scalars `mse`, `fm_mse`, `consistency_mse` and
       the coupling's `coupling_*`.
     """
-    check_loss_args(key, apply_fn, path=path, bootstrap_fraction=(
-        bootstrap_fraction, dict(low=0.0, high=1.0, high_open=True)))
-    _check_finest_steps(finest_steps)
+    time_sampler = _check_loss_options(locals(), Uniform())
     path = RectifiedFlow() if path is None else path
-    time_sampler = check_time_sampler(Uniform() if time_sampler is None else time_sampler,
-                                      pairs=False)
     k_pair, k_t, k_level, k_start, k_z, k_model = jax.random.split(key, 6)
-    model = keyed_model(apply_fn, k_model if model_key else None)
+    model = _keyed_model(apply_fn, k_model if model_key else None)
     x0, x1, cond, aux = paired_batch(k_pair, batch, Independent() if coupling is None
                                      else coupling,
                                      allow_cond_blind_coupling=allow_cond_blind_coupling)
@@ -284,20 +263,20 @@ def shortcut_loss(params: Params, key: KeyArray, batch: dict, *, apply_fn: Calla
     nb = int(round(n * bootstrap_fraction))
 
     # Self-consistency rows :nb on the dyadic grid, flow-matching rows nb: at step 1/M.
-    r_fm = sample_times(time_sampler, k_t, n - nb, dtype) * (1.0 - 1.0 / finest_steps)
+    r_fm = _sample_times(time_sampler, k_t, n - nb, dtype) * (1.0 - 1.0 / finest_steps)
     j = jax.random.randint(k_level, (nb,), 0, int(math.log2(finest_steps)))
     big = (2.0 ** -j).astype(dtype)
     r_b = jnp.floor(jax.random.uniform(k_start, (nb,)) * 2.0 ** j).astype(dtype) * big
     r = jnp.concatenate([r_b, r_fm])
     t = jnp.concatenate([r_b + big, r_fm + 1.0 / finest_steps])
-    z = path_noise(path, k_z, x1)
+    z = _path_noise(path, k_z, x1)
     x_r = path.interpolate(x0, x1, r, z)
     target = path.velocity(x0, x1, r, z)[nb:]
     if nb:
         head = jax.tree.map(lambda c: c[:nb], cond)
         target = jnp.concatenate(
             [shortcut_target(model, params, x_r[:nb], r_b, r_b + big, head), target])
-    out = model_call(model, None, params, x_r, r, t, cond, like=x1)
+    out = _model_call(model, None, params, x_r, r, t, cond, like=x1)
     aux = {"mse": regression(out, target), "fm_mse": regression(out[nb:], target[nb:]),
            "consistency_mse": regression(out[:nb], target[:nb]) if nb
            else jnp.zeros((), dtype), **aux}
@@ -348,16 +327,12 @@ def reflow_loss(params: Params, key: KeyArray, batch: dict, *, apply_fn: Callabl
     Returns:
       `(loss, aux)` with the scalars `mse` (the loss) and `coupling_*` of the given pairs.
     """
-    check_loss_args(key, apply_fn)
-    if distill and time_sampler is not None:
-        raise ValueError("`time_sampler` has no role with distill=True (the loss is at t = 0).")
-    time_sampler = check_time_sampler(Uniform() if time_sampler is None else time_sampler,
-                                      pairs=False)
+    time_sampler = _check_loss_options(locals(), Uniform())
     k_pair, k_t, k_model = jax.random.split(key, 3)
     x0, x1, cond, aux = paired_batch(k_pair, batch, Independent(), keys=("x0", "x1"))
     t = (jnp.zeros(x1.shape[:1], x1.dtype) if distill
-         else sample_times(time_sampler, k_t, x1.shape[0], x1.dtype))
+         else _sample_times(time_sampler, k_t, x1.shape[0], x1.dtype))
     x_t = RectifiedFlow().interpolate(x0, x1, t)
-    out = model_call(apply_fn, k_model if model_key else None, params, x_t, t, cond, like=x1)
+    out = _model_call(apply_fn, k_model if model_key else None, params, x_t, t, cond, like=x1)
     loss = regression(out, reflow_target(x0, x1))
     return loss, {"mse": loss, **aux}
