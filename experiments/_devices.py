@@ -15,10 +15,18 @@ import jax
 from flowjax import train
 
 
+STRATEGIES = {"data": train.DataParallel, "fsdp": train.FSDP}
+
+
+def strategy(config):
+    """The sharding strategy object that `config.sharding.strategy` names."""
+    return STRATEGIES[config.sharding.strategy]()
+
+
 def validate_sharding(config, batch_size: int):
     """Checks `config.sharding` against the devices present; raises ValueError naming the field."""
-    if config.sharding.strategy not in train.STRATEGIES:
-        raise ValueError(f"config.sharding.strategy must be one of {train.STRATEGIES}, "
+    if config.sharding.strategy not in STRATEGIES:
+        raise ValueError(f"config.sharding.strategy must be one of {tuple(STRATEGIES)}, "
                          f"got {config.sharding.strategy!r}.")
     n = int(config.sharding.num_devices) or jax.device_count()
     if not 1 <= n <= jax.device_count():

@@ -33,7 +33,7 @@ import test_sharding as t  # noqa: E402
 mesh = train.make_mesh()
 params, loss, opt = t.mlp_problem()
 fresh = train.create_train_state(jax.random.PRNGKey(1), params, opt)
-shardings = train.state_shardings(fresh, mesh, "fsdp", min_size=64)
+shardings = train.state_shardings(fresh, mesh, train.FSDP(min_size=64))
 rows = train.batch_sharding(mesh)
 step = train.make_train_step(loss, opt, ema_decay=0.9, state_sharding=shardings,
                              batch_sharding=rows)
@@ -48,7 +48,7 @@ def local_batch(i):
 def run(state, start, stop, ckpt=None):
     for i in range(start, stop):
         state, _ = step(state, train.global_batch(local_batch(i), rows))
-        jax.block_until_ready(state)  # PLATFORM.md: block each multi-device step
+        jax.block_until_ready(state)  # block each multi-device step
         if ckpt is not None:
             ckpt.save(i + 1, state, pipeline={"next_batch": i + 1}, config={"run": "multihost"},
                       force=i + 1 == stop)

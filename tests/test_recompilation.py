@@ -46,7 +46,7 @@ def test_train_step_traces_once_across_calls_and_a_restore(tmp_path, fused, shar
     kwargs = {}
     if sharded:
         mesh = train.make_mesh()
-        shardings = train.state_shardings(state, mesh, "fsdp", min_size=16)
+        shardings = train.state_shardings(state, mesh, train.FSDP(min_size=16))
         state = train.shard(state, shardings)
         kwargs = dict(state_sharding=shardings,
                       batch_sharding=train.batch_sharding(mesh, leading=len(lead)))

@@ -50,10 +50,11 @@ def unet_problem():
 
 
 def _train(params, loss, opt, batches, mesh=None, strategy="data", multi=False):
+    strategy = {"data": train.DataParallel(), "fsdp": train.FSDP(min_size=64)}[strategy]
     state = train.create_train_state(jax.random.PRNGKey(1), params, opt)
     kw = {}
     if mesh is not None:
-        shardings = train.state_shardings(state, mesh, strategy, min_size=64)
+        shardings = train.state_shardings(state, mesh, strategy)
         state = train.shard(state, shardings)
         kw = dict(state_sharding=shardings,
                   batch_sharding=train.batch_sharding(mesh, leading=int(multi)))
@@ -65,7 +66,7 @@ def _train(params, loss, opt, batches, mesh=None, strategy="data", multi=False):
     out = []
     for b in batches:
         state, m = step(state, b)
-        jax.block_until_ready(state)  # PLATFORM.md: block each multi-device step
+        jax.block_until_ready(state)  # block each multi-device step
         out.append(float(m["loss"]))
     return state, np.asarray(out)
 
@@ -113,11 +114,11 @@ def test_fsdp_splits_the_state_memory():
         return sum(s.data.nbytes for x in jax.tree.leaves(placed) for s in x.addressable_shards
                    if s.device == jax.devices()[0])
 
-    shardings = train.state_shardings(state, mesh, "fsdp", min_size=256)
+    shardings = train.state_shardings(state, mesh, train.FSDP(min_size=256))
     expected = sum(x.nbytes // (8 if any(s.spec) else 1) for x, s in
                    zip(jax.tree.leaves(state), jax.tree.leaves(shardings), strict=True))
     fsdp = on_device0(train.shard(state, shardings))
-    data = on_device0(train.shard(state, train.state_shardings(state, mesh, "data")))
+    data = on_device0(train.shard(state, train.state_shardings(state, mesh, train.DataParallel())))
     assert data == sum(x.nbytes for x in jax.tree.leaves(state))
     assert fsdp == expected < 0.5 * data
 
@@ -137,8 +138,8 @@ def test_restore_across_meshes_8_to_1_to_8(tmp_path):
         ckpt.save(3, one.state, force=True)
         ckpt.wait()
         target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                              fresh, train.state_shardings(fresh, train.make_mesh(), "fsdp",
-                                                           min_size=64))
+                              fresh, train.state_shardings(fresh, train.make_mesh(),
+                                                           train.FSDP(min_size=64)))
         eight = ckpt.restore(target)
     assert eight.step == 3
     assert ("data", None) in {tuple(x.sharding.spec) for x in jax.tree.leaves(eight.state.params)}
@@ -185,8 +186,12 @@ def test_sigterm_sets_the_preemption_flag(tmp_path):
 
 def test_bad_arguments(tmp_path, monkeypatch):
     mesh = train.make_mesh()
-    with pytest.raises(ValueError, match="`strategy`"):
-        train.state_shardings({"w": jnp.zeros(8)}, mesh, "zero")
+    with pytest.raises(TypeError, match="`strategy` must be a sharding strategy.*string 'fsdp'"):
+        train.state_shardings({"w": jnp.zeros(8)}, mesh, "fsdp")
+    with pytest.raises(TypeError, match="`strategy`.*class FSDP itself"):
+        train.state_shardings({"w": jnp.zeros(8)}, mesh, train.FSDP)
+    with pytest.raises(ValueError, match="`min_size`"):
+        train.FSDP(min_size=-1)
     with pytest.raises(TypeError, match="`mesh`"):
         train.batch_sharding(jax.devices())
     with pytest.raises(ValueError, match="`save_every`"):

@@ -31,14 +31,14 @@ def _mode_cdf(scale):
 
 
 @pytest.mark.parametrize("name, sampler, cdf", [
-    ("uniform", ftime.uniform(), stats.uniform().cdf),
-    ("logit_normal(0,1)", ftime.logit_normal(0.0, 1.0),
+    ("uniform", ftime.Uniform(), stats.uniform().cdf),
+    ("logit_normal(0,1)", ftime.LogitNormal(0.0, 1.0),
      lambda t: stats.norm(0.0, 1.0).cdf(np.log(t) - np.log1p(-t))),
-    ("logit_normal(0.5,0.7)", ftime.logit_normal(0.5, 0.7),
+    ("logit_normal(0.5,0.7)", ftime.LogitNormal(0.5, 0.7),
      lambda t: stats.norm(0.5, 0.7).cdf(np.log(t) - np.log1p(-t))),
-    ("beta(2,5)", ftime.beta(2.0, 5.0), stats.beta(2.0, 5.0).cdf),
-    ("mode(1.29)", ftime.mode(1.29), _mode_cdf(1.29)),
-    ("mode(-0.5)", ftime.mode(-0.5), _mode_cdf(-0.5)),
+    ("beta(2,5)", ftime.Beta(2.0, 5.0), stats.beta(2.0, 5.0).cdf),
+    ("mode(1.29)", ftime.Mode(1.29), _mode_cdf(1.29)),
+    ("mode(-0.5)", ftime.Mode(-0.5), _mode_cdf(-0.5)),
 ])
 def test_sampler_matches_density(name, sampler, cdf):
     t = _draw(sampler)
@@ -49,7 +49,7 @@ def test_sampler_matches_density(name, sampler, cdf):
 
 def test_ks_test_has_power():
     """The same test rejects a wrong density (so the tests above can fail)."""
-    t = _draw(ftime.logit_normal(0.5, 0.7))
+    t = _draw(ftime.LogitNormal(0.5, 0.7))
     assert stats.kstest(t, lambda s: stats.norm(0.0, 1.0).cdf(np.log(s) - np.log1p(-s))).pvalue < 1e-6
 
 
@@ -65,21 +65,21 @@ def test_shift_matches_sd3_in_flipped_time(x64):
 def test_shifted_sampler_density():
     """If t ~ U, the shifted t has CDF F(x) = inverse shift: x s / (1 + (s-1) x)."""
     s = 3.0
-    t = _draw(ftime.shifted(ftime.uniform(), s))
+    t = _draw(ftime.Shifted(ftime.Uniform(), s))
     res = stats.kstest(t, lambda x: s * x / (1.0 + (s - 1.0) * x))
     assert res.pvalue > 1e-3
 
 
 def test_bad_parameters():
-    with pytest.raises(ValueError, match="`scale`"):
-        ftime.logit_normal(0.0, -1.0)
-    with pytest.raises(ValueError, match="`scale`"):
-        ftime.mode(3.0)
+    with pytest.raises(ValueError, match="`std`"):
+        ftime.LogitNormal(0.0, -1.0)
+    with pytest.raises(ValueError, match="`s` must be <="):
+        ftime.Mode(3.0)
     with pytest.raises(ValueError, match="`a`"):
-        ftime.beta(0.0, 1.0)
+        ftime.Beta(0.0, 1.0)
     with pytest.raises(ValueError, match="`shift`"):
         ftime.shift_time(0.5, 0.0)
-    with pytest.raises(ValueError, match="`t` must lie in"):
+    with pytest.raises((ValueError, RuntimeError), match="`t` must lie in"):
         ftime.shift_time(jnp.array([0.5, 1.2]), 2.0)
 
 
@@ -128,9 +128,67 @@ def test_edm_lognormal_gives_edms_noise_levels():
     from flowjax import paths
 
     for path in (paths.RectifiedFlow(), paths.VP()):
-        t = _draw(ftime.edm_lognormal(path))
+        t = _draw(ftime.EDMLogNormal(path))
         log_sigma = np.log(np.asarray(paths.noise_ratio(path, t), np.float64))
         assert stats.kstest(log_sigma, stats.norm(-1.2, 1.2).cdf).pvalue > 1e-3
         assert stats.kstest(log_sigma, stats.norm(-1.0, 1.2).cdf).pvalue < 1e-6
     with pytest.raises(ValueError, match="`p_std`"):
-        ftime.edm_lognormal(paths.VP(), p_std=0.0)
+        ftime.EDMLogNormal(paths.VP(), p_std=0.0)
+
+
+def test_samplers_are_pytrees_with_parameter_leaves():
+    """Parameters are leaves: a jitted function taking the sampler compiles once for new values."""
+    traces = []
+
+    @jax.jit
+    def draw(sampler, key):
+        traces.append(1)
+        return sampler(key, (8,))
+
+    key = jax.random.PRNGKey(0)
+    for loc in (0.0, 0.5, -1.0):
+        t = draw(ftime.LogitNormal(loc, 0.7), key)
+        np.testing.assert_allclose(t, ftime.LogitNormal(loc, 0.7)(key, (8,)), rtol=1e-6)
+    assert len(traces) == 1
+    assert jax.tree.leaves(ftime.Shifted(ftime.Beta(2.0, 3.0), 3.0)) == [2.0, 3.0, 3.0]
+    r, t = ftime.OrderedPairs(ftime.Mode(1.0), 0.5)(key, (100,), jnp.bfloat16)
+    assert ftime.OrderedPairs.pairs and not ftime.Uniform.pairs
+    assert r.shape == t.shape == (100,) and r.dtype == jnp.bfloat16
+    assert np.all(np.asarray(r, np.float32) <= np.asarray(t, np.float32))
+
+
+def test_sampler_errors_name_the_argument():
+    key = jax.random.PRNGKey(0)
+    # The class called as if it were a sampler: (key, shape) land in its parameters.
+    with pytest.raises(TypeError, match="`loc` must be a real number, got a PRNG key"):
+        ftime.LogitNormal(key, (4,))
+    with pytest.raises(TypeError, match="`s` must be a real number, got a PRNG key"):
+        ftime.Mode(jax.random.key(0))
+    with pytest.raises(TypeError, match="`sampler` must be a time sampler.*class Uniform"):
+        ftime.Shifted(ftime.Uniform, 3.0)
+    with pytest.raises(TypeError, match="`sampler` must be a time sampler.*string"):
+        ftime.OrderedPairs("logit_normal")
+    with pytest.raises(TypeError, match="`sampler` must draw single times"):
+        ftime.Shifted(ftime.OrderedPairs(), 3.0)
+    with pytest.raises(ValueError, match="`equal_fraction`"):
+        ftime.OrderedPairs(equal_fraction=1.5)
+    with pytest.raises(TypeError, match="`key` must be a PRNG key"):
+        ftime.Uniform()("key", (4,))
+    with pytest.raises(TypeError, match="`shape` must be a tuple of ints"):
+        ftime.Uniform()(key, (4.0,))
+
+
+def test_grids_make_no_host_copy_and_trace():
+    """Grids and the noise-ratio inversion run on traced values without a host transfer."""
+    from flowjax import paths
+
+    rf = paths.RectifiedFlow()
+    with jax.transfer_guard_device_to_host("disallow"):
+        t = ftime.time_of_noise_ratio(rf, jnp.array([80.0, 1.0]))
+        g = ftime.edm_sigmas(6, sigma_max=jnp.float32(10.0))
+    np.testing.assert_allclose(t, [1 / 81, 0.5], rtol=1e-5)
+    assert float(g[0]) == pytest.approx(10.0)
+    grid = jax.jit(lambda s: ftime.shifted_grid(4, s))(3.0)
+    np.testing.assert_allclose(grid, ftime.shift_time(ftime.uniform_grid(4), 3.0))
+    with pytest.raises((ValueError, RuntimeError), match="`ratio` must be >= 0"):
+        ftime.time_of_noise_ratio(rf, jnp.array([-1.0]))

@@ -33,7 +33,7 @@ import optax
 from flax import serialization
 from tqdm import tqdm
 
-from experiments._devices import make_mesh, validate_sharding
+from experiments._devices import make_mesh, strategy, validate_sharding
 from experiments._workdir import (BadInput, Preempted, check_nonfinite, restore,
                                   start_run, write_results)
 from flowjax import couplings, data, losses, metrics, models, paths, sample, train
@@ -164,14 +164,14 @@ def apply_fn_of(config, method: str):
 
 
 def _coupling(name: str):
-    return {"independent": couplings.independent, "exact_ot": couplings.exact_ot,
-            "c2ot": couplings.condition_aware_ot}[name]()
+    return {"independent": couplings.Independent, "exact_ot": couplings.ExactOT,
+            "c2ot": couplings.ConditionAwareOT}[name]()
 
 
 def _time_sampler(m):
     if m.time_sampler == "uniform":
-        return ftime.uniform()
-    return ftime.logit_normal(m.logit_mean, m.logit_std)
+        return ftime.Uniform()
+    return ftime.LogitNormal(m.logit_mean, m.logit_std)
 
 
 def make_loss(config, method: str, apply_fn):
@@ -183,7 +183,7 @@ def make_loss(config, method: str, apply_fn):
     if m.loss == "cfm":
         return functools.partial(losses.cfm_loss, time_sampler=_time_sampler(m), **common)
     return functools.partial(
-        losses.meanflow_loss, time_sampler=ftime.ordered_pairs(
+        losses.meanflow_loss, time_sampler=ftime.OrderedPairs(
             _time_sampler(m), equal_fraction=m.equal_fraction),
         weight_power=m.weight_power, guidance_scale=m.guidance_scale,
         guidance_mix=m.guidance_mix, **common)
@@ -233,7 +233,7 @@ def train_method(config, workdir: str, method: str, writer, source):
     state = train.create_train_state(state_key, init_params(config, method, shape, init_key),
                                      optimizer)
     mesh = make_mesh(config)
-    shardings = train.state_shardings(state, mesh, config.sharding.strategy)
+    shardings = train.state_shardings(state, mesh, strategy(config))
     state = train.shard(state, shardings)
     k = config.steps_per_call
     rows = train.batch_sharding(mesh, leading=int(k > 1))

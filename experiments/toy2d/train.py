@@ -29,7 +29,7 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
-from experiments._devices import make_mesh, validate_sharding
+from experiments._devices import make_mesh, strategy, validate_sharding
 from experiments._workdir import (Preempted, check_nonfinite, restore, start_run,
                                   write_results)
 from flowjax import couplings, data, losses, metrics, models, paths, sample, time, train
@@ -67,25 +67,25 @@ def make_method(name: str, config):
     """
     noise = paths.ConstantNoise(config.sigma) if config.sigma > 0 else None
     if name == "icfm":
-        return paths.RectifiedFlow(noise=noise), couplings.independent(), False
+        return paths.RectifiedFlow(noise=noise), couplings.Independent(), False
     if name == "otcfm":
-        return paths.RectifiedFlow(noise=noise), couplings.exact_ot(), True
+        return paths.RectifiedFlow(noise=noise), couplings.ExactOT(), True
     if name == "otcfm_sinkhorn":
         return (paths.RectifiedFlow(noise=noise),
-                couplings.sinkhorn(config.sinkhorn_epsilon, scale_free=True), False)
+                couplings.Sinkhorn(config.sinkhorn_epsilon, scale_free=True), False)
     if name == "sbcfm":
         return (paths.RectifiedFlow(noise=paths.BridgeNoise(config.sb_sigma)),
-                couplings.schrodinger_bridge(config.sb_sigma), False)
+                couplings.SchrodingerBridge(config.sb_sigma), False)
     if name == "fm":
-        return paths.LipmanPath(sigma_min=config.sigma_min), couplings.independent(), False
+        return paths.LipmanPath(sigma_min=config.sigma_min), couplings.Independent(), False
     if name == "vp":
-        return paths.VP(), couplings.independent(), False
+        return paths.VP(), couplings.Independent(), False
     if name == "cosine":
-        return paths.Cosine(), couplings.independent(), False
+        return paths.Cosine(), couplings.Independent(), False
     if name == "vp_eps":
-        return paths.VP(), couplings.independent(), False
+        return paths.VP(), couplings.Independent(), False
     if name == "edm":  # EDM's loss only sees sigma = sigma_bar / alpha: any path would do
-        return paths.RectifiedFlow(), couplings.independent(), False
+        return paths.RectifiedFlow(), couplings.Independent(), False
     raise ValueError(f"config.methods: unknown method {name!r}; "
                      f"choose from {CFM_METHODS + DIFFUSION_METHODS}.")
 
@@ -108,7 +108,7 @@ def diffusion_options(run: str, config) -> dict:
     if run == "edm":
         path, _, _ = make_method(run, config)
         return {"prediction": paths.Prediction.DATA,
-                "time_sampler": time.edm_lognormal(path, config.edm.p_mean, config.edm.p_std),
+                "time_sampler": time.EDMLogNormal(path, config.edm.p_mean, config.edm.p_std),
                 "weighting": losses.edm_weighting(path, config.edm.sigma_data)}
     return {}
 
@@ -132,11 +132,11 @@ def _teacher(run: str) -> str:
 def _named_coupling(name: str, config):
     """(coupling, pair_ahead) for the couplings the flow-map methods can use."""
     if name == "independent":
-        return couplings.independent(), False
+        return couplings.Independent(), False
     if name == "exact_ot":
-        return couplings.exact_ot(), True
+        return couplings.ExactOT(), True
     if name == "sinkhorn":
-        return couplings.sinkhorn(config.sinkhorn_epsilon, scale_free=True), False
+        return couplings.Sinkhorn(config.sinkhorn_epsilon, scale_free=True), False
     raise ValueError(f"unknown coupling {name!r}; choose from {COUPLINGS}.")
 
 
@@ -149,11 +149,11 @@ def make_loss(run: str, config, apply_fn):
     elif run == "meanflow":
         mf = config.meanflow
         coupling, ahead = _named_coupling(mf.coupling, config)
-        times = (time.logit_normal(mf.logit_loc, mf.logit_scale) if mf.times == "logit_normal"
-                 else time.uniform())
+        times = (time.LogitNormal(mf.logit_loc, mf.logit_scale) if mf.times == "logit_normal"
+                 else time.Uniform())
         loss = functools.partial(
             losses.meanflow_loss, apply_fn=apply_fn,
-            time_sampler=time.ordered_pairs(times, equal_fraction=mf.equal_fraction),
+            time_sampler=time.OrderedPairs(times, equal_fraction=mf.equal_fraction),
             weight_power=mf.weight_power, weight_eps=mf.weight_eps)
     elif run == "shortcut":
         coupling, ahead = _named_coupling(config.shortcut.coupling, config)
@@ -164,7 +164,7 @@ def make_loss(run: str, config, apply_fn):
         return functools.partial(losses.reflow_loss, apply_fn=apply_fn,
                                  distill=run.endswith("distill")), None
     if ahead:
-        return functools.partial(loss, coupling=couplings.independent()), coupling
+        return functools.partial(loss, coupling=couplings.Independent()), coupling
     return functools.partial(loss, coupling=coupling), None
 
 
@@ -246,7 +246,7 @@ def _compiled_steps(config_json: str, run: str, apply_fn):
     mesh = make_mesh(config)
     abstract = jax.eval_shape(lambda: train.create_train_state(
         jax.random.PRNGKey(0), _init_params(config, run, "normal"), optimizer))
-    shardings = train.state_shardings(abstract, mesh, config.sharding.strategy)
+    shardings = train.state_shardings(abstract, mesh, strategy(config))
     step = train.make_multi_step(loss_fn, optimizer, ema_decay=config.ema_decay,
                                  state_sharding=shardings,
                                  batch_sharding=train.batch_sharding(mesh, leading=1))
@@ -267,7 +267,8 @@ def sampled_batches(config, source: str, coupling_ahead=None):
         x0 = src(ks, k * b).reshape(k, b, 2)
         x1 = tgt(kt, k * b).reshape(k, b, 2)
         if coupling_ahead is not None:
-            (x0, x1), _ = jax.vmap(coupling_ahead)(jax.random.split(kp, k), x0, x1)
+            pairs = jax.vmap(coupling_ahead)(jax.random.split(kp, k), x0, x1)
+            x0, x1 = pairs.x0, pairs.x1
         return {"x0": x0, "x1": x1}
 
     return make_batches

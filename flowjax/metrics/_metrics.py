@@ -7,7 +7,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from flowjax._checks import check_array, check_finite, check_grid, check_number
-from flowjax.couplings._couplings import host_sq_cost
+from flowjax.couplings._common import host_sq_cost
 
 #: Above this many points the exact assignment gets too slow (O(n^3)).
 MAX_W2_POINTS = 4000

@@ -2,14 +2,17 @@ r"""EDM's log-normal training noise, as a time sampler in flow time."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 
 from flowjax._checks import check_number, check_path
+from flowjax._types import Scalar
+from flowjax.time._base import AbstractTimeSampler
 from flowjax.time._grids import time_of_noise_ratio
-from flowjax.time._samplers import _sampler
 
 
-def edm_lognormal(path, p_mean: float = -1.2, p_std: float = 1.2):
+class EDMLogNormal(AbstractTimeSampler):
     r"""EDM's training noise, :math:`\ln\sigma \sim \mathcal N(P_{mean}, P_{std}^2)`, in flow time.
 
     Karras et al. 2022 (Table 1, "Training"; :math:`P_{mean} = -1.2`,
@@ -25,17 +28,19 @@ def edm_lognormal(path, p_mean: float = -1.2, p_std: float = 1.2):
 
     Args:
       path: the affine path that gives the time mapping.
-      p_mean, p_std: mean and standard deviation of :math:`\ln\sigma`.
-
-    Returns:
-      `sample(key, shape) -> t` in [0, 1].
+      p_mean: mean of :math:`\ln\sigma`.
+      p_std: standard deviation of :math:`\ln\sigma`, > 0.
     """
-    check_path("path", path)
-    check_number("p_mean", p_mean)
-    check_number("p_std", p_std, low=0.0, low_open=True)
 
-    def draw(key, shape):
-        sigma = jax.numpy.exp(p_mean + p_std * jax.random.normal(key, shape))
-        return time_of_noise_ratio(path, sigma)
+    path: Any
+    p_mean: Scalar = -1.2
+    p_std: Scalar = 1.2
 
-    return _sampler(draw)
+    def __check_init__(self):
+        check_path("path", self.path)
+        check_number("p_mean", self.p_mean)
+        check_number("p_std", self.p_std, low=0.0, low_open=True)
+
+    def _draw(self, key, shape):
+        sigma = jax.numpy.exp(self.p_mean + self.p_std * jax.random.normal(key, shape))
+        return time_of_noise_ratio(self.path, sigma)

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from flowjax._checks import as_real_array, check_number, check_path, is_concrete
+from flowjax._checks import as_real_array, check_number, check_path, error_if
+from flowjax._types import Array, Float, Scalar, TimeGrid
 from flowjax.time._samplers import shift_time
 
 
@@ -18,19 +18,20 @@ def _check_steps(num_steps):
     check_number("num_steps", num_steps, low=1, integer=True)
 
 
-def uniform_grid(num_steps: int):
+def uniform_grid(num_steps: int) -> TimeGrid:
     """`num_steps + 1` equally spaced times from 0 to 1."""
     _check_steps(num_steps)
     return jnp.linspace(0.0, 1.0, num_steps + 1)
 
 
-def shifted_grid(num_steps: int, shift: float):
+def shifted_grid(num_steps: int, shift: Scalar) -> TimeGrid:
     """The uniform grid warped by SD3's shift (:func:`flowjax.time.shift_time`);
     `shift > 1` puts more steps near the noise (t = 0)."""
     return shift_time(uniform_grid(num_steps), shift)
 
 
-def time_of_noise_ratio(path, ratio, *, iterations: int = 60):
+def time_of_noise_ratio(path, ratio: Float[Array, "..."], *,
+                        iterations: int = 60) -> Float[Array, "..."]:
     r"""The flow time t at which the path's noise-to-signal ratio :math:`\bar\sigma(t)/\alpha(t)` is `ratio`.
 
     That ratio is EDM's :math:`\sigma` (Karras et al. 2022 write every
@@ -46,8 +47,7 @@ def time_of_noise_ratio(path, ratio, *, iterations: int = 60):
     """
     check_path("path", path)
     ratio = as_real_array("ratio", ratio).astype(jnp.result_type(float))
-    if is_concrete(ratio) and np.any(~(np.asarray(ratio) >= 0)):
-        raise ValueError("`ratio` must be >= 0 (not NaN).")
+    ratio = error_if(ratio, ~jnp.all(ratio >= 0), "`ratio` must be >= 0 (not NaN).")
     check_number("iterations", iterations, low=1, integer=True)
 
     def noise_ratio(t):
@@ -68,13 +68,14 @@ def _check_levels(sigma_min, sigma_max, rho):
     check_number("sigma_min", sigma_min, low=0.0, low_open=True)
     check_number("sigma_max", sigma_max, low=0.0, low_open=True)
     check_number("rho", rho, low=0.0, low_open=True)
-    if not sigma_min < sigma_max:
+    if all(isinstance(v, (int, float)) for v in (sigma_min, sigma_max)) \
+            and not sigma_min < sigma_max:
         raise ValueError(f"`sigma_min` and `sigma_max` must satisfy 0 < sigma_min < sigma_max, "
                          f"got {sigma_min}, {sigma_max}.")
 
 
-def edm_sigmas(num_steps: int, *, sigma_min: float = 0.002, sigma_max: float = 80.0,
-               rho: float = 7.0):
+def edm_sigmas(num_steps: int, *, sigma_min: Scalar = 0.002, sigma_max: Scalar = 80.0,
+               rho: Scalar = 7.0) -> Float[Array, " N1"]:
     r"""EDM's noise levels :math:`\sigma_0 > \dots > \sigma_N = 0` (Karras et al. 2022, Eq. 5).
 
     .. math:: \sigma_i = \big(\sigma_{max}^{1/\rho} + \tfrac{i}{N-1}
@@ -104,8 +105,8 @@ def edm_sigmas(num_steps: int, *, sigma_min: float = 0.002, sigma_max: float = 8
     return jnp.concatenate([sig, jnp.zeros(1, sig.dtype)])
 
 
-def edm_grid(num_steps: int, path, *, sigma_min: float = 0.002, sigma_max: float = 80.0,
-             rho: float = 7.0):
+def edm_grid(num_steps: int, path, *, sigma_min: Scalar = 0.002, sigma_max: Scalar = 80.0,
+             rho: Scalar = 7.0) -> TimeGrid:
     r"""EDM's :math:`\rho`-schedule (:func:`edm_sigmas`) mapped to flow time.
 
     Each :math:`\sigma_i`, i < N, is mapped to the t where the path's

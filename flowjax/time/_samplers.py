@@ -1,4 +1,4 @@
-r"""Time samplers: factories that return `sampler(key, shape) -> t` in [0, 1].
+r"""Time samplers: objects called `sampler(key, shape) -> t` in [0, 1].
 
 All densities are written in flowjax's convention (t = 0 source/noise,
 t = 1 data). SD3 (Esser et al. 2024, "Scaling rectified flow transformers")
@@ -13,34 +13,35 @@ import math
 import jax
 import jax.numpy as jnp
 
-from flowjax._checks import (as_real_array, check_callable, check_key, check_number,
-                             check_shape, check_unit_interval)
+from flowjax._checks import as_real_array, check_instance, check_number, check_unit_interval
+from flowjax._types import Scalar, Times
+from flowjax.time._base import AbstractTimeSampler
+
+_SAMPLER = "a time sampler (e.g. flowjax.time.Uniform())"
 
 
-def _check_positive(name, value):
-    check_number(name, value, low=0.0, low_open=True)
+def _param(name, value, **bounds):
+    """A sampler's numeric parameter, checked; a PRNG key here means the class was called as a sampler."""
+    dtype = getattr(value, "dtype", None)
+    if dtype is not None and (dtype == jnp.uint32 or jnp.issubdtype(dtype, jax.dtypes.prng_key)):
+        raise TypeError(f"`{name}` must be a real number, got a PRNG key: a time sampler class "
+                        "was called with (key, shape); build the sampler first, e.g. "
+                        "LogitNormal(), and pass that instance.")
+    return check_number(name, value, **bounds)
 
 
-def _sampler(draw):
-    """`sample(key, shape)` around `draw(key, shape)`, with the key and the shape checked.
-
-    Samplers are called inside jitted losses: the checks look at types and
-    shapes only, at trace time.
-    """
-
-    def sample(key, shape):
-        check_key("key", key)
-        return draw(key, check_shape("shape", shape))
-
-    return sample
+def _positive(name, value):
+    return _param(name, value, low=0.0, low_open=True)
 
 
-def uniform():
+class Uniform(AbstractTimeSampler):
     """The uniform density on [0, 1]."""
-    return _sampler(lambda key, shape: jax.random.uniform(key, shape))
+
+    def _draw(self, key, shape):
+        return jax.random.uniform(key, shape)
 
 
-def logit_normal(loc: float = 0.0, scale: float = 1.0):
+class LogitNormal(AbstractTimeSampler):
     r"""Logit-normal: :math:`t = \mathrm{sigmoid}(m + s n),\ n \sim \mathcal N(0, 1)`.
 
     .. math:: \pi(t) = \frac{1}{s\sqrt{2\pi}}\frac{1}{t(1 - t)}
@@ -48,41 +49,62 @@ def logit_normal(loc: float = 0.0, scale: float = 1.0):
 
     SD3, Eq. 19. SD3's `m` becomes `-m` here (time flip); its best
     setting, m = 0, s = 1, is the same in both conventions.
+
+    Args:
+      loc: the mean `m` of the logit.
+      std: the standard deviation `s` of the logit, > 0.
     """
-    check_number("loc", loc)
-    _check_positive("scale", scale)
-    return _sampler(lambda key, shape: jax.nn.sigmoid(loc + scale * jax.random.normal(key, shape)))
+
+    loc: Scalar = 0.0
+    std: Scalar = 1.0
+
+    def __check_init__(self):
+        _param("loc", self.loc)
+        _positive("std", self.std)
+
+    def _draw(self, key, shape):
+        return jax.nn.sigmoid(self.loc + self.std * jax.random.normal(key, shape))
 
 
-def mode(scale: float = 1.29):
+class Mode(AbstractTimeSampler):
     r"""SD3's mode sampling with heavy tails.
 
     .. math:: t = u + s\,(\cos^2(\pi u/2) - 1 + u),\quad u \sim U[0, 1],
 
     which is SD3's :math:`f_{mode}` (Eq. 20) after the flip :math:`t = 1 - f`;
-    the density is symmetric about 1/2, so `scale` means the same in both
-    conventions. `scale` must lie in [-1, 2/(pi - 2)] for the map to be
-    monotone; s = 0 is uniform.
+    the density is symmetric about 1/2, so `s` means the same in both
+    conventions.
+
+    Args:
+      s: SD3's parameter, in [-1, 2/(pi - 2)] for the map to be monotone;
+        s = 0 is uniform.
     """
-    check_number("scale", scale)
-    if not (-1.0 <= scale <= 2.0 / (math.pi - 2.0)):
-        raise ValueError(f"`scale` must lie in [-1, 2/(pi-2)] = [-1, 1.752], got {scale!r}.")
 
-    def draw(key, shape):
+    s: Scalar = 1.29
+
+    def __check_init__(self):
+        _param("s", self.s, low=-1.0, high=2.0 / (math.pi - 2.0))
+
+    def _draw(self, key, shape):
         u = jax.random.uniform(key, shape)
-        return jnp.clip(u + scale * (jnp.cos(0.5 * math.pi * u) ** 2 - 1.0 + u), 0.0, 1.0)
-
-    return _sampler(draw)
+        return jnp.clip(u + self.s * (jnp.cos(0.5 * math.pi * u) ** 2 - 1.0 + u), 0.0, 1.0)
 
 
-def beta(a: float, b: float):
-    """The Beta(a, b) density on [0, 1]."""
-    _check_positive("a", a)
-    _check_positive("b", b)
-    return _sampler(lambda key, shape: jax.random.beta(key, a, b, shape))
+class Beta(AbstractTimeSampler):
+    """The Beta(a, b) density on [0, 1] (both parameters > 0)."""
+
+    a: Scalar
+    b: Scalar
+
+    def __check_init__(self):
+        _positive("a", self.a)
+        _positive("b", self.b)
+
+    def _draw(self, key, shape):
+        return jax.random.beta(key, self.a, self.b, shape)
 
 
-def shift_time(t, shift: float):
+def shift_time(t: Times, shift: Scalar):
     r"""SD3's resolution-dependent timestep shift, written in flow time.
 
     SD3 (Eq. 23) maps :math:`\tau \mapsto s\tau / (1 + (s - 1)\tau)` with
@@ -99,20 +121,29 @@ def shift_time(t, shift: float):
       t: times in [0, 1], any shape.
       shift: the factor s > 0.
     """
-    _check_positive("shift", shift)
-    t = as_real_array("t", t)
-    check_unit_interval("t", t)
+    _positive("shift", shift)
+    t = check_unit_interval("t", as_real_array("t", t))
     return t / (t + shift * (1.0 - t))
 
 
-def shifted(sampler, shift: float):
-    """Wraps a time sampler with :func:`shift_time`."""
-    check_callable("sampler", sampler)
-    _check_positive("shift", shift)
-    return _sampler(lambda key, shape: shift_time(sampler(key, shape), shift))
+class Shifted(AbstractTimeSampler):
+    """A time sampler's draws warped by :func:`shift_time` (`shift > 1`: towards the noise)."""
+
+    sampler: AbstractTimeSampler
+    shift: Scalar
+
+    def __check_init__(self):
+        check_instance("sampler", self.sampler, AbstractTimeSampler, _SAMPLER)
+        if self.sampler.pairs:
+            raise TypeError("`sampler` must draw single times, got a pair sampler.")
+        _positive("shift", self.shift)
+
+    def _draw(self, key, shape):
+        t = self.sampler._draw(key, shape)
+        return t / (t + self.shift * (1.0 - t))
 
 
-def ordered_pairs(sampler=None, *, equal_fraction: float = 0.75):
+class OrderedPairs(AbstractTimeSampler):
     r"""Pairs of times `(r, t)` with `r <= t` for average-velocity (MeanFlow) training.
 
     Two times are drawn from `sampler` and sorted; then a fraction
@@ -120,24 +151,30 @@ def ordered_pairs(sampler=None, *, equal_fraction: float = 0.75):
     instantaneous velocity, i.e. plain flow matching). MeanFlow (Geng et al.
     2025, Table 1) draws both from a logit-normal and keeps 25% of pairs
     with `r != t` (`equal_fraction=0.75`); its logit-normal `(-0.4, 1.0)`
-    in the flipped time is `logit_normal(0.4, 1.0)` here.
+    in the flipped time is `LogitNormal(0.4, 1.0)` here.
 
     Args:
-      sampler: a time sampler `(key, shape) -> t`; uniform by default.
+      sampler: a time sampler; :class:`Uniform` when None.
       equal_fraction: probability of `r = t`, in [0, 1].
 
-    Returns:
-      `sample(key, shape) -> (r, t)`.
+    Calling it returns `(r, t)`.
     """
-    check_number("equal_fraction", equal_fraction, low=0.0, high=1.0)
-    sampler = uniform() if check_callable("sampler", sampler, allow_none=True) is None \
-        else sampler
 
-    def draw(key, shape):
+    pairs = True
+    sampler: AbstractTimeSampler
+    equal_fraction: Scalar
+
+    def __init__(self, sampler: AbstractTimeSampler | None = None,
+                 equal_fraction: Scalar = 0.75):
+        self.sampler = Uniform() if sampler is None else check_instance(
+            "sampler", sampler, AbstractTimeSampler, _SAMPLER)
+        if self.sampler.pairs:
+            raise TypeError("`sampler` must draw single times, got a pair sampler.")
+        self.equal_fraction = check_number("equal_fraction", equal_fraction, low=0.0, high=1.0)
+
+    def _draw(self, key, shape):
         k_a, k_b, k_eq = jax.random.split(key, 3)
-        a, b = sampler(k_a, shape), sampler(k_b, shape)
+        a, b = self.sampler._draw(k_a, shape), self.sampler._draw(k_b, shape)
         r, t = jnp.minimum(a, b), jnp.maximum(a, b)
-        r = jnp.where(jax.random.uniform(k_eq, shape) < equal_fraction, t, r)
+        r = jnp.where(jax.random.uniform(k_eq, shape) < self.equal_fraction, t, r)
         return r, t
-
-    return _sampler(draw)

@@ -5,7 +5,9 @@ from flowjax.train._checkpoint import Checkpointer as Checkpointer
 from flowjax.train._checkpoint import Restored as Restored
 from flowjax.train._checkpoint import state_checksums as state_checksums
 from flowjax.train._logging import MetricsWriter as MetricsWriter
-from flowjax.train._sharding import STRATEGIES as STRATEGIES
+from flowjax.train._sharding import AbstractShardingStrategy as AbstractShardingStrategy
+from flowjax.train._sharding import DataParallel as DataParallel
+from flowjax.train._sharding import FSDP as FSDP
 from flowjax.train._sharding import batch_sharding as batch_sharding
 from flowjax.train._sharding import global_batch as global_batch
 from flowjax.train._sharding import initialize_distributed as initialize_distributed
@@ -18,5 +20,5 @@ from flowjax.train._step import create_train_state as create_train_state
 from flowjax.train._step import make_multi_step as make_multi_step
 from flowjax.train._step import make_train_step as make_train_step
 from flowjax.train._step import summarize_metrics as summarize_metrics
-from flowjax.train._sharded_couplings import global_coupling as global_coupling
-from flowjax.train._sharded_couplings import local_coupling as local_coupling
+from flowjax.train._sharded_couplings import GlobalCoupling as GlobalCoupling
+from flowjax.train._sharded_couplings import LocalCoupling as LocalCoupling

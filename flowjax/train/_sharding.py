@@ -5,11 +5,11 @@ one-axis mesh named `"data"`, the successor of `pmap`: the same jitted step
 runs on 1 device, on 8, or on every device of every host, and XLA inserts the
 collectives. Two layouts of the train state:
 
-- `"data"` (data parallelism, DDP): parameters, EMA and optimizer state are
+- :class:`DataParallel` (data parallelism, DDP): parameters, EMA and optimizer state are
   replicated; the batch is split along its first axis. The gradient is the
   mean over the global batch, so the step equals the single-device step up
   to the order of the floating-point sums.
-- `"fsdp"` (fully sharded data parallelism, ZeRO-3): every large leaf of the
+- :class:`FSDP` (fully sharded data parallelism, ZeRO-3): every large leaf of the
   state is also split, along its largest axis that the device count divides;
   XLA gathers parameters where they are used and reduce-scatters gradients.
   Same results, `1 / num_devices` of the state's memory per device.
@@ -24,11 +24,57 @@ from __future__ import annotations
 import math
 import os
 
+import equinox as eqx
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-STRATEGIES = ("data", "fsdp")
+from flowjax._checks import check_instance, check_number
+from flowjax._types import PyTree
+
+
+class AbstractShardingStrategy(eqx.Module):
+    """How :func:`state_shardings` lays out each leaf of a train state over a one-axis mesh."""
+
+    def spec(self, shape: tuple[int, ...], num_shards: int, axis: str) -> P:
+        """The partition spec of a leaf of this shape."""
+        raise NotImplementedError
+
+
+class DataParallel(AbstractShardingStrategy):
+    """Data parallelism: every leaf of the state is replicated on every device."""
+
+    def spec(self, shape, num_shards, axis):
+        return P()
+
+
+class FSDP(AbstractShardingStrategy):
+    """Fully sharded data parallelism: each large leaf is split over the devices.
+
+    A leaf of at least `min_size` elements is split along its largest axis
+    that the mesh size divides (Adam's moments get the layout of their
+    parameter); smaller or indivisible leaves stay replicated (a gather
+    costs more than it saves).
+
+    Args:
+      min_size: the smallest leaf, in elements, that is split.
+    """
+
+    min_size: int = eqx.field(static=True, default=2 ** 14)
+
+    def __check_init__(self):
+        check_number("min_size", self.min_size, low=0, integer=True)
+
+    def spec(self, shape, num_shards, axis):
+        if num_shards == 1 or math.prod(shape) < self.min_size:
+            return P()
+        dims = [d for d in sorted(range(len(shape)), key=lambda d: -shape[d])
+                if shape[d] % num_shards == 0]
+        if not dims:
+            return P()
+        spec = [None] * len(shape)
+        spec[dims[0]] = axis
+        return P(*spec)
 
 
 def make_mesh(devices=None, *, axis_name: str = "data") -> Mesh:
@@ -61,43 +107,22 @@ def batch_sharding(mesh: Mesh, *, leading: int = 0) -> NamedSharding:
     return NamedSharding(mesh, P(*([None] * leading), _axis(mesh)))
 
 
-def _fsdp_spec(shape, num_shards: int, min_size: int, axis: str) -> P:
-    """Shards the largest axis that `num_shards` divides; small or indivisible leaves replicate."""
-    if num_shards == 1 or math.prod(shape) < min_size:
-        return P()
-    dims = [d for d in sorted(range(len(shape)), key=lambda d: -shape[d])
-            if shape[d] % num_shards == 0]
-    if not dims:
-        return P()
-    spec = [None] * len(shape)
-    spec[dims[0]] = axis
-    return P(*spec)
-
-
-def state_shardings(state, mesh: Mesh, strategy: str = "data", *, min_size: int = 2 ** 14):
+def state_shardings(state: PyTree, mesh: Mesh,
+                    strategy: AbstractShardingStrategy = DataParallel()) -> PyTree:
     """The sharding of every leaf of a train state (a pytree of NamedSharding).
 
     Args:
       state: a :class:`TrainState` (or any pytree of arrays, concrete or
         `jax.ShapeDtypeStruct`).
       mesh: a one-axis mesh (:func:`make_mesh`).
-      strategy: `"data"` replicates every leaf; `"fsdp"` splits each leaf of
-        at least `min_size` elements along its largest axis that the mesh
-        size divides (Adam's moments get the layout of their parameter).
-      min_size: smaller leaves stay replicated under FSDP (a gather costs
-        more than it saves).
+      strategy: :class:`DataParallel` (every leaf replicated) or
+        :class:`FSDP` (large leaves split over the devices).
     """
     axis = _axis(mesh)
-    if strategy not in STRATEGIES:
-        raise ValueError(f"`strategy` must be one of {STRATEGIES}, got {strategy!r}.")
-    n = mesh.size
-
-    def leaf(x):
-        shape = tuple(np.shape(x))
-        spec = _fsdp_spec(shape, n, min_size, axis) if strategy == "fsdp" else P()
-        return NamedSharding(mesh, spec)
-
-    return jax.tree.map(leaf, state)
+    check_instance("strategy", strategy, AbstractShardingStrategy,
+                   "a sharding strategy (flowjax.train.DataParallel() or FSDP())")
+    return jax.tree.map(
+        lambda x: NamedSharding(mesh, strategy.spec(tuple(np.shape(x)), mesh.size, axis)), state)
 
 
 def shard(tree, shardings):
