@@ -661,9 +661,9 @@ class _At(ftime.AbstractTimeSampler):
     def pairs(self):
         return self.r is not None
 
-    def __call__(self, key, shape, dtype=None):
-        t = jnp.full(shape, self.t, dtype or jnp.float32)
-        return t if self.r is None else (jnp.full(shape, self.r, t.dtype), t)
+    def _draw(self, key, shape):
+        t = jnp.full(shape, self.t)
+        return t if self.r is None else (jnp.full(shape, self.r), t)
 
 
 BAD_TIME_SAMPLER = BAD_CALLABLE | st.sampled_from(

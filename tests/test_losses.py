@@ -24,8 +24,8 @@ class Between(ftime.AbstractTimeSampler):
     lo: float = 0.05
     hi: float = 0.95
 
-    def __call__(self, key, shape, dtype=None):
-        return jax.random.uniform(key, shape, dtype or jnp.float32, self.lo, self.hi)
+    def _draw(self, key, shape):
+        return jax.random.uniform(key, shape, minval=self.lo, maxval=self.hi)
 
 
 class Fixed(ftime.AbstractTimeSampler):
@@ -33,7 +33,7 @@ class Fixed(ftime.AbstractTimeSampler):
 
     t: jax.Array
 
-    def __call__(self, key, shape, dtype=None):
+    def _draw(self, key, shape):
         return jnp.broadcast_to(self.t, shape)
 
 
