@@ -35,14 +35,17 @@ from flowjax.time import LogitNormal, OrderedPairs, Uniform
 from flowjax.time._base import AbstractTimeSampler
 
 
-def _check_jump(apply_fn, x, r, t, v=None):
+_NO_V = object()  # shortcut_target has no velocity to check
+
+
+def _check_jump(apply_fn, x, r, t, v=_NO_V):
     """A model, `x: [B, *dims]` and `[B]` times `r <= t` in [0, 1] (and `v` like `x`), checked."""
     check_callable("apply_fn", apply_fn)
     check_array("x", x)
     r, t = check_time(r, x.shape[0], name="r"), check_time(t, x.shape[0], name="t")
     if r.ndim != 1 or t.ndim != 1:
         raise ValueError(f"`r` and `t` must have shape [B], got {r.shape} and {t.shape}.")
-    if v is not None:
+    if v is not _NO_V:
         check_same_shape("v", v, "x", x)
         check_array("v", v)
         v = check_finite("v", v)
