@@ -140,7 +140,8 @@ def test_meanflow_guidance_fixed_point(x64):
     x1 = means[cond] + 0.5 * jax.random.normal(jax.random.PRNGKey(6), (128, 2))
     loss_fn = functools.partial(
         losses.meanflow_loss, apply_fn=apply_fn, velocity_fn=class_velocity,
-        time_sampler=time.OrderedPairs(equal_fraction=1.0), null_cond=2, weight_power=0.0)
+        time_sampler=time.OrderedPairs(time.Uniform(), equal_fraction=1.0), null_cond=2,
+        weight_power=0.0)
     batch = {"x1": x1, "cond": cond}
     loss, _ = loss_fn(None, jax.random.PRNGKey(7), batch, guidance_scale=omega,
                       guidance_mix=kappa, cond_drop_prob=0.1)
@@ -170,7 +171,7 @@ def test_adaptive_weight_normalises_the_error():
         return params * jnp.ones_like(x)
 
     batch = {"x1": jnp.zeros((8, 2)), "x0": jnp.zeros((8, 2))}
-    pairs = time.OrderedPairs(equal_fraction=1.0)
+    pairs = time.OrderedPairs(time.Uniform(), equal_fraction=1.0)
     for p, expected in [(0.0, 9.0), (1.0, 18.0 / (18.0 + 1e-3) / 2)]:
         loss, aux = losses.meanflow_loss(jnp.float32(3.0), jax.random.PRNGKey(0), batch,
                                          apply_fn=apply_fn, weight_power=p, time_sampler=pairs)
@@ -179,7 +180,8 @@ def test_adaptive_weight_normalises_the_error():
 
 
 def test_ordered_pairs_distribution():
-    r, t = time.OrderedPairs(equal_fraction=0.75)(jax.random.PRNGKey(0), (40_000,))
+    r, t = time.OrderedPairs(time.Uniform(), equal_fraction=0.75)(jax.random.PRNGKey(0),
+                                                                   (40_000,))
     r, t = np.asarray(r), np.asarray(t)
     assert np.all(r <= t)
     equal = r == t
@@ -190,7 +192,7 @@ def test_ordered_pairs_distribution():
     assert stats.kstest(r[~equal], lambda s: 1 - (1 - s) ** 2).pvalue > 1e-3
     assert stats.kstest(t, lambda s: s).pvalue < 1e-6
     with pytest.raises(ValueError, match="equal_fraction"):
-        time.OrderedPairs(equal_fraction=1.5)
+        time.OrderedPairs(time.Uniform(), equal_fraction=1.5)
 
 
 @pytest.mark.parametrize("steps", [1, 3, 8])
@@ -216,7 +218,7 @@ def test_shortcut_consistency_is_zero_for_an_exact_flow_map(x64):
     x1 = MEAN + jax.random.normal(jax.random.PRNGKey(9), (256, 2)) @ jnp.linalg.cholesky(COV).T
     exact = _exact_apply(path)
     _, aux = losses.shortcut_loss(None, jax.random.PRNGKey(10), {"x1": x1}, apply_fn=exact,
-                                  max_steps=16, bootstrap_fraction=0.5)
+                                  finest_steps=16, bootstrap_fraction=0.5)
     assert float(aux["consistency_mse"]) < 1e-20
     # The flow-matching rows regress on the conditional velocity at step 1/M: their error
     # is the conditional variance, not zero.
@@ -226,11 +228,41 @@ def test_shortcut_consistency_is_zero_for_an_exact_flow_map(x64):
         return exact(params, x, r, t, cond) * (1 + (t - r)[:, None] * (1 + r[:, None]))
 
     _, aux = losses.shortcut_loss(None, jax.random.PRNGKey(10), {"x1": x1}, apply_fn=bent,
-                                  max_steps=16, bootstrap_fraction=0.5)
+                                  finest_steps=16, bootstrap_fraction=0.5)
     assert float(aux["consistency_mse"]) > 1e-3
-    with pytest.raises(ValueError, match="max_steps"):
+    with pytest.raises(ValueError, match="`finest_steps`"):
         losses.shortcut_loss(None, jax.random.PRNGKey(0), {"x1": x1}, apply_fn=exact,
-                             max_steps=12)
+                             finest_steps=12)
+
+
+def test_meanflow_target_matches_a_finite_difference(x64):
+    """The jvp's total derivative d/dr u(x_r, r, t), along x' = v, against central differences."""
+    w = jax.random.normal(jax.random.PRNGKey(20), (2, 2))
+
+    def apply_fn(params, x, r, t, cond=None):  # nonlinear in x, r and t
+        return jnp.tanh(x @ w + r[:, None] * x ** 2) * (1 + t[:, None] - r[:, None])
+
+    x, r, t = _states(paths.RectifiedFlow(), n=16, seed=21)
+    v = jax.random.normal(jax.random.PRNGKey(22), x.shape)
+    u, target = losses.meanflow_target(apply_fn, None, x, r, t, v)
+    h = 1e-5
+    du = (apply_fn(None, x + h * v, r + h, t) - apply_fn(None, x - h * v, r - h, t)) / (2 * h)
+    np.testing.assert_allclose(target, v + (t - r)[:, None] * du, rtol=1e-7, atol=1e-9)
+    np.testing.assert_allclose(u, apply_fn(None, x, r, t))
+    assert float(jnp.max(jnp.abs(du))) > 0.1  # the derivative term is not negligible
+
+
+def test_shortcut_target_is_the_exact_jump_for_the_exact_map(x64):
+    """Two exact half jumps land where one exact jump does; a one-step guess does not."""
+    path = paths.RectifiedFlow()
+    exact = _exact_apply(path)
+    x, r, t = _states(path)
+    target = losses.shortcut_target(exact, None, x, r, t)
+    np.testing.assert_allclose(target, exact(None, x, r, t), atol=1e-10)
+    assert float(jnp.max(jnp.abs(target - exact(None, x, r, r)))) > 0.05
+    grad = jax.grad(lambda p: jnp.sum(losses.shortcut_target(
+        lambda q, x_, r_, t_, c: q * exact(None, x_, r_, t_), p, x, r, t)))(1.0)
+    assert float(grad) == 0.0  # a bootstrap target: no gradient flows through it
 
 
 def test_shortcut_step_grid():
@@ -242,7 +274,7 @@ def test_shortcut_step_grid():
         return jnp.zeros_like(x)
 
     losses.shortcut_loss(None, jax.random.PRNGKey(1), {"x1": jnp.ones((400, 2))},
-                         apply_fn=apply_fn, max_steps=8, bootstrap_fraction=0.25)
+                         apply_fn=apply_fn, finest_steps=8, bootstrap_fraction=0.25)
     r, t = seen[-1]  # the prediction call sees the whole batch
     assert r.shape == (400,)
     big = t[:100] - r[:100]
@@ -329,7 +361,7 @@ def test_meanflow_model_key_gives_one_dropout_mask_per_step():
 
     key = jax.random.PRNGKey(5)
     batch = {"x1": jax.random.normal(jax.random.PRNGKey(2), (32, 2))}
-    k_model = jax.random.split(key, 6)[5]
+    k_model = jax.random.split(key, 5)[4]  # the model's key: the last of the loss's split
     fixed = functools.partial(masked, key=k_model)
     grad = jax.grad(lambda p, **kw: losses.meanflow_loss(p, key, batch, **kw)[0])
     with_key = grad(params, apply_fn=masked, model_key=True)

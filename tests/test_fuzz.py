@@ -667,12 +667,31 @@ def _batch_mutations(require_x0=False):
     )
 
 
+class _At(ftime.AbstractTimeSampler):
+    """Every time `t` (or every pair `(r, t)`)."""
+
+    t: float
+    r: float | None = None
+
+    @property
+    def pairs(self):
+        return self.r is not None
+
+    def _draw(self, key, shape):
+        t = jnp.full(shape, self.t)
+        return t if self.r is None else (jnp.full(shape, self.r), t)
+
+
+BAD_TIME_SAMPLER = BAD_CALLABLE | st.sampled_from(
+    [ftime.LogitNormal, ftime.Uniform, "uniform", lambda key, shape: jnp.full(shape, 0.5)])
+
+
 def _common_mutations():
     return (
         Mutation("key", "key", BAD_KEY),
         Mutation("apply_fn", "apply_fn", BAD_CALLABLE | st.just(_wrong_shape)),
-        Mutation("coupling", "coupling", BAD_CALLABLE | st.just(
-            lambda key, x0, x1: (x0, x1))),
+        Mutation("coupling", "coupling", BAD_CALLABLE | st.sampled_from(
+            [lambda key, x0, x1: (x0, x1), couplings.ExactOT, "exact_ot"])),
         Mutation("path", "path", BAD_PATH.filter(lambda p: p is not None)),
     )
 
@@ -685,9 +704,8 @@ LOSS_SPECS = [
     Spec("cfm_loss", lambda kw: losses.cfm_loss(**kw),
          _losses_valid(apply_fn=apply_fn, path=paths.RectifiedFlow()),
          (*_common_mutations(), *_batch_mutations(),
-          Mutation("time_sampler", "time_sampler", BAD_CALLABLE | st.sampled_from(
-              [lambda key, shape: jnp.full(shape, 1.5), lambda key, shape: jnp.zeros((B + 1,)),
-               lambda key, shape: "t"])),
+          Mutation("time_sampler", "time_sampler", BAD_TIME_SAMPLER | st.just(
+              ftime.OrderedPairs(ftime.Uniform()))),
           Mutation("prediction", "prediction", BAD_PREDICTION),  # SCORE is valid (DSM)
           Mutation("weighting", "weighting", BAD_CALLABLE),
           Mutation("cond_drop_prob", "cond_drop_prob", bad_number(low=0.0, high=1.0,
@@ -695,10 +713,8 @@ LOSS_SPECS = [
     Spec("meanflow_loss", lambda kw: losses.meanflow_loss(**kw),
          _losses_valid(apply_fn=average_fn),
          (*_common_mutations(), *_batch_mutations(),
-          Mutation("time_sampler", "time_sampler", BAD_CALLABLE | st.sampled_from(
-              [lambda key, shape: jnp.full(shape, 0.5), lambda key, shape: (
-                  jnp.full(shape, 0.9), jnp.full(shape, 0.1)),
-               lambda key, shape: (jnp.full(shape, -0.5), jnp.full(shape, 0.5))])),
+          Mutation("time_sampler", "time_sampler", BAD_TIME_SAMPLER | st.sampled_from(
+              [ftime.OrderedPairs, ftime.Uniform()])),
           Mutation("velocity_fn", "velocity_fn", BAD_CALLABLE),
           Mutation("weight_power", "weight_power", bad_number(low=0.0)),
           Mutation("weight_eps", "weight_eps", bad_number(low=0.0, low_open=True)),
@@ -707,10 +723,10 @@ LOSS_SPECS = [
           Mutation("cond_drop_prob", "cond_drop_prob", bad_number(low=0.0, high=1.0,
                                                                   high_open=True)))),
     Spec("shortcut_loss", lambda kw: losses.shortcut_loss(**kw),
-         _losses_valid(apply_fn=average_fn, max_steps=4),
+         _losses_valid(apply_fn=average_fn, finest_steps=4),
          (*_common_mutations(), *_batch_mutations(),
-          Mutation("time_sampler", "time_sampler", BAD_CALLABLE),
-          Mutation("max_steps", "max_steps", bad_number(low=2, integer=True) | st.just(6)),
+          Mutation("time_sampler", "time_sampler", BAD_TIME_SAMPLER),
+          Mutation("finest_steps", "finest_steps", bad_number(low=2, integer=True) | st.just(6)),
           Mutation("bootstrap_fraction", "bootstrap_fraction",
                    bad_number(low=0.0, high=1.0, high_open=True)))),
     Spec("reflow_loss", lambda kw: losses.reflow_loss(**kw), _losses_valid(apply_fn=apply_fn),
@@ -718,7 +734,7 @@ LOSS_SPECS = [
           Mutation("apply_fn", "apply_fn", BAD_CALLABLE | st.just(_wrong_shape)),
           Mutation("batch", ("batch", "x0"), st.just(_DROP)),
           *_batch_mutations()[1:],
-          Mutation("time_sampler", "time_sampler", BAD_CALLABLE))),
+          Mutation("time_sampler", "time_sampler", BAD_TIME_SAMPLER))),
     Spec("cnf_mle_loss", lambda kw: losses.cnf_mle_loss(**kw),
          lambda: dict(params=0.5, key=KEY, batch={"x1": X}, apply_fn=apply_fn,
                       solver=diffrax.Euler(), num_steps=2),
@@ -769,8 +785,7 @@ LOSS_SPECS = [
           Mutation("batch['cond']", ("batch", "cond"), st.sampled_from(
               [np.zeros(B + 1, np.int32), np.zeros(B, np.float32), "labels",
                np.zeros((B, 2), np.int32)])),
-          Mutation("time_sampler", "time_sampler", BAD_CALLABLE | st.just(
-              lambda key, shape: jnp.full(shape, 2.0))))),
+          Mutation("time_sampler", "time_sampler", BAD_TIME_SAMPLER))),
     Spec("loss_weighting", lambda kw: losses.loss_weighting(**kw),
          lambda: dict(path=paths.VP(), given=Prediction.NOISE, to=Prediction.DATA),
          (Mutation("path", "path", BAD_PATH), Mutation("given", "given", BAD_PREDICTION),
@@ -817,19 +832,18 @@ def _fuzz_losses_valid():
            params=st.floats(-2.0, 2.0), seed=st.integers(0, 2 ** 31 - 1))
     def check(which, path, prediction, x1, x0, t, r, params, seed):
         key, batch = jax.random.PRNGKey(seed), {"x1": x1, "x0": x0}
-        at_t = lambda key, shape: jnp.full(shape, t)  # noqa: E731
+        at_t = _At(t)
         if which == "cfm":
             out = losses.cfm_loss(params, key, batch, apply_fn=apply_fn, path=path,
                                   time_sampler=at_t, prediction=prediction,
                                   weighting=losses.velocity_weighting(path, prediction))
         elif which == "meanflow":
-            pairs = lambda key, shape: (jnp.full(shape, min(r, t)),  # noqa: E731
-                                        jnp.full(shape, max(r, t)))
+            pairs = _At(max(r, t), min(r, t))
             out = losses.meanflow_loss(params, key, batch, apply_fn=average_fn, path=path,
                                        time_sampler=pairs)
         elif which == "shortcut":
             out = losses.shortcut_loss(params, key, batch, apply_fn=average_fn, path=path,
-                                       time_sampler=at_t, max_steps=4)
+                                       time_sampler=at_t, finest_steps=4)
         else:
             out = losses.reflow_loss(params, key, batch, apply_fn=apply_fn, time_sampler=at_t)
         assert_finite("losses", out)

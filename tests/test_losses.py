@@ -2,13 +2,39 @@
 
 import functools
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from flowjax import analytic, couplings, losses, paths
+from flowjax import time as ftime
 from flowjax.paths import Prediction
+
+
+#: What a failed compiled value check raises: eagerly `EquinoxRuntimeError`; under `jax.jit`
+#: the runtime's error (a RuntimeError or ValueError, by backend) carrying the message.
+VALUE_CHECK_ERRORS = (eqx.EquinoxRuntimeError, RuntimeError, ValueError)
+
+
+class Between(ftime.AbstractTimeSampler):
+    """Uniform times on [lo, hi] (keeps the tests away from the singular ends)."""
+
+    lo: float = 0.05
+    hi: float = 0.95
+
+    def _draw(self, key, shape):
+        return jax.random.uniform(key, shape, minval=self.lo, maxval=self.hi)
+
+
+class Fixed(ftime.AbstractTimeSampler):
+    """The given times, whatever the key."""
+
+    t: jax.Array
+
+    def _draw(self, key, shape):
+        return jnp.broadcast_to(self.t, shape)
 
 
 def linear_field(params, x, t, cond=None):
@@ -98,7 +124,7 @@ def test_velocity_weighting_makes_losses_equal(x64, prediction, path):
     """A data/noise model with `velocity_weighting` has the loss of its velocity conversion."""
     params = _params(jax.random.PRNGKey(3))
     x1 = jax.random.normal(jax.random.PRNGKey(4), (256, 2)) + 1.0
-    sampler = lambda k, s: jax.random.uniform(k, s, minval=0.05, maxval=0.95)  # noqa: E731
+    sampler = Between()
 
     def as_prediction(p, x, t, cond=None):
         v = linear_field(p, x, t)
@@ -119,8 +145,8 @@ def test_velocity_weighting_makes_losses_equal(x64, prediction, path):
 def test_loss_is_jittable_with_every_coupling():
     params = _params(jax.random.PRNGKey(0))
     x1 = jax.random.normal(jax.random.PRNGKey(1), (64, 2))
-    for i, coupling in enumerate((couplings.Independent(), couplings.ExactOT(),
-                                  couplings.Sinkhorn(0.1), couplings.SchrodingerBridge(0.5))):
+    for coupling in (couplings.Independent(), couplings.ExactOT(), couplings.Sinkhorn(0.1),
+                     couplings.SchrodingerBridge(0.5)):
         loss = functools.partial(losses.cfm_loss, apply_fn=linear_field,
                                  path=paths.RectifiedFlow(noise=paths.BridgeNoise(0.5)),
                                  coupling=coupling)
@@ -128,9 +154,10 @@ def test_loss_is_jittable_with_every_coupling():
             params, jax.random.PRNGKey(2), {"x1": x1})
         assert np.isfinite(float(val)) and float(aux["coupling_cost"]) > 0
         assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))
-        # Sinkhorn's fallback flag reaches the step metrics (0: this solve converged).
-        assert i != 2 or "coupling_fallback" in aux
-        assert int(aux.get("coupling_fallback", 0)) == 0
+        # Every coupling reports its fallback as an int32 count (0: this solve converged),
+        # and every aux entry is a scalar.
+        assert aux["coupling_fallback"].dtype == jnp.int32 and int(aux["coupling_fallback"]) == 0
+        assert all(jnp.ndim(v) == 0 for v in aux.values()), aux
 
 
 def test_ot_coupling_lowers_the_pair_cost():
@@ -154,9 +181,11 @@ def test_bad_inputs():
         loss(params, key, {"x1": jnp.ones((4, 2)), "x0": jnp.ones((3, 2))})
     with pytest.raises(TypeError, match="`prediction`"):
         loss(params, key, {"x1": jnp.ones((4, 2))}, prediction="score")
-    with pytest.raises(ValueError, match=r"`batch\['x1'\]` contains non-finite"):
+    with pytest.raises(eqx.EquinoxRuntimeError, match=r"`batch\['x1'\]` contains non-finite"):
         loss(params, key, {"x1": jnp.ones((4, 2)).at[1, 1].set(jnp.inf)})
-    with pytest.raises(ValueError, match="`apply_fn` returned shape"):
+    with pytest.raises(VALUE_CHECK_ERRORS, match="non-finite"):  # checked under jit too
+        jax.jit(loss)(params, key, {"x1": jnp.ones((4, 2)).at[1, 1].set(jnp.nan)})
+    with pytest.raises(ValueError, match="`apply_fn` returned"):
         losses.cfm_loss(params, key, {"x1": jnp.ones((4, 2))}, path=paths.RectifiedFlow(),
                         apply_fn=lambda p, x, t, c: x[:, :1])
     with pytest.raises(TypeError, match="`prediction`"):
@@ -187,13 +216,14 @@ def test_the_condition_aware_coupling_gets_the_labels():
     x1 = jax.random.normal(jax.random.PRNGKey(1), (64, 2)) * 0.3
     cond = jnp.arange(64) % 4
     key = jax.random.PRNGKey(2)
+    x0 = jax.random.normal(jax.random.PRNGKey(3), x1.shape)
     loss = functools.partial(losses.cfm_loss, apply_fn=linear_field, path=paths.RectifiedFlow(),
                              coupling=couplings.ConditionAwareOT())
-    _, aux = loss(_params(key), key, {"x1": x1, "cond": cond})
-    # The loss draws x0 with the first key of its split, as the coupling would see it.
-    x0 = jax.random.normal(jax.random.split(key, 6)[0], x1.shape)
+    _, aux = loss(_params(key), key, {"x1": x1, "x0": x0, "cond": cond})
     expect = couplings.ConditionAwareOT()(None, x0, x1, cond=cond).cost
+    blind = couplings.ExactOT()(None, x0, x1).cost
     np.testing.assert_allclose(float(aux["coupling_cost"]), float(expect), rtol=1e-6)
+    assert float(blind) < float(expect) - 1e-3  # the labels changed the pairing
     with pytest.raises(ValueError, match="needs 'cond'"):
         loss(_params(key), key, {"x1": x1})
 
@@ -334,7 +364,7 @@ def test_edm_loss_regresses_the_raw_network_on_its_unit_target(x64):
     def values(params, x1, x0, t):
         loss, _ = losses.cfm_loss(params, jax.random.PRNGKey(0), {"x1": x1, "x0": x0},
                                   apply_fn=model, path=path, prediction=Prediction.DATA,
-                                  time_sampler=lambda k, shape: t,
+                                  time_sampler=Fixed(t),
                                   weighting=losses.edm_weighting(path, sd))
         sigma = (path.sigma(t) / path.alpha(t))[:, None]
         c_skip, c_out, c_in, c_noise = paths.edm_scalings(sigma, sd)
@@ -378,3 +408,144 @@ def test_classifier_loss_is_smallest_at_the_exact_posterior(x64):
                                apply_fn=exact(1.0), path=path)
     with pytest.raises(TypeError, match="`given`"):
         losses.loss_weighting(path, "noise", Prediction.DATA)
+
+
+# -- the regression core, the targets and the checks at the boundary ----------------------
+
+
+def test_regression_is_the_weighted_mean_squared_error_per_dimension():
+    pred = jnp.array([[1.0, 2.0], [0.0, 0.0], [3.0, -1.0]])
+    target = jnp.array([[0.0, 0.0], [1.0, 1.0], [3.0, 1.0]])
+    per_sample = np.array([2.5, 1.0, 2.0])  # ||pred - target||^2 / D
+    assert float(losses.regression(pred, target)) == pytest.approx(per_sample.mean())
+    w = jnp.array([0.5, 2.0, 0.0])
+    assert float(losses.regression(pred, target, w)) == pytest.approx(np.mean(w * per_sample))
+    with pytest.raises(ValueError, match="`prediction`"):
+        losses.regression(pred[:, :1], target)
+
+
+def test_cfm_targets_follow_the_path(x64):
+    path = paths.VP()
+    k0, k1, kt = jax.random.split(jax.random.PRNGKey(0), 3)
+    x0, x1 = jax.random.normal(k0, (8, 2)), jax.random.normal(k1, (8, 2))
+    t = jax.random.uniform(kt, (8,), minval=0.05, maxval=0.95)
+    a, s = path.alpha(t)[:, None], path.sigma(t)[:, None]
+    da, ds = path.d_alpha(t)[:, None], path.d_sigma(t)[:, None]
+    expect = {Prediction.VELOCITY: da * x1 + ds * x0, Prediction.DATA: x1,
+              Prediction.NOISE: x0, Prediction.SCORE: -x0 / s}
+    for kind, value in expect.items():
+        np.testing.assert_allclose(losses.cfm_target(path, x0, x1, t, prediction=kind), value,
+                                   rtol=1e-12, err_msg=kind)
+    # A noise prediction read off the score target is the noise target (x_t plays no part).
+    x_t = a * x1 + s * x0
+    score = losses.cfm_target(path, x0, x1, t, prediction=Prediction.SCORE)
+    np.testing.assert_allclose(paths.convert(path, x_t, t, score, given=Prediction.SCORE,
+                                             to=Prediction.NOISE), x0, rtol=1e-10)
+    np.testing.assert_allclose(losses.reflow_target(x0, x1), x1 - x0)
+    with pytest.raises(TypeError, match="`prediction`"):
+        losses.cfm_target(path, x0, x1, t, prediction="score")
+
+
+def _cond_batch():
+    x1 = jax.random.normal(jax.random.PRNGKey(1), (32, 2))
+    return {"x1": x1, "cond": jnp.arange(32) % 4}
+
+
+def _two_time_field(params, x, r, t, cond=None):
+    return linear_field(params, x, t) + (t - r)[:, None]
+
+
+@pytest.mark.parametrize("name", ["cfm", "meanflow", "shortcut", "dsm"])
+def test_cond_blind_couplings_are_refused_on_a_conditional_batch(name):
+    """An OT coupling that ignores `cond` would pair rows across classes: refused, with the
+    reason and the opt-in in the message; the opt-in, the independent and the
+    condition-aware couplings train."""
+    params, key, batch = _params(jax.random.PRNGKey(0)), jax.random.PRNGKey(2), _cond_batch()
+    loss = {"cfm": functools.partial(losses.cfm_loss, apply_fn=linear_field,
+                                     path=paths.RectifiedFlow()),
+            "dsm": functools.partial(losses.dsm_loss, apply_fn=linear_field, path=paths.VP()),
+            "meanflow": functools.partial(losses.meanflow_loss, apply_fn=_two_time_field),
+            "shortcut": functools.partial(losses.shortcut_loss, apply_fn=_two_time_field,
+                                          finest_steps=4)}[name]
+    for blind in (couplings.ExactOT(), couplings.Sinkhorn(0.1)):
+        with pytest.raises(ValueError, match="allow_cond_blind_coupling=True") as err:
+            loss(params, key, batch, coupling=blind)
+        assert "`coupling`" in str(err.value) and "batch['cond']" in str(err.value)
+        assert "wrong conditionals" in str(err.value)
+        value, aux = loss(params, key, batch, coupling=blind, allow_cond_blind_coupling=True)
+        assert np.isfinite(float(value)) and float(aux["coupling_cost"]) > 0
+    for fine in (couplings.Independent(), couplings.ConditionAwareOT()):
+        assert np.isfinite(float(loss(params, key, batch, coupling=fine)[0]))
+    # Without `cond` the same coupling is fine.
+    assert np.isfinite(float(loss(params, key, {"x1": batch["x1"]},
+                                  coupling=couplings.ExactOT())[0]))
+
+
+def logit_normal(loc=0.0, scale=1.0):
+    """An old-style factory: returns a sampler function instead of being one."""
+    return lambda key, shape: jax.nn.sigmoid(loc + scale * jax.random.normal(key, shape))
+
+
+def test_option_mistakes_get_errors_that_name_the_argument():
+    params, key = _params(jax.random.PRNGKey(0)), jax.random.PRNGKey(0)
+    batch = {"x1": jnp.ones((4, 2))}
+    loss = functools.partial(losses.cfm_loss, params, key, batch, apply_fn=linear_field,
+                             path=paths.RectifiedFlow())
+    cases = [
+        (dict(time_sampler=ftime.LogitNormal), TypeError,
+         r"`time_sampler`.*the class LogitNormal itself; pass an instance"),
+        (dict(time_sampler=logit_normal), TypeError,
+         r"`time_sampler`.*the function logit_normal; if it builds the object, call it"),
+        (dict(time_sampler="logit_normal"), TypeError, r"`time_sampler`.*string"),
+        (dict(time_sampler=ftime.OrderedPairs(ftime.Uniform())), ValueError,
+         r"`time_sampler` must draw one time per sample"),
+        (dict(coupling=couplings.ExactOT), TypeError,
+         r"`coupling`.*the class ExactOT itself; pass an instance"),
+        (dict(coupling="exact_ot"), TypeError, r"`coupling`.*the string 'exact_ot'"),
+        (dict(coupling=lambda key, x0, x1: ((x0, x1), {})), TypeError, r"`coupling` must be"),
+        (dict(apply_fn=3), TypeError, r"`apply_fn` must be callable"),
+        (dict(prediction=Prediction), TypeError, r"`prediction`"),
+        (dict(allow_cond_blind_coupling="yes"), TypeError, r"`allow_cond_blind_coupling`"),
+    ]
+    for kwargs, kind, match in cases:
+        with pytest.raises(kind, match=match):
+            loss(**kwargs)
+    with pytest.raises(ValueError, match=r"`batch` must be a dict with the keys \['x1'\]"):
+        losses.cfm_loss(params, key, {"data": jnp.ones((4, 2))}, apply_fn=linear_field,
+                        path=paths.RectifiedFlow())
+    with pytest.raises(TypeError, match=r"`time_sampler`.*the class"):
+        losses.meanflow_loss(params, key, batch, apply_fn=_two_time_field,
+                             time_sampler=ftime.OrderedPairs)
+    with pytest.raises(ValueError, match=r"`time_sampler` must draw pairs"):
+        losses.meanflow_loss(params, key, batch, apply_fn=_two_time_field,
+                             time_sampler=ftime.Uniform())
+    with pytest.raises(ValueError, match="`finest_steps` must be a power of two"):
+        losses.shortcut_loss(params, key, batch, apply_fn=_two_time_field, finest_steps=12)
+    with pytest.raises(ValueError, match="`time_sampler` has no role"):
+        losses.reflow_loss(params, key, {"x0": batch["x1"], **batch}, apply_fn=linear_field,
+                           distill=True, time_sampler=ftime.Uniform())
+
+
+def test_times_outside_the_unit_interval_fail_in_the_compiled_loss():
+    params, key = _params(jax.random.PRNGKey(0)), jax.random.PRNGKey(0)
+    loss = jax.jit(lambda t: losses.cfm_loss(params, key, {"x1": jnp.ones((4, 2))},
+                                             apply_fn=linear_field, path=paths.RectifiedFlow(),
+                                             time_sampler=Fixed(t))[0])
+    assert np.isfinite(float(loss(jnp.full(4, 0.5))))
+    with pytest.raises(VALUE_CHECK_ERRORS, match="`time_sampler` must lie in"):
+        loss(jnp.full(4, 1.5))
+
+
+def test_classifier_labels_outside_the_classes_fail(x64):
+    x1 = jax.random.normal(jax.random.PRNGKey(0), (4, 2))
+
+    def logits(params, x, t):  # two classes
+        return jnp.stack([x[:, 0], -x[:, 0]], -1)
+
+    run = jax.jit(lambda labels: losses.classifier_loss(
+        None, jax.random.PRNGKey(1), {"x1": x1, "cond": labels}, apply_fn=logits,
+        path=paths.RectifiedFlow())[0])
+    assert np.isfinite(float(run(jnp.array([0, 1, 1, 0]))))
+    for bad in ([0, 1, 2, 0], [0, -1, 1, 0]):  # 2 is out of range; -1 would wrap around
+        with pytest.raises(VALUE_CHECK_ERRORS, match=r"`batch\['cond'\]` labels"):
+            run(jnp.array(bad))

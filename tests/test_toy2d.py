@@ -90,7 +90,7 @@ def test_every_method_trains_and_samples(tmp_path, methods):
     config.eval.num_samples = 100
     config.eval.euler_steps = (2,)
     config.eval.flow_map_steps = (1, 2)
-    config.shortcut.max_steps = 4
+    config.shortcut.finest_steps = 4
     config.reflow.num_pairs = 256
     config.plot = False
     rows = toy2d.train_and_evaluate(config, str(tmp_path))

@@ -43,6 +43,7 @@ from tqdm import tqdm
 from experiments._workdir import start_run, write_results
 from experiments.toy2d.train import TARGETS  # the 2-D samplers, by name
 from flowjax import losses, metrics, models, paths, sample, train
+from flowjax import time as ftime
 
 DATASETS = ("digits",)  # scikit-learn's 1,797 8x8 digits, 64-D in [-1, 1]
 PATH = paths.RectifiedFlow()
@@ -178,12 +179,21 @@ def train_network(config, workdir, train_points, key, writer):
     return state
 
 
+class _AtTime(ftime.AbstractTimeSampler):
+    """Every training time at `t`."""
+
+    t: jax.Array
+
+    def _draw(self, key, shape):
+        return jnp.full(shape, self.t)
+
+
 @functools.partial(jax.jit, static_argnames=("apply_fn", "repeats"))
 def _loss_at_times(apply_fn, params, points, grid, key, repeats):
     def at(t):
         def once(k):
             return losses.cfm_loss(params, k, {"x1": points}, apply_fn=apply_fn, path=PATH,
-                                   time_sampler=lambda _, shape: jnp.full(shape, t))[0]
+                                   time_sampler=_AtTime(t))[0]
 
         return jnp.mean(jax.lax.map(once, jax.random.split(key, repeats)))
 

@@ -158,7 +158,7 @@ def make_loss(run: str, config, apply_fn):
     elif run == "shortcut":
         coupling, ahead = _named_coupling(config.shortcut.coupling, config)
         loss = functools.partial(losses.shortcut_loss, apply_fn=apply_fn,
-                                 max_steps=config.shortcut.max_steps,
+                                 finest_steps=config.shortcut.finest_steps,
                                  bootstrap_fraction=config.shortcut.bootstrap_fraction)
     else:  # reflow-k and reflow-2-distill: fixed pairs, no coupling
         return functools.partial(losses.reflow_loss, apply_fn=apply_fn,
@@ -378,7 +378,7 @@ def evaluate_flow_map(config, run, apply_fn, args, x0):
     trained step `u(x, t, t + 1/M)` for a shortcut model.
     """
     if run == "shortcut":
-        m = config.shortcut.max_steps
+        m = config.shortcut.finest_steps
         steps, delta = [2 ** i for i in range(int(np.log2(m)) + 1)], 1.0 / m
     else:
         steps, delta = list(config.eval.flow_map_steps), 0.0

@@ -14,16 +14,39 @@ the independent Gaussian path, so no coupling is offered.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import jax
 import jax.numpy as jnp
 
-from flowjax._checks import check_callable, check_key, check_path, check_signature
-from flowjax.losses._cfm import call_model, check_batch, paired_batch, sample_times
-from flowjax.time import uniform
+from flowjax._checks import error_if
+from flowjax._types import KeyArray, Params
+from flowjax.couplings import Independent
+from flowjax.losses._core import (_check_loss_options, _model_call, _path_noise, _sample_times,
+                                  paired_batch)
+from flowjax.time import Uniform
+from flowjax.time._base import AbstractTimeSampler
 
 
-def classifier_loss(params, key, batch, *, apply_fn, path, time_sampler=None,
-                    model_key: bool = False):
+def _check_labels(labels, logits, batch_size):
+    """Integer labels `[B]` for logits `[B, K]`, checked in [0, K) in the compiled program."""
+    if getattr(logits, "ndim", None) != 2 or logits.shape[0] != batch_size:
+        raise ValueError(f"`apply_fn` must return logits [B, K] with B = {batch_size}, "
+                         f"got shape {tuple(getattr(logits, 'shape', ()))}.")
+    if not hasattr(labels, "dtype") or not jnp.issubdtype(labels.dtype, jnp.integer) \
+            or labels.shape != (batch_size,):
+        got = (f"{labels.dtype} of shape {tuple(labels.shape)}" if hasattr(labels, "dtype")
+               else type(labels).__name__)
+        raise TypeError(f"`batch['cond']` must be an integer array of labels [{batch_size}], "
+                        f"got {got}.")
+    k = logits.shape[1]
+    return error_if(labels, jnp.any((labels < 0) | (labels >= k)),
+                    f"`batch['cond']` labels must lie in [0, {k}) (the classifier's logits).")
+
+
+def classifier_loss(params: Params, key: KeyArray, batch: dict, *, apply_fn: Callable, path,
+                    time_sampler: AbstractTimeSampler | None = None,
+                    model_key: bool = False) -> tuple[jax.Array, dict]:
     """Cross-entropy of a time-dependent classifier on the path's noisy points.
 
     Bind the options first: `loss = functools.partial(classifier_loss, apply_fn=..., path=...)`.
@@ -32,38 +55,24 @@ def classifier_loss(params, key, batch, *, apply_fn, path, time_sampler=None,
       params: classifier parameters.
       key: a PRNG key (split for the noise, the time and the model).
       batch: a dict with `x1` (data `[B, *dims]`), `cond` (integer labels
-        `[B]` in `[0, K)`) and optionally `x0` (noise shaped like `x1`;
-        drawn from N(0, I) when absent).
+        `[B]` in `[0, K)`, checked in the compiled program) and optionally
+        `x0` (noise shaped like `x1`; drawn from N(0, I) when absent).
       apply_fn: `apply_fn(params, x, t) -> logits [B, K]`.
       path: the affine path the guided model was trained on.
-      time_sampler: `(key, shape) -> t`; uniform by default.
+      time_sampler: a time-sampler object; `Uniform()` by default.
       model_key: call the classifier as `apply_fn(..., key=k)` (dropout).
 
     Returns:
       `(loss, aux)` with `aux = {"accuracy"}`, the fraction of noisy points
       classified correctly.
     """
-    check_key("key", key)
-    check_signature("apply_fn", apply_fn, 3)
-    check_path("path", path)
-    check_callable("time_sampler", time_sampler, allow_none=True)
-    check_batch(batch, ("x1", "cond"))
-    labels = batch["cond"]
-    if not hasattr(labels, "dtype") or not jnp.issubdtype(labels.dtype, jnp.integer):
-        raise TypeError("`batch['cond']` must be an integer array of labels.")
-    time_sampler = uniform() if time_sampler is None else time_sampler
-    k_x0, k_t, k_z, k_model = jax.random.split(key, 4)
-    x0, x1, _ = paired_batch(k_x0, None, batch)
-    if labels.shape != x1.shape[:1]:
-        raise ValueError(f"`batch['cond']` must have shape {x1.shape[:1]}, got {labels.shape}.")
-    t = sample_times(time_sampler, k_t, x1.shape[0], x1.dtype)
-    z = None if path.noise is None else jax.random.normal(k_z, x1.shape, x1.dtype)
-    x_t = path.interpolate(x0, x1, t, z)
-    logits = call_model(apply_fn, k_model if model_key else None, params, x_t, t)
-    if logits.ndim != 2 or logits.shape[0] != x1.shape[0]:
-        raise ValueError(f"`apply_fn` must return logits [B, K] with B = {x1.shape[0]}, "
-                         f"got shape {tuple(logits.shape)}.")
+    time_sampler = _check_loss_options(locals(), Uniform(), model_args=3)
+    k_pair, k_t, k_z, k_model = jax.random.split(key, 4)
+    x0, x1, labels, _ = paired_batch(k_pair, batch, Independent(), keys=("x1", "cond"))
+    t = _sample_times(time_sampler, k_t, x1.shape[0], x1.dtype)
+    x_t = path.interpolate(x0, x1, t, _path_noise(path, k_z, x1))
+    logits = _model_call(apply_fn, k_model if model_key else None, params, x_t, t)
+    labels = _check_labels(labels, logits, x1.shape[0])
     log_p = jax.nn.log_softmax(logits, axis=-1)
     nll = -jnp.take_along_axis(log_p, labels[:, None], axis=-1)[:, 0]
-    accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
-    return jnp.mean(nll), {"accuracy": accuracy}
+    return jnp.mean(nll), {"accuracy": jnp.mean(jnp.argmax(logits, -1) == labels)}

@@ -17,7 +17,7 @@ likelihood weighting :math:`\lambda = g^2`    :func:`likelihood_weighting`
 (Song, Durkan, Murray & Ermon 2021)
 data ("x0") prediction                        `cfm_loss(prediction=Prediction.DATA)`
 EDM (Karras et al. 2022, Table 1)             :func:`edm_weighting`,
-                                              :func:`flowjax.time.edm_lognormal`,
+                                              :class:`flowjax.time.EDMLogNormal`,
                                               :func:`flowjax.paths.edm_precondition`
 ============================================  ==========================================
 
@@ -29,16 +29,28 @@ et al. 2021, "Variational diffusion models"; Kingma & Gao 2023).
 
 from __future__ import annotations
 
+from typing import Callable
+
+import jax
 import jax.numpy as jnp
 
-from flowjax._checks import check_path
-from flowjax.losses._cfm import cfm_loss, loss_weighting
-from flowjax.paths import Prediction, noise_ratio, sde_diffusion
-from flowjax.paths._conversions import check_prediction
-from flowjax.paths._edm import _check_sigma_data
+from flowjax._checks import check_number
+from flowjax._types import BatchTimes, Cond, KeyArray, Params, Scalar
+from flowjax.couplings._base import AbstractCoupling
+from flowjax.losses._cfm import _check_weighting, cfm_loss, loss_weighting
+from flowjax.paths import T_CLIP, Prediction, noise_ratio, sde_diffusion
+from flowjax.time._base import AbstractTimeSampler
+
+Weighting = Callable[[BatchTimes], BatchTimes]
 
 
-def noise_prediction_loss(params, key, batch, *, apply_fn, path, weighting=None, **options):
+def noise_prediction_loss(params: Params, key: KeyArray, batch: dict, *, apply_fn: Callable,
+                          path, weighting: Weighting | None = None,
+                          coupling: AbstractCoupling | None = None,
+                          time_sampler: AbstractTimeSampler | None = None,
+                          cond_drop_prob: Scalar = 0.0, null_cond: Cond = None,
+                          model_key: bool = False,
+                          allow_cond_blind_coupling: bool = False) -> tuple[jax.Array, dict]:
     r"""The noise-prediction (:math:`\varepsilon`) loss: DDPM's :math:`L_{simple}` on the VP path.
 
     .. math:: \mathcal L = E_{t, x_1, \varepsilon}\ w(t)\,
@@ -48,29 +60,40 @@ def noise_prediction_loss(params, key, batch, *, apply_fn, path, weighting=None,
     (Ho et al. 2020, "Denoising diffusion probabilistic models", Eq. 14, with
     w = 1 and `path=flowjax.paths.VP()`; their discrete step :math:`s` is
     flowjax's t = 1 - s/T). It is :func:`cfm_loss` with
-    `prediction=Prediction.NOISE`; sample the model with
-    `flowjax.sample.model_velocity(apply_fn, path=path, prediction=Prediction.NOISE)`
-    through the probability-flow ODE (:func:`flowjax.sample.solve_ode`) or the
-    reverse SDE (:func:`flowjax.sample.solve_sde` with
-    :func:`flowjax.sample.reverse_diffusion`).
+    `prediction=Prediction.NOISE`; sample the model through a velocity field
+    that converts the noise prediction (`prediction=Prediction.NOISE` in
+    :mod:`flowjax.sample`), with the probability-flow ODE or the reverse SDE.
 
     Args:
-      params, key, batch: as in :func:`cfm_loss`.
+      params: model parameters.
+      key: a PRNG key.
+      batch: as in :func:`cfm_loss`.
       apply_fn: `apply_fn(params, x, t, cond) -> eps_hat [B, *dims]`.
       path: the affine path (VP, VE, ...).
       weighting: `w(t) -> [B]`; None is w = 1 ("simple");
         `likelihood_weighting(path, Prediction.NOISE)` is the ELBO's.
-      **options: any other :func:`cfm_loss` option (`time_sampler`, `coupling`,
-        `cond_drop_prob`, `null_cond`, `model_key`).
+      coupling: as in :func:`cfm_loss`.
+      time_sampler: as in :func:`cfm_loss`.
+      cond_drop_prob: as in :func:`cfm_loss`.
+      null_cond: as in :func:`cfm_loss`.
+      model_key: as in :func:`cfm_loss`.
+      allow_cond_blind_coupling: as in :func:`cfm_loss`.
 
     Returns:
       `(loss, aux)` as :func:`cfm_loss`.
     """
     return cfm_loss(params, key, batch, apply_fn=apply_fn, path=path,
-                    prediction=Prediction.NOISE, weighting=weighting, **options)
+                    prediction=Prediction.NOISE, weighting=weighting, coupling=coupling,
+                    time_sampler=time_sampler, cond_drop_prob=cond_drop_prob,
+                    null_cond=null_cond, model_key=model_key,
+                    allow_cond_blind_coupling=allow_cond_blind_coupling)
 
 
-def dsm_loss(params, key, batch, *, apply_fn, path, weighting=None, **options):
+def dsm_loss(params: Params, key: KeyArray, batch: dict, *, apply_fn: Callable, path,
+             weighting: Weighting | None = None, coupling: AbstractCoupling | None = None,
+             time_sampler: AbstractTimeSampler | None = None, cond_drop_prob: Scalar = 0.0,
+             null_cond: Cond = None, model_key: bool = False,
+             allow_cond_blind_coupling: bool = False) -> tuple[jax.Array, dict]:
     r"""Denoising score matching: a score model regressed on the conditional score.
 
     .. math:: \mathcal L = E_{t, x_1, \varepsilon}\ \lambda(t)\,
@@ -90,11 +113,18 @@ def dsm_loss(params, key, batch, *, apply_fn, path, weighting=None, **options):
     t away from 1.
 
     Args:
-      params, key, batch: as in :func:`cfm_loss`.
+      params: model parameters.
+      key: a PRNG key.
+      batch: as in :func:`cfm_loss`.
       apply_fn: `apply_fn(params, x, t, cond) -> score [B, *dims]`.
       path: the affine path (VE and VP in the papers).
       weighting: :math:`\lambda(t) \to [B]`; None is :math:`\bar\sigma(t)^2`.
-      **options: any other :func:`cfm_loss` option.
+      coupling: as in :func:`cfm_loss`.
+      time_sampler: as in :func:`cfm_loss`.
+      cond_drop_prob: as in :func:`cfm_loss`.
+      null_cond: as in :func:`cfm_loss`.
+      model_key: as in :func:`cfm_loss`.
+      allow_cond_blind_coupling: as in :func:`cfm_loss`.
 
     Returns:
       `(loss, aux)` as :func:`cfm_loss`.
@@ -102,11 +132,14 @@ def dsm_loss(params, key, batch, *, apply_fn, path, weighting=None, **options):
     if weighting is None:
         weighting = loss_weighting(path, Prediction.SCORE, Prediction.NOISE)
     return cfm_loss(params, key, batch, apply_fn=apply_fn, path=path,
-                    prediction=Prediction.SCORE, weighting=weighting, **options)
+                    prediction=Prediction.SCORE, weighting=weighting, coupling=coupling,
+                    time_sampler=time_sampler, cond_drop_prob=cond_drop_prob,
+                    null_cond=null_cond, model_key=model_key,
+                    allow_cond_blind_coupling=allow_cond_blind_coupling)
 
 
 def likelihood_weighting(path, prediction: Prediction = Prediction.SCORE, *,
-                         t_clip: float = 1e-5):
+                         t_clip: float = T_CLIP) -> Weighting:
     r"""The likelihood weighting :math:`\lambda(t) = g(t)^2` of the score loss, for any prediction.
 
     With :math:`\lambda = g^2` (:func:`flowjax.paths.sde_diffusion`) the
@@ -130,8 +163,7 @@ def likelihood_weighting(path, prediction: Prediction = Prediction.SCORE, *,
     Returns:
       `w(t [B]) -> [B]`.
     """
-    check_path("path", path)
-    check_prediction("prediction", prediction)
+    _check_weighting(path, t_clip, prediction=prediction)
     to_score = loss_weighting(path, prediction, Prediction.SCORE, t_clip=t_clip)
 
     def weight(t):
@@ -140,8 +172,8 @@ def likelihood_weighting(path, prediction: Prediction = Prediction.SCORE, *,
     return weight
 
 
-def edm_weighting(path, sigma_data: float = 0.5, prediction: Prediction = Prediction.DATA, *,
-                  t_clip: float = 1e-5):
+def edm_weighting(path, sigma_data: Scalar = 0.5, prediction: Prediction = Prediction.DATA, *,
+                  t_clip: float = T_CLIP) -> Weighting:
     r"""EDM's loss weight :math:`\lambda = (\sigma^2 + \sigma_d^2)/(\sigma\sigma_d)^2` in flow time.
 
     Karras et al. 2022, Table 1 and Eq. 8: the denoiser loss
@@ -152,7 +184,7 @@ def edm_weighting(path, sigma_data: float = 0.5, prediction: Prediction = Predic
     :math:`\|F_\theta - (x_1 - c_{skip}x)/c_{out}\|^2`: unit weight on the raw
     network, because :math:`\lambda c_{out}^2 = 1`. For another prediction it is
     multiplied by :func:`loss_weighting` to the data. Use it with
-    :func:`flowjax.time.edm_lognormal`.
+    :class:`flowjax.time.EDMLogNormal`.
 
     Args:
       path: the affine path.
@@ -163,9 +195,8 @@ def edm_weighting(path, sigma_data: float = 0.5, prediction: Prediction = Predic
     Returns:
       `w(t [B]) -> [B]`.
     """
-    check_path("path", path)
-    _check_sigma_data(sigma_data)
-    check_prediction("prediction", prediction)
+    _check_weighting(path, t_clip, prediction=prediction)
+    check_number("sigma_data", sigma_data, low=0.0, low_open=True)
     to_data = loss_weighting(path, prediction, Prediction.DATA, t_clip=t_clip)
 
     def weight(t):

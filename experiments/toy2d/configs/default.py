@@ -72,7 +72,7 @@ def get_config():
     # Shortcut models (Frans et al. 2024).
     config.shortcut = ml_collections.ConfigDict()
     config.shortcut.coupling = "exact_ot"
-    config.shortcut.max_steps = 128
+    config.shortcut.finest_steps = 128
     config.shortcut.bootstrap_fraction = 0.25
     config.shortcut.time_scale = 1.0
 
@@ -98,7 +98,7 @@ def get_config():
     config.eval = ml_collections.ConfigDict()
     config.eval.num_samples = 2000
     config.eval.euler_steps = (1, 2, 4, 8, 100)
-    config.eval.flow_map_steps = (1, 2, 4)  # MeanFlow jumps (shortcut: 1, 2, 4, ..., max_steps)
+    config.eval.flow_map_steps = (1, 2, 4)  # MeanFlow jumps (shortcut: 1, 2, 4, ..., finest_steps)
     config.eval.sde_steps = (100, 1000)  # reverse-time SDE (vp_eps), Euler-Maruyama steps
     config.eval.heun_steps = (9, 18, 32)  # EDM's Heun sampler (diffusion methods): 2N - 1 NFE
     config.eval.rtol = 1e-5
