@@ -15,7 +15,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from flowjax import couplings, data, losses, models, paths, train
 
-D = 8  # tests/conftest.py gives the session 8 CPU devices
+D = 8  # tests/conftest.py gives the test process 8 CPU devices
 
 
 @pytest.fixture(scope="module")
