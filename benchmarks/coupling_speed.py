@@ -16,7 +16,7 @@ one fixed batch per (n, d) (seeded), float32 for flowjax. Methods:
   flowjax_sinkhorn      jax.jit(couplings.Sinkhorn(eps, scale_free=True)), default options
   flowjax_sinkhorn_fast the same with precompute_cost=(d > 2), adaptive ott Momentum and,
                         for eps < 0.05, epsilon annealing from 0.5 std(C)
-                        (ott Epsilon(None, init=0.5/eps, decay=0.8))
+                        (ott Epsilon(eps, init=0.5/eps, decay=0.8))
   local_exact, local_sinkhorn, global_sinkhorn
                         flowjax.train.LocalCoupling / GlobalCoupling of ExactOT and of
                         the default sinkhorn (--sharded-eps) on 8 host devices
@@ -212,7 +212,7 @@ def fast_kwargs(eps: float, d: int) -> dict:
     done = 0 if init == 1 else math.ceil(math.log(init) / -math.log(decay))
     opts["momentum"] = Momentum(start=10 * (math.ceil(done / 10) + 2))
     if init != 1:
-        opts["epsilon_schedule"] = Epsilon(None, init=init, decay=decay)
+        opts["epsilon_schedule"] = Epsilon(eps, init=init, decay=decay)
     return opts
 
 

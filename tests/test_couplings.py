@@ -354,6 +354,10 @@ def test_annealing_and_momentum_reach_the_plain_plan_in_fewer_iterations():
     fixed = couplings.Sinkhorn(**sk, sample=False, momentum=_momentum(value=1.3))
     assert fixed.momentum.value == 1.3 and fixed.epsilon_schedule is None
     assert couplings.Sinkhorn(**sk, **anneal).epsilon_schedule.init == 50.0
+    from ott.geometry.epsilon_scheduler import Epsilon  # the target may repeat epsilon
+
+    assert couplings.Sinkhorn(**sk, epsilon_schedule=Epsilon(0.01, init=50.0, decay=0.8)) \
+        == couplings.Sinkhorn(**sk, **anneal)
     assert float(fixed(None, x0, x1).stats["plan_cost"]) == pytest.approx(
         float(ref["plan_cost"]), rel=1e-3)
 

@@ -63,7 +63,7 @@ def _annealing(schedule, epsilon):
     from ott.geometry.epsilon_scheduler import Epsilon
 
     check_instance("epsilon_schedule", schedule, Epsilon,
-                   "an ott.geometry.epsilon_scheduler.Epsilon, e.g. Epsilon(None, init=50, "
+                   "an ott.geometry.epsilon_scheduler.Epsilon, e.g. Epsilon(epsilon, init=50, "
                    "decay=0.8)")
     init = check_number("epsilon_schedule.init", schedule.init, low=1.0)
     decay = check_number("epsilon_schedule.decay", schedule.decay, low=0.0, high=1.0,
@@ -74,8 +74,8 @@ def _annealing(schedule, epsilon):
     target = schedule.target
     if target is not None and not (isinstance(target, (int, float)) and target == epsilon):
         raise ValueError("`epsilon_schedule` sets the annealing only (`init`, `decay`); its "
-                         "target is the coupling's epsilon: pass Epsilon(None, init=..., "
-                         f"decay=...), got target {target!r}.")
+                         "target is the coupling's epsilon: pass Epsilon(epsilon, init=..., "
+                         f"decay=...) (or target None), got target {target!r}.")
     return float(init), float(decay)
 
 
@@ -266,16 +266,17 @@ class Sinkhorn(_AbstractEntropicOT):
       threshold: Sinkhorn's tolerance on the marginals.
       max_iterations: iteration cap.
       epsilon_schedule: epsilon annealing, an ott
-        `epsilon_scheduler.Epsilon(None, init, decay)`: iteration `it` uses
+        `epsilon_scheduler.Epsilon(epsilon, init, decay)`: iteration `it` uses
         :math:`\max(\text{init}\cdot\text{decay}^{it}, 1)\,\varepsilon`, so the
         early iterations solve a blurrier problem. The fixed point, hence the
         plan, is that of :math:`\varepsilon`; only the path there changes. It
         pays for small :math:`\varepsilon` (sharp plans in low dimensions), best
         with momentum: in 2-D at 1,024 points and
         :math:`\varepsilon = 0.005\,\mathrm{std}(C)`, 660 iterations plain, 190
-        with `Epsilon(None, init=100, decay=0.8)`, 90 with adaptive momentum
+        with `Epsilon(epsilon, init=100, decay=0.8)`, 90 with adaptive momentum
         too; at larger :math:`\varepsilon` it only adds iterations. Its target
-        must be None (or equal `epsilon`): the target is the coupling's epsilon.
+        must equal `epsilon` (as given: relative with `scale_free`) or be None
+        (ott cannot print an `Epsilon` whose target is None).
       momentum: over-relaxation of the Sinkhorn updates, an ott
         `acceleration.Momentum`: `Momentum(value=w)`, w in (0, 2), a fixed
         over-relaxation (Thibault et al. 2021; large values can diverge: 1.8
