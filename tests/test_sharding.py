@@ -85,7 +85,10 @@ def test_mlp_steps_on_eight_devices_equal_one_device(strategy, multi):
     out, out_loss = _train(params, loss, opt, global_batches(3), train.make_mesh(), strategy,
                            multi)
     np.testing.assert_allclose(out_loss, ref_loss, rtol=1e-6)
-    _assert_close(out, ref, 1e-6)
+    # FSDP reduce-scatters the gradients (another summation order than one device), and
+    # Adam's m / sqrt(v) enlarges last-bit differences of near-zero gradients: measured
+    # 1.6e-6 on 1 parameter of 4,096 after 3 steps.
+    _assert_close(out, ref, 1e-6 if strategy == "data" else 5e-6)
     assert int(out.step) == 3
     specs = {tuple(x.sharding.spec) for x in jax.tree.leaves(out.params)}
     # FSDP splits the kernels (along their larger axis) and the 64 biases; data parallel
