@@ -183,8 +183,6 @@ def test_bad_inputs():
         loss(params, key, {"x1": jnp.ones((4, 2))}, prediction="score")
     with pytest.raises(eqx.EquinoxRuntimeError, match=r"`batch\['x1'\]` contains non-finite"):
         loss(params, key, {"x1": jnp.ones((4, 2)).at[1, 1].set(jnp.inf)})
-    with pytest.raises(VALUE_CHECK_ERRORS, match="non-finite"):  # checked under jit too
-        jax.jit(loss)(params, key, {"x1": jnp.ones((4, 2)).at[1, 1].set(jnp.nan)})
     with pytest.raises(ValueError, match="`apply_fn` returned"):
         losses.cfm_loss(params, key, {"x1": jnp.ones((4, 2))}, path=paths.RectifiedFlow(),
                         apply_fn=lambda p, x, t, c: x[:, :1])
