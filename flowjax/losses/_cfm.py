@@ -18,7 +18,7 @@ diffusion losses this covers).
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 

@@ -14,7 +14,7 @@ the independent Gaussian path, so no coupling is offered.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp

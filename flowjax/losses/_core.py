@@ -24,7 +24,8 @@ import jax.numpy as jnp
 
 from flowjax._checks import (check_array, check_callable, check_finite, check_instance,
                              check_key, check_number, check_output_shape, check_path,
-                             check_same_shape, check_signature, check_unit_interval, error_if)
+                             check_same_shape, check_signature, check_unit_interval, error_if,
+                             is_concrete)
 from flowjax._types import Array, Batch, BatchTimes, Float
 from flowjax.couplings._base import AbstractCoupling, CouplingResult
 from flowjax.paths import Prediction
@@ -214,8 +215,15 @@ def _check_pairing(batch, coupling, keys, allow_cond_blind_coupling):
     if x0 is not None:
         check_same_shape("batch['x0']", x0, "batch['x1']", x1)
         check_array("batch['x0']", x0)
-        x0 = check_finite("batch['x0']", x0)
-    return x0, check_finite("batch['x1']", x1), cond, coupling
+        x0 = _check_finite_eager("batch['x0']", x0)
+    return x0, _check_finite_eager("batch['x1']", x1), cond, coupling
+
+
+def _check_finite_eager(name, x):
+    """`x` checked finite when it holds values (an eager call); a traced batch is left alone:
+    inside a jitted train step a non-finite batch gives a non-finite loss, which
+    :mod:`flowjax.train` skips and counts instead of stopping the run."""
+    return check_finite(name, x) if is_concrete(x) else x
 
 
 def _check_result(result, x0, x1) -> CouplingResult:
@@ -231,7 +239,9 @@ def paired_batch(key, batch: dict, coupling: AbstractCoupling, *, keys=("x1",),
     """Checks a batch, draws `x0 ~ N(0, I)` if it has none, and pairs it with the coupling.
 
     The prologue of every loss. `key` is split into the key of the source
-    draw and that of the coupling. A coupling that uses the condition is
+    draw and that of the coupling. A batch is checked finite in an eager call
+    only: under `jit` a non-finite batch gives a non-finite loss, the step
+    that :mod:`flowjax.train` skips and counts. A coupling that uses the condition is
     called with `cond=batch['cond']`; one that reorders without it is refused
     on a batch with `cond` unless `allow_cond_blind_coupling`. Couplings keep
     `x1` in place, so `cond` stays aligned with it.

@@ -29,7 +29,7 @@ et al. 2021, "Variational diffusion models"; Kingma & Gao 2023).
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp

@@ -17,7 +17,7 @@ and :func:`flowjax.losses.regression`.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
