@@ -248,11 +248,14 @@ _PATH_METHODS = ("alpha", "sigma", "d_alpha", "d_sigma", "sigma_total", "d_sigma
 
 
 def check_path(name: str, path):
-    """Checks that `path` is an affine path (anything with the schedule methods and `noise`)."""
-    if not all(callable(getattr(path, m, None)) for m in _PATH_METHODS) \
-            or not hasattr(path, "noise"):
-        raise TypeError(f"`{name}` must be an affine path (a flowjax.paths.AffinePath), "
-                        f"got {type(path).__name__}.")
+    """Checks that `path` is an affine path: an object with the schedule methods and `noise`.
+
+    A path class passed uncalled (`flowjax.paths.RectifiedFlow` for
+    `RectifiedFlow()`) is refused with that hint.
+    """
+    if isinstance(path, type) or not hasattr(path, "noise") \
+            or not all(callable(getattr(path, m, None)) for m in _PATH_METHODS):
+        check_instance(name, path, (), "an affine path, e.g. flowjax.paths.RectifiedFlow()")
     return path
 
 
@@ -286,6 +289,22 @@ def check_grid(name: str, ts, *, increasing: bool | None = True, start=None,
         if want is not None and not np.isclose(got, want):
             raise ValueError(f"`{name}` must {where} at {want}, got {got}.")
     return grid
+
+
+def check_host_array(name: str, x, *, rank: int | None = None, min_rank: int = 1,
+                     min_points: int = 1) -> np.ndarray:
+    """`x` as a finite float64 NumPy array, for functions that compute on the host.
+
+    Structural checks as :func:`check_array`, then (on the host copy those
+    functions make anyway) finiteness and at least `min_points` rows.
+    """
+    check_array(name, x, rank=rank, min_rank=min_rank)
+    host = np.asarray(x, np.float64)
+    if not np.all(np.isfinite(host)):
+        raise ValueError(f"`{name}` contains non-finite values (NaN or inf).")
+    if host.shape[0] < min_points:
+        raise ValueError(f"`{name}` needs at least {min_points} points, got {host.shape[0]}.")
+    return host
 
 
 def check_output_shape(name: str, out, like, what: str = "x"):
