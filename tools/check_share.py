@@ -6,7 +6,11 @@ since the public names are defined there):
 - **Functions counted**: every function or method whose name does not start
   with `_` (dunder methods are skipped too), at module level or in a class
   whose name does not start with `_`. Functions nested inside a counted
-  function belong to its body.
+  function belong to its body. The check helpers themselves are not counted
+  (their callers' calls to them are): the module `flowjax/_checks.py` and
+  functions named `check_*` wherever they live. An abstract method (a body
+  that only raises `NotImplementedError`) has no argument checks and counts
+  as body lines only.
 - **Body lines**: the source lines spanned by the body's statements, without
   the docstring (blank lines between statements are not counted; comment lines
   inside a multi-line statement are).
@@ -64,9 +68,14 @@ def _is_raising_if(node: ast.If) -> bool:
     return _only_raises(node.body) and (not node.orelse or _only_raises(node.orelse))
 
 
+def _is_not_implemented(stmt: ast.Raise) -> bool:
+    exc = stmt.exc.func if isinstance(stmt.exc, ast.Call) else stmt.exc
+    return isinstance(exc, ast.Name) and exc.id == "NotImplementedError"
+
+
 def _is_check(stmt: ast.stmt) -> bool:
     if isinstance(stmt, ast.Raise):
-        return True
+        return not _is_not_implemented(stmt)
     if isinstance(stmt, ast.If):
         return _is_raising_if(stmt)
     if isinstance(stmt, (ast.Expr, ast.Assign, ast.AnnAssign, ast.AugAssign, ast.Return)):
@@ -100,17 +109,25 @@ def _public(name: str) -> bool:
     return not name.startswith("_")
 
 
+def _counted(name: str) -> bool:
+    return _public(name) and not name.startswith("check_")
+
+
+#: Modules whose functions are the check helpers (relative to the package root).
+HELPER_MODULES = ("_checks.py",)
+
+
 def count_file(path: pathlib.Path, module: str) -> list[FunctionShare]:
     """The counts of every public function and method of one module."""
     tree = ast.parse(path.read_text(), filename=str(path))
     found = []
     for node in tree.body:
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and _public(node.name):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and _counted(node.name):
             found.append(FunctionShare(f"{module}.{node.name}", *_count(node)))
         elif isinstance(node, ast.ClassDef) and _public(node.name):
             for item in node.body:
                 if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef)) \
-                        and _public(item.name):
+                        and _counted(item.name):
                     found.append(FunctionShare(f"{module}.{node.name}.{item.name}",
                                                *_count(item)))
     return found
@@ -121,6 +138,8 @@ def count_package(root: pathlib.Path = _ROOT) -> list[FunctionShare]:
     root = pathlib.Path(root)
     found = []
     for path in sorted(root.rglob("*.py")):
+        if path.relative_to(root).as_posix() in HELPER_MODULES:
+            continue
         module = ".".join((root.name,) + path.relative_to(root).with_suffix("").parts)
         found.extend(count_file(path, module))
     return found

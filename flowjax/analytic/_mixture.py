@@ -65,8 +65,11 @@ def _float_array(name, value, dtype=None):
     return value
 
 
-def _check_covariances(name, covs):
-    """`covs [..., d, d]` with compiled checks: finite, symmetric, positive semi-definite."""
+def _check_covariances(name, covs, shape=None):
+    """`covs [..., d, d]` (of `shape`, when given) with compiled checks: finite, symmetric,
+    positive semi-definite."""
+    if shape is not None and covs.shape != shape:
+        raise ValueError(f"`{name}` must have shape {shape}, got {tuple(covs.shape)}.")
     covs = check_finite(name, covs)
     scale = jnp.maximum(1.0, jnp.max(jnp.abs(covs), initial=0.0))
     sym = (covs + jnp.swapaxes(covs, -1, -2)) / 2
@@ -76,13 +79,33 @@ def _check_covariances(name, covs):
                     f"`{name}` must be positive semi-definite.")
 
 
-def _check_gaussian(mean, cov, d, dtype):
-    """`mean: [d]`, `cov: [d, d]` (finite, symmetric PSD) as arrays of `dtype`."""
-    mean, cov = _float_array("mean", mean, dtype), _float_array("cov", cov, dtype)
+def _check_gaussian(mean, cov, d=None, dtype=None):
+    """`mean: [d]`, `cov: [d, d]` (finite, symmetric PSD) as arrays of `dtype`.
+
+    `d` and `dtype` default to those of `mean`.
+    """
+    mean = _float_array("mean", mean, dtype)
+    if d is None and mean.ndim != 1:
+        raise ValueError(f"`mean` must have shape [d], got {tuple(mean.shape)}.")
+    d, dtype = mean.shape[0] if d is None else d, mean.dtype
+    cov = _float_array("cov", cov, dtype)
     if mean.shape != (d,) or cov.shape != (d, d):
         raise ValueError(f"`mean` and `cov` must have shapes {(d,)} and {(d, d)}, "
                          f"got {mean.shape} and {cov.shape}.")
     return check_finite("mean", mean), _check_covariances("cov", cov)
+
+
+def _check_gaussian_call(path, mean, cov, x, name, **times):
+    """The checks of the Gaussian flow maps: `(x, mean, cov, *times)`, the times `[B]` or scalar."""
+    check_path("path", path)
+    x = _check_points(name, x)
+    mean, cov = _check_gaussian(mean, cov, x.shape[1], x.dtype)
+    return (x, mean, cov, *(check_time(t, x.shape[0], name=n) for n, t in times.items()))
+
+
+def _check_draw(key, n):
+    check_key("key", key)
+    check_number("n", n, low=1, integer=True)
 
 
 def _check_points(name, x, d=None):
@@ -141,20 +164,14 @@ class GaussianMixture:
           The mixture, its weights normalised to sum to 1.
         """
         means = _check_points("means", _float_array("means", means))
-        covs = _float_array("covs", covs, means.dtype)
         k, d = means.shape
-        if covs.shape != (k, d, d):
-            raise ValueError(f"`covs` must have shape {(k, d, d)}, got {tuple(covs.shape)}.")
-        return cls(means, _check_covariances("covs", covs),
-                   _check_weights(weights, k, means.dtype))
+        covs = _check_covariances("covs", _float_array("covs", covs, means.dtype), (k, d, d))
+        return cls(means, covs, _check_weights(weights, k, means.dtype))
 
     @classmethod
     def gaussian(cls, mean: ArrayLike, cov: ArrayLike) -> GaussianMixture:
         """A single Gaussian `N(mean [d], cov [d, d])`."""
-        mean = _float_array("mean", mean)
-        if mean.ndim != 1:
-            raise ValueError(f"`mean` must have shape [d], got {tuple(mean.shape)}.")
-        mean, cov = _check_gaussian(mean, cov, mean.shape[0], mean.dtype)
+        mean, cov = _check_gaussian(mean, cov)
         return cls.create(mean[None], cov[None])
 
     @classmethod
@@ -166,8 +183,7 @@ class GaussianMixture:
 
     def sample(self, key: KeyArray, n: int) -> Array:
         """Draws `[n, d]` samples."""
-        check_key("key", key)
-        check_number("n", n, low=1, integer=True)
+        _check_draw(key, n)
         kc, kz = jax.random.split(key)
         comp = jax.random.choice(kc, self.weights.shape[0], (n,), p=self.weights)
         chol = jnp.linalg.cholesky(self.covs)
@@ -278,10 +294,7 @@ def gaussian_flow_map(path: AffinePath, mean: ArrayLike, cov: ArrayLike, x0: Bat
     Returns:
       `[B, d]`, the points :math:`\psi_t(x_0)`.
     """
-    check_path("path", path)
-    x0 = _check_points("x0", x0)
-    t = check_time(t, x0.shape[0])
-    mean, cov = _check_gaussian(mean, cov, x0.shape[1], x0.dtype)
+    x0, mean, cov, t = _check_gaussian_call(path, mean, cov, x0, "x0", t=t)
     lam, u = jnp.linalg.eigh(cov)
     t = jnp.broadcast_to(t, x0.shape[:1]).astype(x0.dtype)
     a = path.alpha(t)[:, None]
@@ -317,10 +330,7 @@ def gaussian_average_velocity(path: AffinePath, mean: ArrayLike, cov: ArrayLike,
     Returns:
       `[B, d]`.
     """
-    check_path("path", path)
-    x = _check_points("x", x)
-    mean, cov = _check_gaussian(mean, cov, x.shape[1], x.dtype)
-    r, t = check_time(r, x.shape[0], name="r"), check_time(t, x.shape[0], name="t")
+    x, mean, cov, r, t = _check_gaussian_call(path, mean, cov, x, "x", r=r, t=t)
     r = error_if(r, jnp.any(r > t), "`r` must not exceed `t`.")
     lam, u = jnp.linalg.eigh(cov)
     lam = jnp.maximum(lam, 0.0)  # PSD; rounding can leave -1e-8 for a singular cov

@@ -13,28 +13,38 @@ import jax
 import jax.numpy as jnp
 
 from flowjax._checks import check_array, check_finite, check_key, check_number
+from flowjax._types import Array, ArrayLike, KeyArray
 
 
-def _check_n(n):
-    check_number("n", n, low=1, integer=True)
-
-
-def _check(key, n, **scales):
-    """The key, the number of points and the nonnegative scales of a toy sampler."""
+def _check(key, n, dim=None, **scales):
+    """The key, the number of points (and dimension) and the nonnegative scales of a toy sampler."""
     check_key("key", key)
-    _check_n(n)
+    check_number("n", n, low=1, integer=True)
+    check_number("dim", dim, low=1, integer=True, allow_none=True)
     for name, value in scales.items():
         check_number(name, value, low=0.0)
 
 
-def standard_normal(key, n: int, dim: int = 2):
+def _check_data(data):
+    """`data [N, *dims]` as a floating array, finite by a compiled check."""
+    if data is None or isinstance(data, (str, bytes, dict)):
+        raise TypeError(f"`data` must be an array, got {type(data).__name__}.")
+    try:
+        data = jnp.asarray(data)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"`data` must be an array, got {type(data).__name__}.") from err
+    check_array("data", data)
+    return check_finite("data", data)
+
+
+def standard_normal(key: KeyArray, n: int, dim: int = 2) -> Array:
     """N(0, I) in `dim` dimensions."""
-    _check(key, n)
-    check_number("dim", dim, low=1, integer=True)
+    _check(key, n, dim)
     return jax.random.normal(key, (n, dim))
 
 
-def eight_gaussians(key, n: int, radius: float = 5.0, std: float = 0.1 ** 0.25):
+def eight_gaussians(key: KeyArray, n: int, radius: float = 5.0,
+                    std: float = 0.1 ** 0.25) -> Array:
     """Eight Gaussians on a circle (TorchCFM: radius 5, covariance sqrt(0.1) I)."""
     _check(key, n, radius=radius, std=std)
     kc, kz = jax.random.split(key)
@@ -43,7 +53,7 @@ def eight_gaussians(key, n: int, radius: float = 5.0, std: float = 0.1 ** 0.25):
     return centers + std * jax.random.normal(kz, (n, 2))
 
 
-def moons(key, n: int, noise: float = 0.2):
+def moons(key: KeyArray, n: int, noise: float = 0.2) -> Array:
     """scikit-learn's two moons with Gaussian noise, times 3 minus 1 (as TorchCFM)."""
     _check(key, n, noise=noise)
     ka, kb, kz = jax.random.split(key, 3)
@@ -55,7 +65,7 @@ def moons(key, n: int, noise: float = 0.2):
     return 3.0 * x - 1.0
 
 
-def circles(key, n: int, noise: float = 0.08):
+def circles(key: KeyArray, n: int, noise: float = 0.08) -> Array:
     """Two concentric circles (radii 1 and 0.5), scaled by 3."""
     _check(key, n, noise=noise)
     ka, kb, kz = jax.random.split(key, 3)
@@ -65,7 +75,7 @@ def circles(key, n: int, noise: float = 0.08):
     return 3.0 * (x + noise * jax.random.normal(kz, (n, 2)))
 
 
-def swissroll(key, n: int, noise: float = 1.0):
+def swissroll(key: KeyArray, n: int, noise: float = 1.0) -> Array:
     """The 2D Swiss roll of FFJORD (scikit-learn's, x and z, divided by 5)."""
     _check(key, n, noise=noise)
     ka, kz = jax.random.split(key)
@@ -74,7 +84,7 @@ def swissroll(key, n: int, noise: float = 1.0):
     return x / 5.0
 
 
-def scurve(key, n: int, noise: float = 0.1):
+def scurve(key: KeyArray, n: int, noise: float = 0.1) -> Array:
     """The 2D S-curve (scikit-learn's x and z), scaled by 2."""
     _check(key, n, noise=noise)
     ka, kz = jax.random.split(key)
@@ -83,7 +93,7 @@ def scurve(key, n: int, noise: float = 0.1):
     return 2.0 * (x + noise * jax.random.normal(kz, (n, 2)))
 
 
-def two_spirals(key, n: int, noise: float = 0.1):
+def two_spirals(key: KeyArray, n: int, noise: float = 0.1) -> Array:
     """Two interleaved spirals (FFJORD's '2spirals')."""
     _check(key, n, noise=noise)
     ka, kb, kz = jax.random.split(key, 3)
@@ -93,7 +103,7 @@ def two_spirals(key, n: int, noise: float = 0.1):
     return (sign * x) / 3.0 + noise * jax.random.normal(kz, (n, 2))
 
 
-def checkerboard(key, n: int):
+def checkerboard(key: KeyArray, n: int) -> Array:
     """A 4x4 checkerboard on [-4, 4]^2 (FFJORD's)."""
     _check(key, n)
     ka, kb, kc = jax.random.split(key, 3)
@@ -103,16 +113,9 @@ def checkerboard(key, n: int):
     return jnp.stack([x1, x2], -1) * 2.0
 
 
-def from_array(data):
-    """A sampler that draws rows of a user array `[N, *dims]` uniformly with replacement."""
-    if data is None or isinstance(data, (str, bytes, dict)):
-        raise TypeError(f"`data` must be an array, got {type(data).__name__}.")
-    try:
-        data = jnp.asarray(data)
-    except (TypeError, ValueError) as err:
-        raise TypeError(f"`data` must be an array, got {type(data).__name__}.") from err
-    check_array("data", data)
-    check_finite("data", data)
+def from_array(data: ArrayLike):
+    """A sampler `(key, n) -> [n, *dims]` drawing rows of `data [N, *dims]` with replacement."""
+    data = _check_data(data)
 
     def sample(key, n: int):
         _check(key, n)

@@ -119,9 +119,11 @@ def _coeffs(path, t, t_clip) -> _Coeffs:
     return _Coeffs(a, da, s, ds, det, a_div, s_div)
 
 
-def _check_path_and_clip(path, t_clip):
+def _check_path_and_clip(path, t_clip, t=None):
+    """Checks `path` and `t_clip`; returns `t` checked (a scalar or `[B]` in [0, 1]) if given."""
     check_path("path", path)
     check_number("t_clip", t_clip, low=0.0, high=0.5, low_open=True, high_open=True)
+    return None if t is None else check_time(t)
 
 
 def convert(path: AffinePath, x_t: Batch, t: Times, value: Batch, *, given: Prediction,
@@ -214,8 +216,7 @@ def noise_ratio(path: AffinePath, t: Times, *, t_clip: float = T_CLIP) -> Array:
     Returns:
       `[B]` (a scalar `t` gives `[1]`).
     """
-    _check_path_and_clip(path, t_clip)
-    t = check_time(t)
+    t = _check_path_and_clip(path, t_clip, t)
     c = _coeffs(path, jnp.atleast_1d(t).astype(jnp.result_type(t, float)), t_clip)
     return c.s_div / c.a_div
 
@@ -250,8 +251,7 @@ def sde_diffusion(path: AffinePath, t: Times, *, t_clip: float = T_CLIP) -> Arra
     Returns:
       `[B]` (a scalar `t` gives `[1]`), non-negative.
     """
-    _check_path_and_clip(path, t_clip)
-    t = check_time(t)
+    t = _check_path_and_clip(path, t_clip, t)
     # (1/2) g^2 is the score -> velocity factor of `convert`: d v = (g^2 / 2) d score.
     return jnp.sqrt(jnp.maximum(2.0 * _coefficient(path, t, Prediction.SCORE,
                                                    Prediction.VELOCITY, t_clip), 0.0))

@@ -46,6 +46,20 @@ def _check_sigma_data(sigma_data):
     check_number("sigma_data", sigma_data, low=0.0, low_open=True)
 
 
+def _check_sigma(sigma, sigma_data):
+    """`sigma` as a real array, positive and finite by a compiled check; `sigma_data` > 0."""
+    _check_sigma_data(sigma_data)
+    sigma = as_real_array("sigma", sigma)
+    return error_if(sigma, ~jnp.all((sigma > 0) & jnp.isfinite(sigma)),
+                    "`sigma` must be positive and finite (EDM's c_noise is ln(sigma) / 4).")
+
+
+def _check_options(apply_fn, path, sigma_data, t_clip):
+    _check_sigma_data(sigma_data)
+    check_signature("apply_fn", apply_fn, 4)
+    _check_path_and_clip(path, t_clip)
+
+
 def _check_state(x, t):
     """The checked state `x [B, *dims]` and its times `t` as a `[B]` array of x's dtype."""
     check_array("x", x)
@@ -70,11 +84,7 @@ def edm_scalings(sigma: ArrayLike, sigma_data: float = 0.5
     Returns:
       Four arrays shaped like `sigma` (formulas in :mod:`flowjax.paths._edm`).
     """
-    _check_sigma_data(sigma_data)
-    sigma = as_real_array("sigma", sigma)
-    sigma = error_if(sigma, ~jnp.all((sigma > 0) & jnp.isfinite(sigma)),
-                     "`sigma` must be positive and finite (EDM's c_noise is ln(sigma) / 4).")
-    return _scalings(sigma, sigma_data)
+    return _scalings(_check_sigma(sigma, sigma_data), sigma_data)
 
 
 def edm_precondition(apply_fn: Callable, path: AffinePath, *, sigma_data: float = 0.5,
@@ -103,9 +113,7 @@ def edm_precondition(apply_fn: Callable, path: AffinePath, *, sigma_data: float 
       `model(params, x, t, cond=None, **kwargs) -> [B, *dims]`, a data
       prediction; extra keyword arguments (e.g. `key=` for dropout) reach `apply_fn`.
     """
-    _check_sigma_data(sigma_data)
-    check_signature("apply_fn", apply_fn, 4)
-    _check_path_and_clip(path, t_clip)
+    _check_options(apply_fn, path, sigma_data, t_clip)
 
     def model(params, x, t, cond=None, **kwargs):
         x, t = _check_state(x, t)

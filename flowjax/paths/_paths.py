@@ -315,6 +315,12 @@ class AffinePath:
         return (check_finite("x0", x0), check_finite("x1", x1), broadcast_time(t, x1),
                 self._check_z(z, x1))
 
+    def _prepare_noise(self, x0, t, z):
+        """`noise_target`'s checked `(x0, t, z)`, `t` broadcast against `x0`."""
+        check_array("x0", x0)
+        tb = broadcast_time(check_time(t, x0.shape[0]), x0)
+        return check_finite("x0", x0), tb, self._check_z(z, x0, "x0")
+
     def _check_z(self, z, like, like_name="x1"):
         """`z` checked against `like` (finite, same shape), or None where the path has no noise."""
         if z is None and self.noise is not None:
@@ -362,10 +368,7 @@ class AffinePath:
         Where :math:`\bar\sigma = 0` (t = 1 with bridge noise) there is no noise
         left and the target is 0.
         """
-        check_array("x0", x0)
-        x0 = check_finite("x0", x0)
-        tb = broadcast_time(check_time(t, x0.shape[0]), x0)
-        z = self._check_z(z, x0, "x0")
+        x0, tb, z = self._prepare_noise(x0, t, z)
         if z is None:
             return x0
         s_tot = self.sigma_total(tb)
