@@ -185,8 +185,9 @@ def check_number(name: str, value, *, low=None, high=None, low_open: bool = Fals
                  high_open: bool = False, integer: bool = False, allow_none: bool = False):
     """Checks a scalar option: a real number (an int if `integer`), finite, within the bounds.
 
-    `low`/`high` are inclusive unless `low_open`/`high_open`. A traced 0-d array
-    passes the type check and skips the value checks. Returns `value`.
+    `low`/`high` are inclusive unless `low_open`/`high_open`. A Python or NumPy
+    number is checked here; a 0-d JAX array (concrete or traced) gets the value
+    checks compiled in (:func:`error_if`, no host copy), so use the returned value.
     """
     if value is None and allow_none:
         return value
@@ -195,8 +196,14 @@ def check_number(name: str, value, *, low=None, high=None, low_open: bool = Fals
             raise TypeError(f"`{name}` must be an int, got {value!r}.")
     elif not _is_real_number(value):
         raise TypeError(f"`{name}` must be a real number, got {value!r}.")
-    if not is_concrete(value):
-        return value
+    if isinstance(value, (jax.Array, jax.core.Tracer)):
+        bad = ~jnp.isfinite(value)
+        if low is not None:
+            bad |= (value <= low) if low_open else (value < low)
+        if high is not None:
+            bad |= (value >= high) if high_open else (value > high)
+        return error_if(value, bad, f"`{name}` must be finite and within "
+                        f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}.")
     v = float(value)
     if not np.isfinite(v):
         raise ValueError(f"`{name}` must be finite, got {value!r}.")

@@ -6,7 +6,9 @@ mismatched batches, wrong dtypes, t outside [0, 1], NaN/inf, empty batches,
 wrong types, options out of range). Each must raise a ValueError or TypeError
 whose message names the argument in backticks, as the library writes it,
 from a frame inside flowjax (one of its checks, not an error from deep
-inside jax, XLA, diffrax, ott or SciPy). Generated valid arguments must give
+inside jax, XLA, diffrax, ott or SciPy), or, for a value checked inside the
+compiled program (`flowjax._checks.error_if`), equinox's runtime error with
+that message. Generated valid arguments must give
 finite outputs.
 
 `COUNTS` adds up the cases of the whole module; `test_fuzz_totals`, the
@@ -27,6 +29,7 @@ import traceback
 from typing import Any, Callable, NamedTuple
 
 import diffrax
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -74,6 +77,11 @@ def assert_clear_error(module, arg, call):
             f"invalid `{arg}`: the {type(err).__name__} does not name it: {err}")
         assert where.startswith(FLOWJAX_DIR), (
             f"invalid `{arg}`: raised outside flowjax, in {where}: {type(err).__name__}: {err}")
+        _count(module, "clear")
+        return
+    except eqx.EquinoxRuntimeError as err:  # a compiled value check (flowjax._checks.error_if)
+        assert f"`{arg}`" in str(err), (
+            f"invalid `{arg}`: the compiled check does not name it: {err}")
         _count(module, "clear")
         return
     except Exception as err:  # noqa: BLE001 - any other type is a failure of the check
@@ -1046,13 +1054,14 @@ METRIC_SPECS = [
             *extra))
       for name, f, extra in (
           ("frechet_distance", metrics.frechet_distance, ()),
-          ("kernel_distance", functools.partial(metrics.kernel_distance, num_subsets=2),
-           (Mutation("subset_size", "subset_size", bad_number(low=2, integer=True)),
-            Mutation("seed", "seed", st.sampled_from(["0", 1.5, -1])))),
+          ("kernel_distance", functools.partial(metrics.kernel_distance, num_subsets=2,
+                                                key=jax.random.key(0)),
+           (Mutation("subset_size", "subset_size", bad_number(low=2, integer=True)),)),
       )],
     Spec("kernel_distance", lambda kw: metrics.kernel_distance(**kw),
-         lambda: dict(feats_a=FEATS, feats_b=FEATS),
-         (Mutation("num_subsets", "num_subsets", bad_number(low=1, integer=True)),)),
+         lambda: dict(feats_a=FEATS, feats_b=FEATS, key=jax.random.key(0)),
+         (Mutation("num_subsets", "num_subsets", bad_number(low=1, integer=True)),
+          Mutation("key", "key", st.sampled_from([None, 0, "0", 1.5, np.zeros(3, np.uint32)])))),
 ]
 
 MIX = analytic.GaussianMixture.create(np.array([[1.0, -1.0], [-1.0, 1.0]], np.float32),
@@ -1160,7 +1169,8 @@ def test_fuzz_metrics():
         assert_finite("metrics", metrics.w2(x, y), metrics.path_energy(velocities, TS3),
                       metrics.straightness(velocities, velocities, TS3),
                       metrics.frechet_distance(feats, feats + 1.0),
-                      metrics.kernel_distance(feats, feats, num_subsets=2, subset_size=3))
+                      metrics.kernel_distance(feats, feats, key=KEY, num_subsets=2,
+                                              subset_size=3))
 
     check()
     RAN.add("metrics")

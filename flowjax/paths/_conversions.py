@@ -119,11 +119,14 @@ def _coeffs(path, t, t_clip) -> _Coeffs:
     return _Coeffs(a, da, s, ds, det, a_div, s_div)
 
 
-def _check_path_and_clip(path, t_clip, t=None):
+_NO_T = object()
+
+
+def _check_path_and_clip(path, t_clip, t=_NO_T):
     """Checks `path` and `t_clip`; returns `t` checked (a scalar or `[B]` in [0, 1]) if given."""
     check_path("path", path)
     check_number("t_clip", t_clip, low=0.0, high=0.5, low_open=True, high_open=True)
-    return None if t is None else check_time(t)
+    return None if t is _NO_T else check_time(t)
 
 
 def convert(path: AffinePath, x_t: Batch, t: Times, value: Batch, *, given: Prediction,
