@@ -16,11 +16,12 @@ from flowjax._checks import check_array, check_finite, check_key, check_number
 from flowjax._types import Array, ArrayLike, KeyArray
 
 
-def _check(key, n, dim=None, **scales):
-    """The key, the number of points (and dimension) and the nonnegative scales of a toy sampler."""
+def _check(key, n, *dims, **scales):
+    """The key, the number of points, the dimension if any and the nonnegative scales."""
     check_key("key", key)
     check_number("n", n, low=1, integer=True)
-    check_number("dim", dim, low=1, integer=True, allow_none=True)
+    for dim in dims:
+        check_number("dim", dim, low=1, integer=True)
     for name, value in scales.items():
         check_number(name, value, low=0.0)
 
