@@ -48,7 +48,7 @@ def _check_clouds(x, y):
 
 
 def _check_times(velocities, ts):
-    """`velocities: [T, B, *dims]` (finite) and `ts: [T]`, a monotone grid in [0, 1], on the host."""
+    """`velocities: [T, B, *dims]` (finite) and `ts: [T]`, a monotone grid in [0, 1], on host."""
     velocities = check_host_array("velocities", velocities, min_rank=2)
     grid = check_grid("ts", ts, increasing=None)
     if grid.shape != velocities.shape[:1]:

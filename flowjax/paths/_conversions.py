@@ -59,7 +59,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from flowjax._checks import (broadcast_time, check_array, check_finite, check_instance,
+from flowjax._checks import (broadcast_time, check_array, check_instance,
                              check_number, check_path, check_same_shape, check_time)
 from flowjax._types import Array, Batch, Times
 from flowjax.paths._constants import T_CLIP
@@ -178,13 +178,15 @@ def convert(path: AffinePath, x_t: Batch, t: Times, value: Batch, *, given: Pred
 
 
 def _check_points(path, x_t, t, value, t_clip):
-    """`convert`'s checks: the checked `x_t`, `value` and `t` (broadcast against `x_t`)."""
+    """`convert`'s checks: `x_t`, `value` and the checked `t` (broadcast against `x_t`).
+
+    Not finiteness: a NaN prediction propagates (see :mod:`flowjax.paths._paths`).
+    """
     _check_path_and_clip(path, t_clip)
     check_array("x_t", x_t)
     check_array("value", value)
     check_same_shape("value", value, "x_t", x_t)
-    t = broadcast_time(check_time(t, x_t.shape[0]), x_t)
-    return check_finite("x_t", x_t), check_finite("value", value), t
+    return x_t, value, broadcast_time(check_time(t, x_t.shape[0]), x_t)
 
 
 def _coefficient(path, t, given: Prediction, to: Prediction, t_clip: float):

@@ -33,7 +33,7 @@ from typing import Callable
 
 import jax.numpy as jnp
 
-from flowjax._checks import (as_real_array, broadcast_time, check_array, check_finite,
+from flowjax._checks import (as_real_array, broadcast_time, check_array,
                              check_number, check_output_shape, check_signature, check_time,
                              error_if)
 from flowjax._types import Array, ArrayLike
@@ -61,10 +61,10 @@ def _check_options(apply_fn, path, sigma_data, t_clip):
 
 
 def _check_state(x, t):
-    """The checked state `x [B, *dims]` and its times `t` as a `[B]` array of x's dtype."""
+    """The state `x [B, *dims]` and its checked times `t` as a `[B]` array of x's dtype."""
     check_array("x", x)
     t = check_time(t, x.shape[0])
-    return check_finite("x", x), jnp.broadcast_to(t, x.shape[:1]).astype(x.dtype)
+    return x, jnp.broadcast_to(t, x.shape[:1]).astype(x.dtype)
 
 
 def _scalings(sigma, sigma_data):

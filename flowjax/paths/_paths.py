@@ -34,6 +34,10 @@ What happens at the ends, t = 0 and t = 1 exactly:
   built on the schedules is finite at t = 0 and 1. Elsewhere (in float32:
   everywhere but those points) derivatives are the exact ones, and they
   stay exact in the parameters (`beta_min`, `sigma`, ...);
+- the data arrays (`x0`, `x1`, `z`) are checked for type, rank and shape, not
+  for finiteness: a NaN propagates, so a training step on a bad batch is
+  skipped by :func:`flowjax.train.make_train_step`'s non-finite guard instead
+  of stopping the program (the losses run these methods on every step);
 - every method checks its `t`: a real number or array (a TypeError otherwise)
   whose values lie in [0, 1], a check compiled into the program
   (:func:`flowjax.set_value_checks`), so a schedule call on device arrays
@@ -54,8 +58,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from flowjax._checks import (as_real_array, broadcast_time, check_array, check_finite,
-                             check_instance, check_number, check_same_shape, check_time,
+from flowjax._checks import (as_real_array, broadcast_time, check_array, check_instance,
+                             check_number, check_same_shape, check_time,
                              check_unit_interval)
 from flowjax._types import Array, ArrayLike, Batch, Times
 
@@ -312,17 +316,16 @@ class AffinePath:
         check_array("x1", x1)
         check_same_shape("x0", x0, "x1", x1)
         t = check_time(t, x1.shape[0])
-        return (check_finite("x0", x0), check_finite("x1", x1), broadcast_time(t, x1),
-                self._check_z(z, x1))
+        return x0, x1, broadcast_time(t, x1), self._check_z(z, x1)
 
     def _prepare_noise(self, x0, t, z):
         """`noise_target`'s checked `(x0, t, z)`, `t` broadcast against `x0`."""
         check_array("x0", x0)
         tb = broadcast_time(check_time(t, x0.shape[0]), x0)
-        return check_finite("x0", x0), tb, self._check_z(z, x0, "x0")
+        return x0, tb, self._check_z(z, x0, "x0")
 
     def _check_z(self, z, like, like_name="x1"):
-        """`z` checked against `like` (finite, same shape), or None where the path has no noise."""
+        """`z` checked against `like` (same shape), or None where the path has no noise."""
         if z is None and self.noise is not None:
             raise ValueError("this path has extra noise: pass `z` (a standard normal like "
                              f"`{like_name}`).")
@@ -330,7 +333,7 @@ class AffinePath:
             return z
         check_array("z", z)
         check_same_shape("z", z, like_name, like)
-        return check_finite("z", z)
+        return z
 
     @_trusts_t
     def interpolate(self, x0: Batch, x1: Batch, t: Times, z: Batch | None = None) -> Batch:
