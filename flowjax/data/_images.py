@@ -79,6 +79,10 @@ def tfds_source(name: str, split: str = "train", *, data_dir: str | os.PathLike 
     `data_dir` if the prepared data are not there (no download is attempted).
     """
     _check_tfds(name, split, data_dir)
+    return _open_tfds(name, split, data_dir)
+
+
+def _open_tfds(name, split, data_dir):
     tfds = _import_tfds()
     try:
         return tfds.data_source(name, split=split, data_dir=data_dir, download=False)

@@ -7,6 +7,8 @@ roughly [-4, 4]^2), so figures are comparable with theirs.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 
 import jax
@@ -26,6 +28,23 @@ def _check(key, n, *dims, **scales):
         check_number(name, value, low=0.0)
 
 
+def _toy(sampler):
+    """Checks a toy sampler's arguments before it runs: the key, `n` (and `dim`) as positive
+    ints, every other (scale) argument a real number >= 0."""
+    signature = inspect.signature(sampler)
+
+    @functools.wraps(sampler)
+    def checked(*args, **kwargs):
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        options = dict(bound.arguments)
+        dims = [options.pop("dim")] if "dim" in options else []
+        _check(options.pop("key"), options.pop("n"), *dims, **options)
+        return sampler(*args, **kwargs)
+
+    return checked
+
+
 def _check_data(data):
     """`data [N, *dims]` as a floating array, finite by a compiled check."""
     if data is None or isinstance(data, (str, bytes, dict)):
@@ -38,25 +57,25 @@ def _check_data(data):
     return check_finite("data", data)
 
 
+@_toy
 def standard_normal(key: KeyArray, n: int, dim: int = 2) -> Array:
     """N(0, I) in `dim` dimensions."""
-    _check(key, n, dim)
     return jax.random.normal(key, (n, dim))
 
 
+@_toy
 def eight_gaussians(key: KeyArray, n: int, radius: float = 5.0,
                     std: float = 0.1 ** 0.25) -> Array:
     """Eight Gaussians on a circle (TorchCFM: radius 5, covariance sqrt(0.1) I)."""
-    _check(key, n, radius=radius, std=std)
     kc, kz = jax.random.split(key)
     angle = jax.random.randint(kc, (n,), 0, 8) * (2.0 * math.pi / 8.0)
     centers = radius * jnp.stack([jnp.cos(angle), jnp.sin(angle)], -1)
     return centers + std * jax.random.normal(kz, (n, 2))
 
 
+@_toy
 def moons(key: KeyArray, n: int, noise: float = 0.2) -> Array:
     """scikit-learn's two moons with Gaussian noise, times 3 minus 1 (as TorchCFM)."""
-    _check(key, n, noise=noise)
     ka, kb, kz = jax.random.split(key, 3)
     theta = jax.random.uniform(ka, (n,), maxval=math.pi)
     upper = jax.random.bernoulli(kb, 0.5, (n,))
@@ -66,9 +85,9 @@ def moons(key: KeyArray, n: int, noise: float = 0.2) -> Array:
     return 3.0 * x - 1.0
 
 
+@_toy
 def circles(key: KeyArray, n: int, noise: float = 0.08) -> Array:
     """Two concentric circles (radii 1 and 0.5), scaled by 3."""
-    _check(key, n, noise=noise)
     ka, kb, kz = jax.random.split(key, 3)
     theta = jax.random.uniform(ka, (n,), maxval=2.0 * math.pi)
     r = jnp.where(jax.random.bernoulli(kb, 0.5, (n,)), 1.0, 0.5)
@@ -76,27 +95,27 @@ def circles(key: KeyArray, n: int, noise: float = 0.08) -> Array:
     return 3.0 * (x + noise * jax.random.normal(kz, (n, 2)))
 
 
+@_toy
 def swissroll(key: KeyArray, n: int, noise: float = 1.0) -> Array:
     """The 2D Swiss roll of FFJORD (scikit-learn's, x and z, divided by 5)."""
-    _check(key, n, noise=noise)
     ka, kz = jax.random.split(key)
     t = 1.5 * math.pi * (1.0 + 2.0 * jax.random.uniform(ka, (n,)))
     x = jnp.stack([t * jnp.cos(t), t * jnp.sin(t)], -1) + noise * jax.random.normal(kz, (n, 2))
     return x / 5.0
 
 
+@_toy
 def scurve(key: KeyArray, n: int, noise: float = 0.1) -> Array:
     """The 2D S-curve (scikit-learn's x and z), scaled by 2."""
-    _check(key, n, noise=noise)
     ka, kz = jax.random.split(key)
     t = 3.0 * math.pi * (jax.random.uniform(ka, (n,)) - 0.5)
     x = jnp.stack([jnp.sin(t), jnp.sign(t) * (jnp.cos(t) - 1.0)], -1)
     return 2.0 * (x + noise * jax.random.normal(kz, (n, 2)))
 
 
+@_toy
 def two_spirals(key: KeyArray, n: int, noise: float = 0.1) -> Array:
     """Two interleaved spirals (FFJORD's '2spirals')."""
-    _check(key, n, noise=noise)
     ka, kb, kz = jax.random.split(key, 3)
     r = jnp.sqrt(jax.random.uniform(ka, (n,))) * 540.0 * (2.0 * math.pi) / 360.0
     x = jnp.stack([-jnp.cos(r) * r, jnp.sin(r) * r], -1)
@@ -104,9 +123,9 @@ def two_spirals(key: KeyArray, n: int, noise: float = 0.1) -> Array:
     return (sign * x) / 3.0 + noise * jax.random.normal(kz, (n, 2))
 
 
+@_toy
 def checkerboard(key: KeyArray, n: int) -> Array:
     """A 4x4 checkerboard on [-4, 4]^2 (FFJORD's)."""
-    _check(key, n)
     ka, kb, kc = jax.random.split(key, 3)
     x1 = jax.random.uniform(ka, (n,)) * 4.0 - 2.0
     x2 = (jax.random.uniform(kb, (n,)) - jax.random.randint(kc, (n,), 0, 2) * 2.0
