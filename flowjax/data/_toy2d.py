@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import inspect
 import math
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -133,7 +134,7 @@ def checkerboard(key: KeyArray, n: int) -> Array:
     return jnp.stack([x1, x2], -1) * 2.0
 
 
-def from_array(data: ArrayLike):
+def from_array(data: ArrayLike) -> Callable[[KeyArray, int], Array]:
     """A sampler `(key, n) -> [n, *dims]` drawing rows of `data [N, *dims]` with replacement."""
     data = _check_data(data)
 
