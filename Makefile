@@ -1,15 +1,16 @@
-# The two commands of the README. Both create .venv on first use.
+# The two commands of the README. Both create .venv on first use and install flowjax with
+# the extras they need: the tests and the experiments (data sets, configs, figures).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 WORKDIR ?= workdir/toy2d_demo
 
-.PHONY: setup demo test bench-setup bench clean
+.PHONY: setup demo test check-share bench-setup bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,experiments]'
 	touch $@
 
 setup: $(VENV)/.installed
@@ -20,11 +21,15 @@ demo: setup
 test: setup
 	$(PY) -m pytest -q -n 2 --dist loadgroup tests
 
+# The share of argument-check lines in the bodies of public functions (tools/check_share.py).
+check-share:
+	$(PYTHON) tools/check_share.py
+
 # The peers of the speed benchmarks (torch, TorchCFM, flow_matching, POT, torchdiffeq).
 # torch 2.13.0 first: without it TorchCFM pulls a newer CUDA build of torch.
 bench-setup: setup
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[test,bench]' -c benchmarks/constraints.txt
+	$(PY) -m pip install -q -e '.[test,experiments,bench]' -c benchmarks/constraints.txt
 
 bench: bench-setup
 	$(PY) benchmarks/train_speed.py --quick --out workdir/bench/train_speed.json

@@ -185,8 +185,9 @@ def check_number(name: str, value, *, low=None, high=None, low_open: bool = Fals
                  high_open: bool = False, integer: bool = False, allow_none: bool = False):
     """Checks a scalar option: a real number (an int if `integer`), finite, within the bounds.
 
-    `low`/`high` are inclusive unless `low_open`/`high_open`. A traced 0-d array
-    passes the type check and skips the value checks. Returns `value`.
+    `low`/`high` are inclusive unless `low_open`/`high_open`. A Python or NumPy
+    number is checked here; a 0-d JAX array (concrete or traced) gets the value
+    checks compiled in (:func:`error_if`, no host copy), so use the returned value.
     """
     if value is None and allow_none:
         return value
@@ -195,8 +196,14 @@ def check_number(name: str, value, *, low=None, high=None, low_open: bool = Fals
             raise TypeError(f"`{name}` must be an int, got {value!r}.")
     elif not _is_real_number(value):
         raise TypeError(f"`{name}` must be a real number, got {value!r}.")
-    if not is_concrete(value):
-        return value
+    if isinstance(value, (jax.Array, jax.core.Tracer)):
+        bad = ~jnp.isfinite(value)
+        if low is not None:
+            bad |= (value <= low) if low_open else (value < low)
+        if high is not None:
+            bad |= (value >= high) if high_open else (value > high)
+        return error_if(value, bad, f"`{name}` must be finite and within "
+                        f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}.")
     v = float(value)
     if not np.isfinite(v):
         raise ValueError(f"`{name}` must be finite, got {value!r}.")
@@ -248,11 +255,14 @@ _PATH_METHODS = ("alpha", "sigma", "d_alpha", "d_sigma", "sigma_total", "d_sigma
 
 
 def check_path(name: str, path):
-    """Checks that `path` is an affine path (anything with the schedule methods and `noise`)."""
-    if not all(callable(getattr(path, m, None)) for m in _PATH_METHODS) \
-            or not hasattr(path, "noise"):
-        raise TypeError(f"`{name}` must be an affine path (a flowjax.paths.AffinePath), "
-                        f"got {type(path).__name__}.")
+    """Checks that `path` is an affine path: an object with the schedule methods and `noise`.
+
+    A path class passed uncalled (`flowjax.paths.RectifiedFlow` for
+    `RectifiedFlow()`) is refused with that hint.
+    """
+    if isinstance(path, type) or not hasattr(path, "noise") \
+            or not all(callable(getattr(path, m, None)) for m in _PATH_METHODS):
+        check_instance(name, path, (), "an affine path, e.g. flowjax.paths.RectifiedFlow()")
     return path
 
 
@@ -286,6 +296,22 @@ def check_grid(name: str, ts, *, increasing: bool | None = True, start=None,
         if want is not None and not np.isclose(got, want):
             raise ValueError(f"`{name}` must {where} at {want}, got {got}.")
     return grid
+
+
+def check_host_array(name: str, x, *, rank: int | None = None, min_rank: int = 1,
+                     min_points: int = 1) -> np.ndarray:
+    """`x` as a finite float64 NumPy array, for functions that compute on the host.
+
+    Structural checks as :func:`check_array`, then (on the host copy those
+    functions make anyway) finiteness and at least `min_points` rows.
+    """
+    check_array(name, x, rank=rank, min_rank=min_rank)
+    host = np.asarray(x, np.float64)
+    if not np.all(np.isfinite(host)):
+        raise ValueError(f"`{name}` contains non-finite values (NaN or inf).")
+    if host.shape[0] < min_points:
+        raise ValueError(f"`{name}` needs at least {min_points} points, got {host.shape[0]}.")
+    return host
 
 
 def check_output_shape(name: str, out, like, what: str = "x"):

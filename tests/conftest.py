@@ -1,10 +1,10 @@
 """Shared fixtures: float64 scoped to the tests that check identities; 8 host devices.
 
-The test session sees 8 CPU devices (`--xla_force_host_platform_device_count=8`,
+A test run sees 8 CPU devices (`--xla_force_host_platform_device_count=8`,
 set before JAX starts) so that sharded and multi-device code is tested in
 process. Unsharded computations still run on device 0 alone. A collective
-that hangs fails after 60 s instead of stalling the suite (PLATFORM.md).
-The session compiles each large XLA program once: a persistent compilation
+that hangs fails after 60 s instead of stalling the suite.
+The run compiles each large XLA program once: a persistent compilation
 cache in a temporary directory, made at the start of the run, shared by the
 xdist workers and the experiment commands the tests start, and deleted at the
 end (programs that compile in under 0.5 s are not cached). A test that checks
@@ -32,7 +32,7 @@ def x64():
 
 
 def pytest_configure(config):
-    """Starts the session's compilation cache (see the module docstring); the workers
+    """Starts the run's compilation cache (see the module docstring); the workers
     inherit its directory through the environment."""
     if not hasattr(config, "workerinput") and "FLOWJAX_TEST_XLA_CACHE" not in os.environ:
         config.flowjax_cache = tempfile.mkdtemp(prefix="flowjax-test-xla-")

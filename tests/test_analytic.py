@@ -1,6 +1,7 @@
 """Exact Gaussian-mixture fields: score = grad log p, velocity <-> score, SciPy densities, transport."""
 
 import diffrax
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -64,6 +65,59 @@ def test_bad_mixture():
         analytic.GaussianMixture.create(jnp.zeros((2, 2)), jnp.zeros((3, 2, 2)))
     with pytest.raises(ValueError, match="`weights` must have shape"):
         analytic.GaussianMixture.create(jnp.zeros((2, 2)), jnp.ones((2, 2, 2)), jnp.ones(3))
+    # Values are checked by compiled checks: no host copy, also under jit.
+    eye = jnp.stack([jnp.eye(2)] * 2)
+    with pytest.raises(eqx.EquinoxRuntimeError, match="`covs` must be symmetric"):
+        analytic.GaussianMixture.create(jnp.zeros((2, 2)), eye.at[0, 0, 1].set(0.5))
+    with pytest.raises(eqx.EquinoxRuntimeError, match="`covs` must be positive semi-definite"):
+        analytic.GaussianMixture.create(jnp.zeros((2, 2)), eye.at[1, 1, 1].set(-1.0))
+    with pytest.raises(eqx.EquinoxRuntimeError, match="`weights` must be >= 0"):
+        analytic.GaussianMixture.create(jnp.zeros((2, 2)), eye, jnp.array([1.0, -0.5]))
+    with pytest.raises(eqx.EquinoxRuntimeError, match="`r` must not exceed `t`"):
+        analytic.gaussian_average_velocity(paths.RectifiedFlow(), jnp.zeros(2), jnp.eye(2),
+                                           jnp.ones((3, 2)), 0.6, 0.5)
+    with pytest.raises(TypeError, match="`mixture` must be an analytic.GaussianMixture.*class "
+                                        "GaussianMixture itself"):
+        analytic.mixture_velocity(paths.RectifiedFlow(), analytic.GaussianMixture,
+                                  jnp.ones((3, 2)), 0.5)
+    with pytest.raises(TypeError, match="`path` must be an affine path.*class Cosine itself"):
+        analytic.mixture_score(paths.Cosine, _mixture(), jnp.ones((3, 2)), 0.5)
+
+
+@pytest.mark.parametrize("path", [paths.RectifiedFlow(), paths.Cosine(),
+                                  paths.LipmanPath(sigma_min=0.01)],
+                         ids=lambda p: type(p).__name__)
+def test_nonsingular_mixture_is_exact_at_the_data_end(x64, path):
+    """At t = 1 a nonsingular mixture needs no floor: the fields are the exact ones there.
+
+    There C_k = Sigma_k + sigma_total(1)^2 I; the velocity is d_alpha E[x1|x] + d_sigma_total
+    E[eps|x] with those posteriors, and log p_1 is the mixture's own density (SciPy).
+    """
+    mix = _mixture()
+    x = np.random.default_rng(5).normal(size=(12, 2)) + 0.5
+    s1, ds1 = float(path.sigma_total(1.0)), float(path.d_sigma_total(1.0))
+    da1 = float(path.d_alpha(1.0))
+    comps = [stats.multivariate_normal(np.asarray(m), np.asarray(c) + s1 ** 2 * np.eye(2))
+             for m, c in zip(mix.means, mix.covs)]
+    dens = np.stack([float(w) * c.pdf(x) for w, c in zip(mix.weights, comps)])  # [K, n]
+    resp = dens / dens.sum(0)
+    v_ref = np.zeros_like(x)
+    for k, (m, c) in enumerate(zip(np.asarray(mix.means), np.asarray(mix.covs))):
+        sol = np.linalg.solve(c + s1 ** 2 * np.eye(2), (x - m).T).T
+        v_ref += resp[k][:, None] * (da1 * (m + sol @ c) + ds1 * s1 * sol)
+    if isinstance(path, paths.RectifiedFlow):
+        np.testing.assert_allclose(v_ref, x, rtol=1e-12)  # v(x, 1) = E[x1 - x0 | x1 = x] = x
+    ones = jnp.ones(len(x))
+    np.testing.assert_allclose(analytic.mixture_velocity(path, mix, jnp.asarray(x), ones),
+                               v_ref, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(analytic.mixture_log_prob(path, mix, jnp.asarray(x), ones),
+                               np.log(dens.sum(0)), rtol=1e-12, atol=1e-12)
+    # One Gaussian: the flow map's average velocity at r = t = 1 is the same velocity.
+    m0, c0 = mix.means[0], mix.covs[0]
+    one = analytic.GaussianMixture.gaussian(m0, c0)
+    np.testing.assert_allclose(
+        analytic.gaussian_average_velocity(path, m0, c0, jnp.asarray(x), ones, ones),
+        analytic.mixture_velocity(path, one, jnp.asarray(x), ones), rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("path", [paths.RectifiedFlow(), paths.VP()],

@@ -1,5 +1,6 @@
 """Toy data: shapes, determinism, and the moments each distribution should have."""
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -47,7 +48,7 @@ def test_from_array_draws_rows():
 def test_bad_inputs():
     with pytest.raises(ValueError, match="`n` must be a positive int"):
         data.moons(jax.random.PRNGKey(0), 0)
-    with pytest.raises(ValueError, match="`data` contains non-finite"):
+    with pytest.raises(eqx.EquinoxRuntimeError, match="`data` contains non-finite"):
         data.from_array(jnp.array([[0.0, jnp.inf]]))
     with pytest.raises(ValueError, match="`data` has an empty batch"):
         data.from_array(jnp.zeros((0, 2)))

@@ -6,7 +6,9 @@ mismatched batches, wrong dtypes, t outside [0, 1], NaN/inf, empty batches,
 wrong types, options out of range). Each must raise a ValueError or TypeError
 whose message names the argument in backticks, as the library writes it,
 from a frame inside flowjax (one of its checks, not an error from deep
-inside jax, XLA, diffrax, ott or SciPy). Generated valid arguments must give
+inside jax, XLA, diffrax, ott or SciPy), or, for a value checked inside the
+compiled program (`flowjax._checks.error_if`), equinox's runtime error with
+that message. Generated valid arguments must give
 finite outputs.
 
 `COUNTS` adds up the cases of the whole module; `test_fuzz_totals`, the
@@ -81,6 +83,11 @@ def assert_clear_error(module, arg, call):
             f"invalid `{arg}`: raised outside flowjax, in {where}: {type(err).__name__}: {err}")
         _count(module, "clear")
         return
+    except eqx.EquinoxRuntimeError as err:  # a compiled value check (flowjax._checks.error_if)
+        assert f"`{arg}`" in str(err), (
+            f"invalid `{arg}`: the compiled check does not name it: {err}")
+        _count(module, "clear")
+        return
     except Exception as err:  # noqa: BLE001 - any other type is a failure of the check
         pytest.fail(f"invalid `{arg}`: {type(err).__name__} (not ValueError/TypeError) from "
                     f"{_last_frame(err)}: {err}")
@@ -124,16 +131,22 @@ def _with_nonfinite(x, where, value):
 
 
 def bad_array(shape=(B, D), *, mismatch=True, lists_ok=False, min_rank=1, rank=None,
-              none_ok=False):
-    """Invalid versions of a float array of `shape` (its first axis the batch)."""
+              none_ok=False, nonfinite=True):
+    """Invalid versions of a float array of `shape` (its first axis the batch).
+
+    `nonfinite=False` for the path methods, which let a NaN propagate (a train
+    step skips it) and check only types, ranks and shapes of their data.
+    """
     shape = tuple(shape)
     options = [
         NOT_ARRAYS.filter(lambda v: v is not None) if none_ok else NOT_ARRAYS,
         WRONG_DTYPES.map(lambda dt: np.ones(shape, dt)),
-        st.tuples(st.integers(0, 100), st.sampled_from([np.nan, np.inf, -np.inf])).map(
-            lambda a: _with_nonfinite(np.full(shape, 0.5, np.float32), *a)),
         st.just(np.zeros((0,) + shape[1:], np.float32)),  # an empty batch
     ]
+    if nonfinite:
+        options.append(st.tuples(st.integers(0, 100), st.sampled_from(
+            [np.nan, np.inf, -np.inf])).map(
+                lambda a: _with_nonfinite(np.full(shape, 0.5, np.float32), *a)))
     if not lists_ok:
         options.append(LISTS)
     if min_rank >= 1:
@@ -199,7 +212,8 @@ def bad_number(*, low=None, high=None, low_open=False, high_open=False, integer=
 BAD_CALLABLE = st.sampled_from([1, "f", [len], object()])
 BAD_KEY = st.sampled_from([None, 0, "key", np.ones(2, np.float32), np.zeros(3, np.uint32),
                            np.zeros((2, 2), np.uint32)])
-BAD_PATH = st.sampled_from([None, "RectifiedFlow", 1.0, Prediction.DATA, object()])
+BAD_PATH = st.sampled_from([None, "RectifiedFlow", 1.0, Prediction.DATA, object(),
+                            paths.RectifiedFlow])  # the class for an instance
 BAD_PREDICTION = st.sampled_from(["velocity", 0, None, paths.RectifiedFlow()])
 BAD_SHAPE = st.sampled_from([(-1,), "3", (2.5,), None, (True,), ((B,),)])
 BAD_STEPS = bad_number(low=1, integer=True)
@@ -333,10 +347,12 @@ def _pair_specs(method):
 
     return [
         Spec(f"{method}", call, lambda: dict(path=paths.RectifiedFlow(), x0=X, x1=X + 1, t=T),
-             (Mutation("x0", "x0", bad_array()), Mutation("x1", "x1", bad_array()),
-              Mutation("t", "t", bad_time()), Mutation("z", "z", bad_array(none_ok=True)))),
+             (Mutation("x0", "x0", bad_array(nonfinite=False)),
+              Mutation("x1", "x1", bad_array(nonfinite=False)),
+              Mutation("t", "t", bad_time()),
+              Mutation("z", "z", bad_array(none_ok=True, nonfinite=False)))),
         Spec(f"{method} (noisy)", call, lambda: dict(path=NOISY, x0=X, x1=X, t=0.3, z=X),
-             (Mutation("z", "z", bad_array() | st.just(None)),
+             (Mutation("z", "z", bad_array(nonfinite=False) | st.just(None)),
               Mutation("t", "t", bad_time()))),
     ]
 
@@ -345,8 +361,9 @@ PATH_SPECS = [
     *_pair_specs("interpolate"),
     *_pair_specs("velocity"),
     Spec("noise_target", lambda kw: NOISY.noise_target(**kw), lambda: dict(x0=X, t=T, z=X),
-         (Mutation("x0", "x0", bad_array(mismatch=False)), Mutation("t", "t", bad_time()),
-          Mutation("z", "z", bad_array() | st.just(None)))),
+         (Mutation("x0", "x0", bad_array(mismatch=False, nonfinite=False)),
+          Mutation("t", "t", bad_time()),
+          Mutation("z", "z", bad_array(nonfinite=False) | st.just(None)))),
     *[Spec(f"{path!r}.{m}", lambda kw, p=path, m=m: getattr(p, m)(**kw), lambda: dict(t=T),
            (Mutation("t", "t", bad_time(vector=False)),))
       for path in (paths.RectifiedFlow(), paths.VP(), paths.Polynomial(0.5), NOISY)
@@ -354,8 +371,8 @@ PATH_SPECS = [
     Spec("convert", lambda kw: paths.convert(**kw),
          lambda: dict(path=paths.Cosine(), x_t=X, t=T, value=X, given=Prediction.DATA,
                       to=Prediction.VELOCITY),
-         (Mutation("path", "path", BAD_PATH), Mutation("x_t", "x_t", bad_array()),
-          Mutation("value", "value", bad_array()), Mutation("t", "t", bad_time()),
+         (Mutation("path", "path", BAD_PATH), Mutation("x_t", "x_t", bad_array(nonfinite=False)),
+          Mutation("value", "value", bad_array(nonfinite=False)), Mutation("t", "t", bad_time()),
           Mutation("given", "given", BAD_PREDICTION), Mutation("to", "to", BAD_PREDICTION),
           Mutation("t_clip", "t_clip", bad_number(low=0.0, high=0.5, low_open=True,
                                                   high_open=True)))),
@@ -379,7 +396,8 @@ PATH_SPECS = [
     Spec("edm_precondition(...)(params, x, t)",
          lambda kw: paths.edm_precondition(kw.pop("apply_fn"), paths.VP())(**kw),
          lambda: dict(apply_fn=apply_fn, params=0.5, x=X, t=T),
-         (Mutation("x", "x", bad_array(mismatch=False)), Mutation("t", "t", bad_time()),
+         (Mutation("x", "x", bad_array(mismatch=False, nonfinite=False)),
+          Mutation("t", "t", bad_time()),
           Mutation("apply_fn", "apply_fn", st.just(_wrong_shape)))),
     Spec("ConstantNoise", lambda kw: paths.ConstantNoise(**kw), lambda: dict(sigma=0.1),
          (Mutation("sigma", "sigma", bad_number(low=0.0, placeholders_ok=True)),)),
@@ -1076,13 +1094,14 @@ METRIC_SPECS = [
             *extra))
       for name, f, extra in (
           ("frechet_distance", metrics.frechet_distance, ()),
-          ("kernel_distance", functools.partial(metrics.kernel_distance, num_subsets=2),
-           (Mutation("subset_size", "subset_size", bad_number(low=2, integer=True)),
-            Mutation("seed", "seed", st.sampled_from(["0", 1.5, -1])))),
+          ("kernel_distance", functools.partial(metrics.kernel_distance, num_subsets=2,
+                                                key=jax.random.key(0)),
+           (Mutation("subset_size", "subset_size", bad_number(low=2, integer=True)),)),
       )],
     Spec("kernel_distance", lambda kw: metrics.kernel_distance(**kw),
-         lambda: dict(feats_a=FEATS, feats_b=FEATS),
-         (Mutation("num_subsets", "num_subsets", bad_number(low=1, integer=True)),)),
+         lambda: dict(feats_a=FEATS, feats_b=FEATS, key=jax.random.key(0)),
+         (Mutation("num_subsets", "num_subsets", bad_number(low=1, integer=True)),
+          Mutation("key", "key", st.sampled_from([None, 0, "0", 1.5, np.zeros(3, np.uint32)])))),
 ]
 
 MIX = analytic.GaussianMixture.create(np.array([[1.0, -1.0], [-1.0, 1.0]], np.float32),
@@ -1190,7 +1209,8 @@ def test_fuzz_metrics():
         assert_finite("metrics", metrics.w2(x, y), metrics.path_energy(velocities, TS3),
                       metrics.straightness(velocities, velocities, TS3),
                       metrics.frechet_distance(feats, feats + 1.0),
-                      metrics.kernel_distance(feats, feats, num_subsets=2, subset_size=3))
+                      metrics.kernel_distance(feats, feats, key=KEY, num_subsets=2,
+                                              subset_size=3))
 
     check()
     RAN.add("metrics")

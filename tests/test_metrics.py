@@ -4,12 +4,15 @@ Fréchet distance against SciPy and closed forms; KID as the unbiased polynomial
 import itertools
 import math
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.linalg
 
 from flowjax import metrics
+
+KEY = jax.random.key(0)
 
 
 def test_w2_of_a_translation_is_its_length():
@@ -106,14 +109,15 @@ def test_kernel_distance_is_the_unbiased_polynomial_mmd():
     kaa, kbb, kab = k(a, a), k(b, b), k(a, b)
     mmd = ((kaa.sum() - np.trace(kaa)) / (50 * 49) + (kbb.sum() - np.trace(kbb)) / (50 * 49)
            - 2 * kab.mean())
-    mean, std = metrics.kernel_distance(a, b, num_subsets=1, subset_size=50)
+    mean, std = metrics.kernel_distance(a, b, key=KEY, num_subsets=1, subset_size=50)
     np.testing.assert_allclose(mean, mmd, rtol=1e-10)
     assert std == 0.0
     # Unbiased: same-distribution estimates average to 0 within their spread.
     same = [metrics.kernel_distance(rng.normal(size=(100, 4)), rng.normal(size=(100, 4)),
-                                    num_subsets=1, subset_size=100)[0] for _ in range(200)]
+                                    key=KEY, num_subsets=1, subset_size=100)[0]
+            for _ in range(200)]
     assert abs(np.mean(same)) < 4 * np.std(same) / np.sqrt(len(same))
-    assert metrics.kernel_distance(a, b)[0] > 10 * np.std(same)
+    assert metrics.kernel_distance(a, b, key=KEY)[0] > 10 * np.std(same)
 
 
 def test_feature_distances_reject_bad_inputs():
@@ -123,6 +127,21 @@ def test_feature_distances_reject_bad_inputs():
     with pytest.raises(ValueError, match="feats_a"):
         metrics.frechet_distance(np.ones(10), a)
     with pytest.raises(ValueError, match="feats_b"):
-        metrics.kernel_distance(a, np.where(np.eye(10, 3) > 0, np.nan, a))
+        metrics.kernel_distance(a, np.where(np.eye(10, 3) > 0, np.nan, a), key=KEY)
     with pytest.raises(ValueError, match="num_subsets"):
-        metrics.kernel_distance(a, a, num_subsets=0)
+        metrics.kernel_distance(a, a, key=KEY, num_subsets=0)
+    with pytest.raises(TypeError, match="`key` must be a PRNG key"):
+        metrics.kernel_distance(a, a, key=0)
+    with pytest.raises(TypeError, match="key"):
+        metrics.kernel_distance(a, a, seed=0)  # the key convention: no `seed`
+
+
+def test_kernel_distance_key_fixes_the_subsets():
+    rng = np.random.default_rng(2)
+    a, b = rng.normal(size=(60, 3)), rng.normal(size=(60, 3)) + 0.2
+    one = metrics.kernel_distance(a, b, key=jax.random.key(3), num_subsets=5, subset_size=20)
+    again = metrics.kernel_distance(a, b, key=jax.random.key(3), num_subsets=5, subset_size=20)
+    raw = metrics.kernel_distance(a, b, key=jax.random.PRNGKey(3), num_subsets=5,
+                                  subset_size=20)
+    other = metrics.kernel_distance(a, b, key=jax.random.key(4), num_subsets=5, subset_size=20)
+    assert one == again == raw and one != other

@@ -1,10 +1,12 @@
 """Paths: conditional velocity = d/dt interpolant, exact conversions, safe ends, clear errors."""
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import flowjax
 from flowjax import paths
 from flowjax.paths import Prediction
 
@@ -117,9 +119,9 @@ def test_bad_inputs_name_the_argument():
     x = jnp.ones((4, 2))
     with pytest.raises(ValueError, match="`x0` and `x1`"):
         p.interpolate(x, jnp.ones((5, 2)), 0.5)
-    with pytest.raises(ValueError, match="`t` must lie in"):
+    with pytest.raises(eqx.EquinoxRuntimeError, match="`t` must lie in"):
         p.interpolate(x, x, 1.5)
-    with pytest.raises(ValueError, match="`t` must lie in"):
+    with pytest.raises(eqx.EquinoxRuntimeError, match="`t` must lie in"):
         p.velocity(x, x, jnp.array([0.1, -0.1, 0.2, 0.3]))
     with pytest.raises(ValueError, match="`t` has 3 entries"):
         p.interpolate(x, x, jnp.ones(3) * 0.5)
@@ -237,7 +239,90 @@ def test_edm_precondition_is_the_denoiser_in_edm_variables(x64):
     np.testing.assert_allclose(end, x_edm, atol=1e-4)  # at the data end D returns its input
     with pytest.raises(ValueError, match="`sigma_data`"):
         paths.edm_precondition(raw, paths.VP(), sigma_data=0.0)
-    with pytest.raises(ValueError, match="`sigma` must be positive"):
+    with pytest.raises(eqx.EquinoxRuntimeError, match="`sigma` must be positive"):
         paths.edm_scalings(jnp.array([1.0, 0.0]))
-    with pytest.raises(ValueError, match="`apply_fn` returned shape"):
+    with pytest.raises(ValueError, match="`apply_fn` returned"):
         paths.edm_precondition(lambda p, x, c, k: x[:, :1], paths.VP())(None, x_edm, t)
+
+
+# -- compiled value checks, no host transfer, class-for-instance ----------------------------
+
+
+def test_time_checks_are_compiled_and_switchable():
+    """`t` outside [0, 1] fails inside `jit` too (the check is compiled), and can be left out."""
+    p = paths.VP()
+    x = jnp.ones((3, 2))
+    runtime = (eqx.EquinoxRuntimeError, jax.errors.JaxRuntimeError)  # filter_jit / jax.jit
+    for bad in (1.5, -0.1, jnp.nan):
+        with pytest.raises(runtime, match="`t` must lie in"):
+            jax.jit(p.alpha)(jnp.full((3,), bad))
+        with pytest.raises(runtime, match="`t` must lie in"):
+            eqx.filter_jit(lambda t: paths.convert(p, x, t, x, given=Prediction.DATA,
+                                            to=Prediction.VELOCITY))(jnp.full((3,), bad))
+    # Data are not checked for finiteness: a NaN propagates (a train step then skips it).
+    nan = jax.jit(lambda a: (p.interpolate(a, a, 0.5), paths.convert(
+        p, a, 0.5, a, given=Prediction.DATA, to=Prediction.NOISE)))(x.at[0, 0].set(jnp.nan))
+    assert all(bool(jnp.isnan(o[0, 0])) and bool(jnp.all(jnp.isfinite(o[1:]))) for o in nan)
+    with pytest.raises(TypeError, match="`t` must be a real number"):
+        p.sigma("0.5")
+    with flowjax.value_checks(False):  # a new program, traced without the check
+        out = jax.jit(lambda t: p.alpha(t))(jnp.full((3,), 1.5))
+    assert out.shape == (3,)
+
+
+@pytest.mark.parametrize("path", ALL_PATHS, ids=IDS)
+def test_eager_convert_and_schedules_make_no_host_transfer(path):
+    """An eager `convert` and every schedule method on device arrays never copy to the host."""
+    x_t = jax.device_put(jnp.linspace(-1.0, 1.0, 12).reshape(4, 3))
+    t = jax.device_put(jnp.array([0.0, 0.3, 0.7, 1.0]))
+    with jax.transfer_guard_device_to_host("disallow"):
+        outs = [paths.convert(path, x_t, t, x_t, given=a, to=b)
+                for a in Prediction for b in Prediction]
+        outs += [getattr(path, m)(t) for m in ("alpha", "sigma", "d_alpha", "d_sigma", "gamma",
+                                               "d_gamma", "sigma_total", "d_sigma_total")]
+        outs += [paths.noise_ratio(path, t), paths.sde_diffusion(path, t)]
+        z = None if path.noise is None else x_t
+        outs += [path.interpolate(x_t, x_t, t, z), path.velocity(x_t, x_t, t, z)]
+    assert all(np.all(np.isfinite(np.asarray(o))) for o in outs)
+
+
+def test_path_class_for_instance_names_the_argument():
+    x = jnp.ones((4, 2))
+    with pytest.raises(TypeError, match=r"`path` must be an affine path.*class RectifiedFlow "
+                                        r"itself; pass an instance, RectifiedFlow\(\.\.\.\)"):
+        paths.convert(paths.RectifiedFlow, x, 0.5, x, given=Prediction.DATA,
+                      to=Prediction.VELOCITY)
+    for fn in (paths.noise_ratio, paths.sde_diffusion):
+        with pytest.raises(TypeError, match="`path` must be an affine path.*class VP itself"):
+            fn(paths.VP, 0.5)
+    with pytest.raises(TypeError, match="`path`.*the string 'rf'"):
+        paths.noise_ratio("rf", 0.5)
+    with pytest.raises(TypeError, match="`noise`.*class BridgeNoise itself"):
+        paths.RectifiedFlow(noise=paths.BridgeNoise)
+    with pytest.raises(TypeError, match="`given` must be a flowjax.paths.Prediction.*'data'"):
+        paths.convert(paths.RectifiedFlow(), x, 0.5, x, given="data", to=Prediction.VELOCITY)
+
+
+@pytest.mark.parametrize("n, t_max", [(3.0, 2e-4), (4.0, 3e-3), (5.0, 1.2e-2)])
+def test_float32_velocity_conversions_on_high_powers_are_exact_near_t0(n, t_max):
+    """On t^n (n >= 3) a float32 velocity converts to data and noise as float64 does.
+
+    There Delta = -n t^(n-1) is below float32's eps although it is exact (no cancellation);
+    a floor relative to its terms leaves it alone down to `T_CLIP`.
+    """
+    path = paths.Polynomial(n)
+    t64 = np.geomspace(paths.T_CLIP, t_max, 9)
+    rng = np.random.default_rng(0)
+    x0, x1 = rng.normal(size=(9, 3)), 2.0 + rng.normal(size=(9, 3))
+    a, da = t64[:, None] ** n, n * t64[:, None] ** (n - 1)
+    x_t, v = a * x1 + (1 - a) * x0, da * x1 - da * x0  # the pair's point and velocity
+    args32 = [jnp.asarray(u, jnp.float32) for u in (x_t, t64, v)]
+    for to, exact in ((Prediction.DATA, x1), (Prediction.NOISE, x0)):
+        got = paths.convert(path, args32[0], args32[1], args32[2], given=Prediction.VELOCITY,
+                            to=to)
+        assert got.dtype == jnp.float32
+        np.testing.assert_allclose(got, exact, rtol=1e-4, atol=1e-4, err_msg=str(to))
+    # and finite at t = 0 itself, where the velocity says nothing of the data
+    zero = paths.convert(path, args32[0], jnp.zeros(9), args32[2], given=Prediction.VELOCITY,
+                         to=Prediction.DATA)
+    assert np.all(np.isfinite(np.asarray(zero)))

@@ -460,7 +460,7 @@ class Scorer:
         self.floor = {
             "classifier_accuracy": float(np.mean(np.argmax(logits, -1) == test_labels)),
             "fd_floor": metrics.frechet_distance(test_feats, self.ref),
-            "kid_floor": metrics.kernel_distance(test_feats, self.ref)[0],
+            "kid_floor": metrics.kernel_distance(test_feats, self.ref, key=jax.random.key(0))[0],
         }
 
     def __call__(self, images, labels=None):
@@ -471,7 +471,7 @@ class Scorer:
         if labels is not None:
             accuracy = float(np.mean(np.argmax(self.classify(images)[0], -1) == labels))
         return {"accuracy": accuracy, "fd": fd,
-                "kid": metrics.kernel_distance(feats, self.ref)[0],
+                "kid": metrics.kernel_distance(feats, self.ref, key=jax.random.key(0))[0],
                 "fd_ratio": fd / max(self.floor["fd_floor"], 1e-12), **self.floor}
 
 

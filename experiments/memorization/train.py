@@ -47,7 +47,7 @@ from flowjax import time as ftime
 
 DATASETS = ("digits",)  # scikit-learn's 1,797 8x8 digits, 64-D in [-1, 1]
 PATH = paths.RectifiedFlow()
-T_CLIP = 1e-5  # as flowjax.analytic: sigma is floored at sigma(1 - T_CLIP) to stay finite
+T_CLIP = paths.T_CLIP  # as flowjax.analytic: sigma is floored at sigma(1 - T_CLIP) to stay finite
 EXACT, NETWORK, HELDOUT, FRESH = ("exact empirical velocity", "network (I-CFM)",
                                   "held-out data", "fresh data")
 RESULT_FIELDS = ("train_size", "sampler", "nfe", "train_loss", "heldout_loss", "nn_mean",

@@ -19,10 +19,19 @@ and, with responsibilities :math:`r_k(x) \propto w_k \mathcal N(x; \alpha\mu_k, 
 the conditional one.) A Gaussian is the one-component case and a finite data
 set (the empirical measure) the case of zero covariances.
 
-Near t = 1 with singular covariances (the empirical measure) the fields are
+Near t = 1 with a singular covariance (the empirical measure) the fields are
 truly singular (the velocity grows like 1/(1 - t)); to stay finite, the noise
-variance in :math:`C_k` is floored at :math:`\bar\sigma(1 - t_{clip})^2`, which
-changes nothing for t <= 1 - t_clip.
+level in that component's :math:`C_k` is floored at
+:math:`\bar\sigma(1 - t_{clip}) - \bar\sigma(1)` (`t_clip` is
+:data:`flowjax.paths.T_CLIP`), which changes nothing for t <= 1 - t_clip. A
+component whose covariance is nonsingular (smallest eigenvalue above
+:math:`\sqrt{\epsilon}` times the largest, in the dtype's epsilon) keeps its exact
+:math:`C_k` up to t = 1, where :math:`C_k = \alpha^2\Sigma_k + \bar\sigma(1)^2 I`
+is invertible.
+
+Covariances and weights are checked when a mixture is built: shapes at trace
+time; finiteness, symmetry, positive semi-definiteness and the weights' signs
+by compiled checks (:mod:`flowjax._checks`), so no array is copied to the host.
 """
 
 from __future__ import annotations
@@ -31,11 +40,13 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import struct
 
-from flowjax._checks import (as_real_array, check_array, check_finite, check_key, check_number,
-                             check_path, check_time, is_concrete)
+from flowjax._checks import (as_real_array, check_array, check_finite, check_instance,
+                             check_key, check_number, check_path, check_time, error_if)
+from flowjax._types import Array, ArrayLike, Batch, BatchTimes, KeyArray, Times
+from flowjax.paths import T_CLIP
+from flowjax.paths._paths import AffinePath, checked_times
 
 
 def _float_array(name, value, dtype=None):
@@ -54,35 +65,81 @@ def _float_array(name, value, dtype=None):
     return value
 
 
-def _check_covariances(name, covs):
-    """Finite, symmetric, positive semi-definite `[..., d, d]` matrices (values when concrete)."""
-    check_finite(name, covs)
-    if is_concrete(covs):
-        c = np.asarray(covs, np.float64)
-        scale = max(1.0, float(np.max(np.abs(c), initial=0.0)))
-        if not np.allclose(c, np.swapaxes(c, -1, -2), atol=1e-6 * scale):
-            raise ValueError(f"`{name}` must be symmetric.")
-        if c.size and np.min(np.linalg.eigvalsh(c)) < -1e-6 * scale:
-            raise ValueError(f"`{name}` must be positive semi-definite.")
+def _check_covariances(name, covs, shape=None):
+    """`covs [..., d, d]` (of `shape`, when given) with compiled checks: finite, symmetric,
+    positive semi-definite."""
+    if shape is not None and covs.shape != shape:
+        raise ValueError(f"`{name}` must have shape {shape}, got {tuple(covs.shape)}.")
+    covs = check_finite(name, covs)
+    scale = jnp.maximum(1.0, jnp.max(jnp.abs(covs), initial=0.0))
+    sym = (covs + jnp.swapaxes(covs, -1, -2)) / 2
+    covs = error_if(covs, jnp.max(jnp.abs(covs - sym), initial=0.0) > 1e-6 * scale,
+                    f"`{name}` must be symmetric.")
+    return error_if(covs, jnp.min(jnp.linalg.eigvalsh(sym), initial=0.0) < -1e-6 * scale,
+                    f"`{name}` must be positive semi-definite.")
 
 
-def _check_gaussian(mean, cov, d, dtype):
-    """`mean: [d]`, `cov: [d, d]` (finite, symmetric PSD) as arrays of `dtype`."""
-    mean, cov = _float_array("mean", mean, dtype), _float_array("cov", cov, dtype)
+def _check_gaussian(mean, cov, d=None, dtype=None):
+    """`mean: [d]`, `cov: [d, d]` (finite, symmetric PSD) as arrays of `dtype`.
+
+    `d` and `dtype` default to those of `mean`.
+    """
+    mean = _float_array("mean", mean, dtype)
+    if d is None and mean.ndim != 1:
+        raise ValueError(f"`mean` must have shape [d], got {tuple(mean.shape)}.")
+    d, dtype = mean.shape[0] if d is None else d, mean.dtype
+    cov = _float_array("cov", cov, dtype)
     if mean.shape != (d,) or cov.shape != (d, d):
         raise ValueError(f"`mean` and `cov` must have shapes {(d,)} and {(d, d)}, "
                          f"got {mean.shape} and {cov.shape}.")
-    check_finite("mean", mean)
-    _check_covariances("cov", cov)
-    return mean, cov
+    return check_finite("mean", mean), _check_covariances("cov", cov)
+
+
+def _check_gaussian_call(path, mean, cov, x, name, **times):
+    """The checks of the Gaussian flow maps: `(x, mean, cov, *times)`, the times `[B]` or scalar."""
+    check_path("path", path)
+    x = _check_points(name, x)
+    mean, cov = _check_gaussian(mean, cov, x.shape[1], x.dtype)
+    return (x, mean, cov, *(check_time(t, x.shape[0], name=n) for n, t in times.items()))
+
+
+def _check_draw(key, n):
+    check_key("key", key)
+    check_number("n", n, low=1, integer=True)
 
 
 def _check_points(name, x, d=None):
+    """`x [n, d]` (a floating array, finite by a compiled check)."""
     check_array(name, x, rank=2)
-    check_finite(name, x)
     if d is not None and x.shape[1] != d:
         raise ValueError(f"`{name}` has {x.shape[1]} columns but the `mixture` has dimension "
                          f"{d}.")
+    return check_finite(name, x)
+
+
+def _check_weights(weights, k, dtype):
+    """`weights [K]` (>= 0, positive total; uniform when None), normalised to sum to 1."""
+    if weights is None:
+        return jnp.full((k,), 1.0 / k, dtype)
+    weights = check_finite("weights", _float_array("weights", weights, dtype))
+    if weights.shape != (k,):
+        raise ValueError(f"`weights` must have shape {(k,)}, got {tuple(weights.shape)}.")
+    weights = error_if(weights, jnp.any(weights < 0) | ~(jnp.sum(weights) > 0),
+                       "`weights` must be >= 0 with a positive total.")
+    return weights / jnp.sum(weights)
+
+
+def _singular(covs):
+    """`[K]` bool: covariances whose smallest eigenvalue is below sqrt(eps) times the largest."""
+    lam = jnp.linalg.eigvalsh(covs)
+    return lam[..., 0] <= jnp.sqrt(jnp.finfo(covs.dtype).eps) * jnp.maximum(lam[..., -1], 0.0)
+
+
+def _noise_floor(path, singular, dtype):
+    """The floor of the noise level near t = 1: what a vanishing level reaches T_CLIP before
+    the end, for singular covariances only (0 elsewhere: their C is invertible at t = 1)."""
+    ends = path.sigma_total(jnp.asarray([1.0 - T_CLIP, 1.0], dtype))
+    return jnp.where(singular, jnp.maximum(ends[0] - ends[1], 0.0), 0.0)
 
 
 @struct.dataclass
@@ -94,47 +151,39 @@ class GaussianMixture:
     weights: jax.Array
 
     @classmethod
-    def create(cls, means, covs, weights=None):
-        """Checks and normalises: `means [K, d]`, `covs [K, d, d]` (symmetric PSD),
-        `weights [K]` (>= 0, any positive total; uniform by default)."""
-        means = _float_array("means", means)
-        _check_points("means", means)
-        covs = _float_array("covs", covs, means.dtype)
+    def create(cls, means: ArrayLike, covs: ArrayLike,
+               weights: ArrayLike | None = None) -> GaussianMixture:
+        """A checked, normalised mixture.
+
+        Args:
+          means: `[K, d]` component means.
+          covs: `[K, d, d]` covariances (symmetric positive semi-definite).
+          weights: `[K]` weights (>= 0, any positive total); uniform by default.
+
+        Returns:
+          The mixture, its weights normalised to sum to 1.
+        """
+        means = _check_points("means", _float_array("means", means))
         k, d = means.shape
-        if covs.shape != (k, d, d):
-            raise ValueError(f"`covs` must have shape {(k, d, d)}, got {tuple(covs.shape)}.")
-        _check_covariances("covs", covs)
-        weights = (jnp.full((k,), 1.0 / k, means.dtype) if weights is None
-                   else _float_array("weights", weights, means.dtype))
-        if weights.shape != (k,):
-            raise ValueError(f"`weights` must have shape {(k,)}, got {tuple(weights.shape)}.")
-        check_finite("weights", weights)
-        if is_concrete(weights) and (np.any(np.asarray(weights) < 0)
-                                     or not np.sum(np.asarray(weights)) > 0):
-            raise ValueError("`weights` must be >= 0 with a positive total.")
-        return cls(means, covs, weights / jnp.sum(weights))
+        covs = _check_covariances("covs", _float_array("covs", covs, means.dtype), (k, d, d))
+        return cls(means, covs, _check_weights(weights, k, means.dtype))
 
     @classmethod
-    def gaussian(cls, mean, cov):
+    def gaussian(cls, mean: ArrayLike, cov: ArrayLike) -> GaussianMixture:
         """A single Gaussian `N(mean [d], cov [d, d])`."""
-        mean = _float_array("mean", mean)
-        if mean.ndim != 1:
-            raise ValueError(f"`mean` must have shape [d], got {tuple(mean.shape)}.")
-        mean, cov = _check_gaussian(mean, cov, mean.shape[0], mean.dtype)
+        mean, cov = _check_gaussian(mean, cov)
         return cls.create(mean[None], cov[None])
 
     @classmethod
-    def empirical(cls, points, weights=None):
+    def empirical(cls, points: ArrayLike, weights: ArrayLike | None = None) -> GaussianMixture:
         """The empirical measure of a finite data set `points [n, d]` (zero covariances)."""
-        points = _float_array("points", points)
-        _check_points("points", points)
+        points = _check_points("points", _float_array("points", points))
         d = points.shape[1]
         return cls.create(points, jnp.zeros((points.shape[0], d, d), points.dtype), weights)
 
-    def sample(self, key, n: int):
+    def sample(self, key: KeyArray, n: int) -> Array:
         """Draws `[n, d]` samples."""
-        check_key("key", key)
-        check_number("n", n, low=1, integer=True)
+        _check_draw(key, n)
         kc, kz = jax.random.split(key)
         comp = jax.random.choice(kc, self.weights.shape[0], (n,), p=self.weights)
         chol = jnp.linalg.cholesky(self.covs)
@@ -142,21 +191,15 @@ class GaussianMixture:
         return self.means[comp] + jnp.einsum("nij,nj->ni", chol[comp], z)
 
 
-T_CLIP = 1e-5
+def _per_point(path, mix, floor, x, t):
+    """Responsibilities, E[x1|x,k], E[eps|x,k], C_k^{-1}(x - a mu_k) and log p for one x.
 
-
-def _noise_var(path, t):
-    """sigma_total(t)^2, floored at sigma_total(1 - T_CLIP)^2 (see the module docstring)."""
-    floor = path.sigma_total(jnp.asarray(1.0 - T_CLIP, jnp.result_type(t)))
-    return jnp.maximum(path.sigma_total(t), floor) ** 2
-
-
-def _per_point(path, mix, x, t):
-    """Responsibilities, E[x1|x,k], E[eps|x,k], C_k^{-1}(x - a mu_k) and log p for one x."""
-    a, var = path.alpha(t), _noise_var(path, t)
-    s = jnp.sqrt(var)
+    `floor [K]` is each component's floor of the noise level (see :func:`_noise_floor`).
+    """
+    a = path.alpha(t)
+    s = jnp.maximum(path.sigma_total(t), floor)  # [K]
     d = x.shape[-1]
-    cov = a ** 2 * mix.covs + var * jnp.eye(d, dtype=x.dtype)
+    cov = a ** 2 * mix.covs + (s ** 2)[:, None, None] * jnp.eye(d, dtype=x.dtype)
     chol = jnp.linalg.cholesky(cov)
     diff = x[None, :] - a * mix.means
     sol = jax.vmap(lambda c, r: jax.scipy.linalg.cho_solve((c, True), r))(chol, diff)
@@ -165,15 +208,15 @@ def _per_point(path, mix, x, t):
     logits = jnp.log(mix.weights) + logn
     resp = jax.nn.softmax(logits)
     ex1 = mix.means + a * jnp.einsum("kij,kj->ki", mix.covs, sol)
-    eeps = s * sol
+    eeps = s[:, None] * sol
     return resp, ex1, eeps, sol, jax.scipy.special.logsumexp(logits)
 
 
 def _batched(fn, path, mix, x, t):
     check_path("path", path)
-    if not isinstance(mix, GaussianMixture):
-        raise TypeError(f"`mixture` must be an analytic.GaussianMixture, got {type(mix).__name__}.")
-    _check_points("x", x, mix.means.shape[1])
+    check_instance("mixture", mix, GaussianMixture,
+                   "an analytic.GaussianMixture (e.g. GaussianMixture.create(means, covs))")
+    x = _check_points("x", x, mix.means.shape[1])
     t = check_time(t, x.shape[0])
     t = jnp.broadcast_to(t, x.shape[:1]).astype(x.dtype)
     return _vmapped(fn, path, mix, x, t)
@@ -183,40 +226,54 @@ def _batched(fn, path, mix, x, t):
 def _vmapped(fn, path, mix, x, t):
     """`fn` over the batch, as one compiled program: called eagerly (as in tests and
     notebooks) the first call compiles once instead of once per operation (1.8 s -> 0.2 s)."""
-    return jax.vmap(lambda xi, ti: fn(path, mix, xi, ti))(x, t)
+    floor = _noise_floor(path, _singular(mix.covs), x.dtype)
+    with checked_times():  # `t` was checked by the caller
+        return jax.vmap(lambda xi, ti: fn(path, mix, floor, xi, ti))(x, t)
 
 
-def _velocity_one(path, mix, x, t):
-    resp, ex1, eeps, _, _ = _per_point(path, mix, x, t)
+def _velocity_one(path, mix, floor, x, t):
+    resp, ex1, eeps, _, _ = _per_point(path, mix, floor, x, t)
     v = path.d_alpha(t) * ex1 + path.d_sigma_total(t) * eeps
     return resp @ v
 
 
-def _score_one(path, mix, x, t):
-    resp, _, _, sol, _ = _per_point(path, mix, x, t)
+def _score_one(path, mix, floor, x, t):
+    resp, _, _, sol, _ = _per_point(path, mix, floor, x, t)
     return -(resp @ sol)
 
 
-def _log_prob_one(path, mix, x, t):
-    return _per_point(path, mix, x, t)[-1]
+def _log_prob_one(path, mix, floor, x, t):
+    return _per_point(path, mix, floor, x, t)[-1]
 
 
-def mixture_velocity(path, mixture: GaussianMixture, x, t):
-    """The exact marginal velocity `v*(x, t)` `[B, d]` for an `N(0, I)` source."""
+def mixture_velocity(path: AffinePath, mixture: GaussianMixture, x: Batch, t: Times) -> Batch:
+    """The exact marginal velocity `v*(x, t)` `[B, d]` for an `N(0, I)` source.
+
+    Args:
+      path: an affine path.
+      mixture: the data distribution.
+      x: points `[B, d]`.
+      t: a scalar or `[B]` time in [0, 1].
+
+    Returns:
+      `[B, d]`.
+    """
     return _batched(_velocity_one, path, mixture, x, t)
 
 
-def mixture_score(path, mixture: GaussianMixture, x, t):
-    """The exact score `grad log p_t(x)` `[B, d]`."""
+def mixture_score(path: AffinePath, mixture: GaussianMixture, x: Batch, t: Times) -> Batch:
+    """The exact score `grad log p_t(x)` `[B, d]` (arguments as :func:`mixture_velocity`)."""
     return _batched(_score_one, path, mixture, x, t)
 
 
-def mixture_log_prob(path, mixture: GaussianMixture, x, t):
-    """The exact log-density `log p_t(x)` `[B]`."""
+def mixture_log_prob(path: AffinePath, mixture: GaussianMixture, x: Batch,
+                     t: Times) -> BatchTimes:
+    """The exact log-density `log p_t(x)` `[B]` (arguments as :func:`mixture_velocity`)."""
     return _batched(_log_prob_one, path, mixture, x, t)
 
 
-def gaussian_flow_map(path, mean, cov, x0, t):
+def gaussian_flow_map(path: AffinePath, mean: ArrayLike, cov: ArrayLike, x0: Batch,
+                      t: Times) -> Batch:
     r"""The closed-form ODE flow map from `N(0, I)` to `N(mean, cov)` along an affine path.
 
     The marginals :math:`\mathcal N(\alpha\mu, C_t)`, :math:`C_t = \alpha^2\Sigma + \bar\sigma^2 I`,
@@ -237,10 +294,7 @@ def gaussian_flow_map(path, mean, cov, x0, t):
     Returns:
       `[B, d]`, the points :math:`\psi_t(x_0)`.
     """
-    check_path("path", path)
-    _check_points("x0", x0)
-    t = check_time(t, x0.shape[0])
-    mean, cov = _check_gaussian(mean, cov, x0.shape[1], x0.dtype)
+    x0, mean, cov, t = _check_gaussian_call(path, mean, cov, x0, "x0", t=t)
     lam, u = jnp.linalg.eigh(cov)
     t = jnp.broadcast_to(t, x0.shape[:1]).astype(x0.dtype)
     a = path.alpha(t)[:, None]
@@ -249,7 +303,8 @@ def gaussian_flow_map(path, mean, cov, x0, t):
     return a * mean + ((x0 @ u) * root) @ u.T
 
 
-def gaussian_average_velocity(path, mean, cov, x, r, t):
+def gaussian_average_velocity(path: AffinePath, mean: ArrayLike, cov: ArrayLike, x: Batch,
+                              r: Times, t: Times) -> Batch:
     r"""The exact average velocity (flow map) from `N(0, I)` to `N(mean, cov)`: MeanFlow's target.
 
     With :math:`\psi` from :func:`gaussian_flow_map`, the map from time `r`
@@ -261,9 +316,10 @@ def gaussian_average_velocity(path, mean, cov, x, r, t):
 
     At the data end a singular `cov` makes :math:`C_t` singular (the velocity
     off the support grows like :math:`1/(1 - t)`, and is 0/0 at t = 1): as for
-    the mixture fields, the noise variance in :math:`C` is floored at
-    :math:`\bar\sigma(1 - t_{clip})^2`, which changes nothing for
-    `r, t <= 1 - t_clip` and keeps the field finite up to t = 1.
+    the mixture fields, the noise level in :math:`C` is then floored at
+    :math:`\bar\sigma(1 - t_{clip}) - \bar\sigma(1)`, which changes nothing for
+    `r, t <= 1 - t_clip` and keeps the field finite up to t = 1; a nonsingular
+    `cov` is exact up to t = 1.
 
     Args:
       path: an affine path.
@@ -274,17 +330,13 @@ def gaussian_average_velocity(path, mean, cov, x, r, t):
     Returns:
       `[B, d]`.
     """
-    check_path("path", path)
-    _check_points("x", x)
-    mean, cov = _check_gaussian(mean, cov, x.shape[1], x.dtype)
-    r, t = check_time(r, x.shape[0], name="r"), check_time(t, x.shape[0], name="t")
-    if is_concrete(r) and is_concrete(t) and np.any(np.asarray(r) > np.asarray(t)):
-        raise ValueError("`r` must not exceed `t`.")
+    x, mean, cov, r, t = _check_gaussian_call(path, mean, cov, x, "x", r=r, t=t)
+    r = error_if(r, jnp.any(r > t), "`r` must not exceed `t`.")
     lam, u = jnp.linalg.eigh(cov)
     lam = jnp.maximum(lam, 0.0)  # PSD; rounding can leave -1e-8 for a singular cov
     r = jnp.broadcast_to(r.astype(x.dtype), x.shape[:1])[:, None]
     t = jnp.broadcast_to(t.astype(x.dtype), x.shape[:1])[:, None]
-    floor = path.sigma_total(jnp.asarray(1.0 - T_CLIP, x.dtype))
+    floor = _noise_floor(path, _singular(cov), x.dtype)
 
     def var(s):  # eigenvalues of C_s, [B, d], with the noise floored (see above)
         return path.alpha(s) ** 2 * lam[None] + jnp.maximum(path.sigma_total(s), floor) ** 2

@@ -23,6 +23,19 @@ def _check_str(name, value, *, optional=False):
                         f"got {value!r}.")
 
 
+def _check_split(split, num_test):
+    if split not in ("train", "test"):
+        raise ValueError(f"`split` must be 'train' or 'test', got {split!r}.")
+    check_number("num_test", num_test, low=1, high=1796, integer=True)
+
+
+def _check_tfds(name, split, data_dir):
+    _check_str("name", name)
+    _check_str("split", split)
+    if data_dir is not None and not isinstance(data_dir, (str, os.PathLike)):
+        raise TypeError(f"`data_dir` must be a path or None, got {data_dir!r}.")
+
+
 class ArraySource:
     """A random-access source over in-memory arrays `images [N, H, W, C] uint8`, `labels [N]`."""
 
@@ -44,15 +57,13 @@ class ArraySource:
         return {"image": self.images[i], "label": self.labels[i]}
 
 
-def digits_source(split: str = "train", *, num_test: int = 297):
+def digits_source(split: str = "train", *, num_test: int = 297) -> ArraySource:
     """scikit-learn's bundled 8x8 digits (1,797 images, 10 classes) as a source, offline.
 
     Pixel values 0..16 are mapped to uint8 0..255; images are `[8, 8, 1]`.
     The split is fixed: the last `num_test` images are `"test"`, the rest `"train"`.
     """
-    if split not in ("train", "test"):
-        raise ValueError(f"`split` must be 'train' or 'test', got {split!r}.")
-    check_number("num_test", num_test, low=1, high=1796, integer=True)
+    _check_split(split, num_test)
     from sklearn.datasets import load_digits
 
     d = load_digits()
@@ -61,23 +72,33 @@ def digits_source(split: str = "train", *, num_test: int = 297):
     return ArraySource(images[sl], d.target[sl])
 
 
-def tfds_source(name: str, split: str = "train", *, data_dir: str | None = None):
+def tfds_source(name: str, split: str = "train", *, data_dir: str | os.PathLike | None = None):
     """A tensorflow-datasets data set by name (`mnist`, `cifar10`, ...) as a random-access source.
 
     Uses `tfds.data_source` (no TensorFlow needed). Raises a ValueError naming
     `data_dir` if the prepared data are not there (no download is attempted).
     """
-    _check_str("name", name)
-    _check_str("split", split)
-    if data_dir is not None and not isinstance(data_dir, (str, os.PathLike)):
-        raise TypeError(f"`data_dir` must be a path or None, got {data_dir!r}.")
-    import tensorflow_datasets as tfds
+    _check_tfds(name, split, data_dir)
+    return _open_tfds(name, split, data_dir)
 
+
+def _open_tfds(name, split, data_dir):
+    tfds = _import_tfds()
     try:
         return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
     except Exception as err:  # tfds raises several types for missing data
         raise ValueError(f"cannot open tfds data set {name!r} split {split!r} in "
                          f"data_dir={data_dir!r}: {err}") from err
+
+
+def _import_tfds():
+    """tensorflow-datasets, imported on first use (the `[data]` extra)."""
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError as err:
+        raise ImportError("flowjax.data.tfds_source needs tensorflow-datasets: "
+                          "pip install 'flowjax-fm[data]'.") from err
+    return tfds
 
 
 class ImagePipeline:
@@ -132,11 +153,12 @@ class ImagePipeline:
         self.steps_per_epoch = len(source) // batch_size
         self.position = 0  # global batches produced so far
 
-    def state(self) -> dict:
+    def state(self) -> dict[str, int]:
         """The position in the stream (an int), for checkpoints."""
         return {"position": self.position}
 
-    def restore(self, state: dict):
+    def restore(self, state: dict[str, int]) -> None:
+        """Resumes at the position :meth:`state` returned."""
         self.position = int(state["position"])
 
     def _order(self, epoch):

@@ -7,24 +7,21 @@ They run on the host in float64 NumPy: evaluation, not training.
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 
-from flowjax._checks import check_array, check_finite, check_number
+from flowjax._checks import check_host_array, check_key, check_number
+from flowjax._types import ArrayLike, KeyArray
 
 
-def _features(name, f, min_points=2):
-    check_array(name, f, rank=2)
-    check_finite(name, f)
-    f = np.asarray(f, np.float64)
-    if f.shape[0] < min_points:
-        raise ValueError(f"`{name}` needs at least {min_points} points, got {f.shape[0]}.")
-    return f
-
-
-def _check_dims(a, b):
+def _feature_pair(feats_a, feats_b):
+    """Both feature sets as float64 host arrays `[n, F]` (n >= 2, finite, equal F)."""
+    a = check_host_array("feats_a", feats_a, rank=2, min_points=2)
+    b = check_host_array("feats_b", feats_b, rank=2, min_points=2)
     if a.shape[1] != b.shape[1]:
         raise ValueError(f"`feats_a` and `feats_b` must have the same feature size, "
                          f"got {a.shape[1]} and {b.shape[1]}.")
+    return a, b
 
 
 def _psd_sqrt(m):
@@ -32,7 +29,7 @@ def _psd_sqrt(m):
     return (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
 
 
-def frechet_distance(feats_a, feats_b) -> float:
+def frechet_distance(feats_a: ArrayLike, feats_b: ArrayLike) -> float:
     r"""The Fréchet distance between Gaussians fitted to two feature sets (FID's formula).
 
     .. math:: d^2 = \|\mu_a - \mu_b\|^2 + \mathrm{tr}\big(\Sigma_a + \Sigma_b
@@ -49,8 +46,7 @@ def frechet_distance(feats_a, feats_b) -> float:
     Returns:
       :math:`d^2` (what FID reports), a Python float.
     """
-    a, b = _features("feats_a", feats_a), _features("feats_b", feats_b)
-    _check_dims(a, b)
+    a, b = _feature_pair(feats_a, feats_b)
     mu_a, mu_b = a.mean(0), b.mean(0)
     cov_a, cov_b = np.cov(a, rowvar=False, ddof=1), np.cov(b, rowvar=False, ddof=1)
     root_a = _psd_sqrt(np.atleast_2d(cov_a))
@@ -59,8 +55,8 @@ def frechet_distance(feats_a, feats_b) -> float:
     return float(max(d2, 0.0))
 
 
-def kernel_distance(feats_a, feats_b, *, num_subsets: int = 100, subset_size: int = 1000,
-                    seed: int = 0) -> tuple[float, float]:
+def kernel_distance(feats_a: ArrayLike, feats_b: ArrayLike, *, key: KeyArray,
+                    num_subsets: int = 100, subset_size: int = 1000) -> tuple[float, float]:
     r"""The kernel (Inception) distance, KID: an unbiased MMD² with a cubic polynomial kernel.
 
     .. math:: k(x, y) = (x^\top y / F + 1)^3,
@@ -72,21 +68,20 @@ def kernel_distance(feats_a, feats_b, *, num_subsets: int = 100, subset_size: in
 
     Args:
       feats_a, feats_b: `[n_a, F]` and `[n_b, F]` features.
+      key: a PRNG key (`jax.random.key(0)`) for the subset draws, made on the host
+        with NumPy; the same key gives the same figure.
       num_subsets: number of subsets averaged.
       subset_size: points per subset (capped by the smaller set).
-      seed: seed of the subset draws (NumPy), for reproducible figures.
 
     Returns:
       `(mean, std)` of the subset estimates.
     """
-    a, b = _features("feats_a", feats_a), _features("feats_b", feats_b)
-    _check_dims(a, b)
+    a, b = _feature_pair(feats_a, feats_b)
+    rng = _host_rng(check_key("key", key))
     check_number("num_subsets", num_subsets, low=1, integer=True)
     check_number("subset_size", subset_size, low=2, integer=True)
-    check_number("seed", seed, low=0, integer=True, allow_none=True)
     m = min(subset_size, a.shape[0], b.shape[0])
     dim = a.shape[1]
-    rng = np.random.default_rng(seed)
     estimates = []
     for _ in range(num_subsets):
         x = a[rng.choice(a.shape[0], m, replace=False)]
@@ -96,3 +91,10 @@ def kernel_distance(feats_a, feats_b, *, num_subsets: int = 100, subset_size: in
         estimates.append((kxx.sum() - np.trace(kxx)) / off + (kyy.sum() - np.trace(kyy)) / off
                          - 2.0 * kxy.mean())
     return float(np.mean(estimates)), float(np.std(estimates))
+
+
+def _host_rng(key):
+    """A NumPy generator seeded by the words of a JAX key (this metric draws on the host)."""
+    if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+        key = jax.random.key_data(key)
+    return np.random.default_rng(np.asarray(key, np.uint32).ravel())

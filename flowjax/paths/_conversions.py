@@ -24,9 +24,14 @@ is 0 at t = 0 on most paths) and :math:`\bar\sigma` by
 values a schedule that vanishes at the end reaches `t_clip` away from it, so a
 floor never acts on a path whose :math:`\alpha(0)` or :math:`\bar\sigma(1)` is
 clearly positive (VP at t = 0, Lipman's path and VE at t = 1); :math:`\Delta` is
-floored in magnitude at the dtype's machine epsilon (it vanishes only where
-the velocity carries no information, e.g. at t = 0 on :math:`t^n` paths with
-n > 1). So a conversion is exact wherever its
+floored in magnitude relative to its terms, at the dtype's machine epsilon
+times :math:`|\alpha\dot{\bar\sigma}| + |\bar\sigma\dot\alpha|`, those terms
+taken no smaller than their size `t_clip` from the nearer end. It vanishes
+only where the velocity carries no information (at t = 0 on :math:`t^n` paths
+with n > 1, where :math:`\Delta = -n t^{n-1}`), so the floor acts only there:
+a velocity converts exactly down to `t_clip` from that end whatever the size
+of :math:`\Delta` (in float32 at t = 1e-4 on :math:`t^5`, :math:`\Delta = -5\cdot 10^{-16}`).
+So a conversion is exact wherever its
 denominator is above the floor (e.g. data -> velocity at t = 0 on rectified
 flow), and finite everywhere; where a floor acts the problem itself is
 ill-posed (data cannot be read off pure noise) and errors are amplified by
@@ -54,8 +59,11 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from flowjax._checks import (broadcast_time, check_array, check_finite, check_number,
-                             check_path, check_same_shape, check_time)
+from flowjax._checks import (broadcast_time, check_array, check_instance,
+                             check_number, check_path, check_same_shape, check_time)
+from flowjax._types import Array, Batch, Times
+from flowjax.paths._constants import T_CLIP
+from flowjax.paths._paths import AffinePath, checked_times
 
 
 class Prediction(enum.Enum):
@@ -69,8 +77,7 @@ class Prediction(enum.Enum):
 
 def check_prediction(name: str, kind, allowed=tuple(Prediction)):
     """Raises unless `kind` is one of the `allowed` :class:`Prediction` members."""
-    if not isinstance(kind, Prediction):
-        raise TypeError(f"`{name}` must be a flowjax.paths.Prediction, got {kind!r}.")
+    check_instance(name, kind, Prediction, "a flowjax.paths.Prediction (e.g. Prediction.DATA)")
     if kind not in allowed:
         raise ValueError(f"`{name}` must be one of {[k.name for k in allowed]}, got {kind!r}.")
     return kind
@@ -87,14 +94,24 @@ class _Coeffs(NamedTuple):
 
 
 def _coeffs(path, t, t_clip) -> _Coeffs:
-    a, da = path.alpha(t), path.d_alpha(t)
-    s, ds = path.sigma_total(t), path.d_sigma_total(t)
-    tiny = jnp.finfo(jnp.result_type(a)).tiny
+    """The schedule at `t` (already checked) and the floored denominators (module docstring)."""
+    with checked_times():
+        a, da = path.alpha(t), path.d_alpha(t)
+        s, ds = path.sigma_total(t), path.d_sigma_total(t)
+        dtype = jnp.result_type(a)
+        ends = jnp.asarray([0.0, t_clip, 1.0 - t_clip, 1.0], dtype)
+        alphas, sigmas = path.alpha(ends), path.sigma_total(ends)
+        inner = ends[1:3]
+        terms_in = (jnp.abs(alphas[1:3] * path.d_sigma_total(inner))
+                    + jnp.abs(sigmas[1:3] * path.d_alpha(inner)))
+    tiny, eps = jnp.finfo(dtype).tiny, jnp.finfo(dtype).eps
     det = a * ds - s * da
-    eps = jnp.finfo(jnp.result_type(a)).eps
-    det = jnp.where(jnp.abs(det) < eps, jnp.where(det > 0, eps, -eps), det)
-    ends = jnp.asarray([0.0, t_clip, 1.0 - t_clip, 1.0], jnp.result_type(a))
-    alphas, sigmas = path.alpha(ends), path.sigma_total(ends)
+    # Delta's floor is relative to its terms (which may all be small, e.g. -5 t^4 on t^5),
+    # with the terms taken no smaller than t_clip from the nearer end.
+    terms = jnp.abs(a * ds) + jnp.abs(s * da)
+    near = jnp.where(t < 0.5, terms_in[0], terms_in[1])
+    floor = jnp.maximum(eps * jnp.maximum(terms, near), tiny)
+    det = jnp.where(jnp.abs(det) < floor, jnp.where(det > 0, floor, -floor), det)
     a_floor = alphas[1] - alphas[0]  # what a vanishing alpha grows to over t_clip
     s_floor = sigmas[2] - sigmas[3]
     a_div = jnp.maximum(a, jnp.maximum(a_floor, tiny))
@@ -102,8 +119,18 @@ def _coeffs(path, t, t_clip) -> _Coeffs:
     return _Coeffs(a, da, s, ds, det, a_div, s_div)
 
 
-def convert(path, x_t, t, value, *, given: Prediction, to: Prediction,
-            t_clip: float = 1e-5):
+_NO_T = object()
+
+
+def _check_path_and_clip(path, t_clip, t=_NO_T):
+    """Checks `path` and `t_clip`; returns `t` checked (a scalar or `[B]` in [0, 1]) if given."""
+    check_path("path", path)
+    check_number("t_clip", t_clip, low=0.0, high=0.5, low_open=True, high_open=True)
+    return None if t is _NO_T else check_time(t)
+
+
+def convert(path: AffinePath, x_t: Batch, t: Times, value: Batch, *, given: Prediction,
+            to: Prediction, t_clip: float = T_CLIP) -> Batch:
     r"""Converts a prediction `value` of kind `given` at `(x_t, t)` to kind `to`.
 
     Args:
@@ -122,16 +149,8 @@ def convert(path, x_t, t, value, *, given: Prediction, to: Prediction,
     Example: a data-prediction model used as a velocity field,
     `v = convert(path, x, t, x1_hat, given=Prediction.DATA, to=Prediction.VELOCITY)`.
     """
-    for name, kind in (("given", given), ("to", to)):
-        check_prediction(name, kind)
-    check_path("path", path)
-    check_array("x_t", x_t)
-    check_array("value", value)
-    check_same_shape("value", value, "x_t", x_t)
-    check_finite("x_t", x_t)
-    check_finite("value", value)
-    check_number("t_clip", t_clip, low=0.0, high=0.5, low_open=True, high_open=True)
-    t = broadcast_time(check_time(t, x_t.shape[0]), x_t)
+    given, to = check_prediction("given", given), check_prediction("to", to)
+    x_t, value, t = _check_points(path, x_t, t, value, t_clip)
     if given == to:
         return value
     c = _coeffs(path, t, t_clip)
@@ -158,6 +177,18 @@ def convert(path, x_t, t, value, *, given: Prediction, to: Prediction,
     return c.da * x1 + c.ds * eps
 
 
+def _check_points(path, x_t, t, value, t_clip):
+    """`convert`'s checks: `x_t`, `value` and the checked `t` (broadcast against `x_t`).
+
+    Not finiteness: a NaN prediction propagates (see :mod:`flowjax.paths._paths`).
+    """
+    _check_path_and_clip(path, t_clip)
+    check_array("x_t", x_t)
+    check_array("value", value)
+    check_same_shape("value", value, "x_t", x_t)
+    return x_t, value, broadcast_time(check_time(t, x_t.shape[0]), x_t)
+
+
 def _coefficient(path, t, given: Prediction, to: Prediction, t_clip: float):
     """The factor c(t) with d(prediction `to`) = c(t) d(prediction `given`) at fixed `x_t`.
 
@@ -169,12 +200,7 @@ def _coefficient(path, t, given: Prediction, to: Prediction, t_clip: float):
     return convert(path, jnp.zeros_like(one), t, one, given=given, to=to, t_clip=t_clip)[:, 0]
 
 
-def _check_path_and_clip(path, t_clip):
-    check_path("path", path)
-    check_number("t_clip", t_clip, low=0.0, high=0.5, low_open=True, high_open=True)
-
-
-def noise_ratio(path, t, *, t_clip: float = 1e-5):
+def noise_ratio(path: AffinePath, t: Times, *, t_clip: float = T_CLIP) -> Array:
     r"""The noise-to-signal ratio :math:`\bar\sigma(t)/\alpha(t)`: EDM's noise level :math:`\sigma`.
 
     Karras et al. 2022 ("Elucidating the design space of diffusion-based
@@ -195,13 +221,12 @@ def noise_ratio(path, t, *, t_clip: float = 1e-5):
     Returns:
       `[B]` (a scalar `t` gives `[1]`).
     """
-    _check_path_and_clip(path, t_clip)
-    t = check_time(t)
+    t = _check_path_and_clip(path, t_clip, t)
     c = _coeffs(path, jnp.atleast_1d(t).astype(jnp.result_type(t, float)), t_clip)
     return c.s_div / c.a_div
 
 
-def sde_diffusion(path, t, *, t_clip: float = 1e-5):
+def sde_diffusion(path: AffinePath, t: Times, *, t_clip: float = T_CLIP) -> Array:
     r"""The diffusion :math:`g(t)` of the forward (noising) SDE whose marginals are the path's.
 
     A linear SDE :math:`dx = f(s)x\,ds + g(s)\,dW` run in diffusion time
@@ -231,8 +256,7 @@ def sde_diffusion(path, t, *, t_clip: float = 1e-5):
     Returns:
       `[B]` (a scalar `t` gives `[1]`), non-negative.
     """
-    _check_path_and_clip(path, t_clip)
-    t = check_time(t)
+    t = _check_path_and_clip(path, t_clip, t)
     # (1/2) g^2 is the score -> velocity factor of `convert`: d v = (g^2 / 2) d score.
     return jnp.sqrt(jnp.maximum(2.0 * _coefficient(path, t, Prediction.SCORE,
                                                    Prediction.VELOCITY, t_clip), 0.0))

@@ -29,20 +29,52 @@ is the same on every path (see :func:`flowjax.losses.edm_weighting` and
 
 from __future__ import annotations
 
-import jax.numpy as jnp
-import numpy as np
+from typing import Callable
 
-from flowjax._checks import (as_real_array, broadcast_time, check_array, check_finite,
-                             check_number, check_path, check_signature, check_time,
-                             is_concrete)
-from flowjax.paths._conversions import _coeffs
+import jax.numpy as jnp
+
+from flowjax._checks import (as_real_array, broadcast_time, check_array,
+                             check_number, check_output_shape, check_signature, check_time,
+                             error_if)
+from flowjax._types import Array, ArrayLike
+from flowjax.paths._constants import T_CLIP
+from flowjax.paths._conversions import _check_path_and_clip, _coeffs
+from flowjax.paths._paths import AffinePath
 
 
 def _check_sigma_data(sigma_data):
     check_number("sigma_data", sigma_data, low=0.0, low_open=True)
 
 
-def edm_scalings(sigma, sigma_data: float = 0.5):
+def _check_sigma(sigma, sigma_data):
+    """`sigma` as a real array, positive and finite by a compiled check; `sigma_data` > 0."""
+    _check_sigma_data(sigma_data)
+    sigma = as_real_array("sigma", sigma)
+    return error_if(sigma, ~jnp.all((sigma > 0) & jnp.isfinite(sigma)),
+                    "`sigma` must be positive and finite (EDM's c_noise is ln(sigma) / 4).")
+
+
+def _check_options(apply_fn, path, sigma_data, t_clip):
+    _check_sigma_data(sigma_data)
+    check_signature("apply_fn", apply_fn, 4)
+    _check_path_and_clip(path, t_clip)
+
+
+def _check_state(x, t):
+    """The state `x [B, *dims]` and its checked times `t` as a `[B]` array of x's dtype."""
+    check_array("x", x)
+    t = check_time(t, x.shape[0])
+    return x, jnp.broadcast_to(t, x.shape[:1]).astype(x.dtype)
+
+
+def _scalings(sigma, sigma_data):
+    total = sigma ** 2 + sigma_data ** 2
+    return (sigma_data ** 2 / total, sigma * sigma_data / jnp.sqrt(total),
+            1.0 / jnp.sqrt(total), 0.25 * jnp.log(sigma))
+
+
+def edm_scalings(sigma: ArrayLike, sigma_data: float = 0.5
+                 ) -> tuple[Array, Array, Array, Array]:
     r"""EDM's `(c_skip, c_out, c_in, c_noise)` at noise levels `sigma` (Karras et al., Table 1).
 
     Args:
@@ -52,20 +84,11 @@ def edm_scalings(sigma, sigma_data: float = 0.5):
     Returns:
       Four arrays shaped like `sigma` (formulas in :mod:`flowjax.paths._edm`).
     """
-    _check_sigma_data(sigma_data)
-    sigma = as_real_array("sigma", sigma)
-    if is_concrete(sigma) and not bool(np.all((np.asarray(sigma) > 0)
-                                              & np.isfinite(np.asarray(sigma)))):
-        raise ValueError("`sigma` must be positive and finite (EDM's c_noise is ln(sigma) / 4).")
-    total = sigma ** 2 + sigma_data ** 2
-    c_skip = sigma_data ** 2 / total
-    c_out = sigma * sigma_data / jnp.sqrt(total)
-    c_in = 1.0 / jnp.sqrt(total)
-    c_noise = 0.25 * jnp.log(sigma)
-    return c_skip, c_out, c_in, c_noise
+    return _scalings(_check_sigma(sigma, sigma_data), sigma_data)
 
 
-def edm_precondition(apply_fn, path, *, sigma_data: float = 0.5, t_clip: float = 1e-5):
+def edm_precondition(apply_fn: Callable, path: AffinePath, *, sigma_data: float = 0.5,
+                     t_clip: float = T_CLIP) -> Callable:
     r"""Wraps a raw network `F` into EDM's preconditioned denoiser, a data predictor in flow time.
 
     .. math:: \hat x_1(x_t, t) = c_{skip}(\sigma)\,\frac{x_t}{\alpha} + c_{out}(\sigma)\,
@@ -90,24 +113,15 @@ def edm_precondition(apply_fn, path, *, sigma_data: float = 0.5, t_clip: float =
       `model(params, x, t, cond=None, **kwargs) -> [B, *dims]`, a data
       prediction; extra keyword arguments (e.g. `key=` for dropout) reach `apply_fn`.
     """
-    _check_sigma_data(sigma_data)
-    check_signature("apply_fn", apply_fn, 4)
-    check_path("path", path)
-    check_number("t_clip", t_clip, low=0.0, high=0.5, low_open=True, high_open=True)
+    _check_options(apply_fn, path, sigma_data, t_clip)
 
     def model(params, x, t, cond=None, **kwargs):
-        check_array("x", x)
-        check_finite("x", x)
-        t = check_time(t, x.shape[0])
-        t = jnp.broadcast_to(t, x.shape[:1]).astype(x.dtype)
+        x, t = _check_state(x, t)
         c = _coeffs(path, t, t_clip)
-        sigma = c.s_div / c.a_div
-        c_skip, c_out, c_in, c_noise = edm_scalings(sigma, sigma_data)
+        c_skip, c_out, c_in, c_noise = _scalings(c.s_div / c.a_div, sigma_data)
         x_edm = x / broadcast_time(c.a_div, x)
         out = apply_fn(params, broadcast_time(c_in, x) * x_edm, c_noise, cond, **kwargs)
-        if out.shape != x.shape:
-            raise ValueError(f"`apply_fn` returned shape {tuple(out.shape)}, "
-                             f"expected {tuple(x.shape)}.")
+        out = check_output_shape("apply_fn", out, x)
         return broadcast_time(c_skip, x) * x_edm + broadcast_time(c_out, x) * out
 
     return model

@@ -34,23 +34,34 @@ What happens at the ends, t = 0 and t = 1 exactly:
   built on the schedules is finite at t = 0 and 1. Elsewhere (in float32:
   everywhere but those points) derivatives are the exact ones, and they
   stay exact in the parameters (`beta_min`, `sigma`, ...);
-- every method checks its `t`: a real number or array in [0, 1] (values are
-  checked only when concrete, never under `jit`).
+- the data arrays (`x0`, `x1`, `z`) are checked for type, rank and shape, not
+  for finiteness: a NaN propagates, so a training step on a bad batch is
+  skipped by :func:`flowjax.train.make_train_step`'s non-finite guard instead
+  of stopping the program (the losses run these methods on every step);
+- every method checks its `t`: a real number or array (a TypeError otherwise)
+  whose values lie in [0, 1], a check compiled into the program
+  (:func:`flowjax.set_value_checks`), so a schedule call on device arrays
+  makes no copy to the host. Methods called by another method, or by a
+  function that has checked its `t` (:func:`flowjax.paths.convert`), skip the
+  check.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
+import threading
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from flowjax._checks import (as_real_array, broadcast_time, check_array, check_finite,
+from flowjax._checks import (as_real_array, broadcast_time, check_array, check_instance,
                              check_number, check_same_shape, check_time,
                              check_unit_interval)
+from flowjax._types import Array, ArrayLike, Batch, Times
 
 #: Distance from the end points at which singular derivatives are evaluated.
 EDGE = 1e-6
@@ -87,16 +98,48 @@ def _power_jvp(n, primals, tangents):
     return _power(t, n), n * jnp.maximum(t, EDGE) ** (n - 1.0) * dt
 
 
+_TRUSTED = threading.local()
+
+
+@contextlib.contextmanager
+def checked_times():
+    """Within it, schedule methods take their `t` as already checked (a real array in [0, 1]).
+
+    Entered by each schedule method around its own body and by the functions
+    that check `t` once at their boundary, so one call checks its time once.
+    Trace-time Python state, per thread.
+    """
+    depth = getattr(_TRUSTED, "depth", 0)
+    _TRUSTED.depth = depth + 1
+    try:
+        yield
+    finally:
+        _TRUSTED.depth = depth
+
+
 def _checked_t(method):
-    """Checks `t` of a schedule method (a real number or array in [0, 1], any shape)."""
+    """Checks `t` of a schedule method (a real number or array in [0, 1], any shape), once."""
 
     @functools.wraps(method)
     def wrapper(self, t):
-        t = as_real_array("t", t)
-        check_unit_interval("t", t)
-        return method(self, t)
+        if getattr(_TRUSTED, "depth", 0):
+            return method(self, t)
+        t = check_unit_interval("t", as_real_array("t", t))
+        with checked_times():
+            return method(self, t)
 
     wrapper.checks_t = True
+    return wrapper
+
+
+def _trusts_t(method):
+    """For methods that check their `t` themselves: the schedules they call skip the check."""
+
+    @functools.wraps(method)
+    def wrapper(*args, **kwargs):
+        with checked_times():
+            return method(*args, **kwargs)
+
     return wrapper
 
 
@@ -117,9 +160,10 @@ def _param(name, value, **bounds):
 def _check_noise(noise):
     if noise is None or isinstance(noise, (bool, np.bool_)):
         return
-    if not (callable(getattr(noise, "gamma", None)) and callable(getattr(noise, "d_gamma", None))):
-        raise TypeError("`noise` must be None, ConstantNoise, BridgeNoise or an object with "
-                        f"`gamma(t)` and `d_gamma(t)`, got {type(noise).__name__}.")
+    if isinstance(noise, type) or not (callable(getattr(noise, "gamma", None))
+                                       and callable(getattr(noise, "d_gamma", None))):
+        check_instance("noise", noise, (), "None, ConstantNoise(...), BridgeNoise(...) or an "
+                       "object with `gamma(t)` and `d_gamma(t)`")
 
 
 # --------------------------------------------------------------------------
@@ -141,11 +185,11 @@ class ConstantNoise:
         _param("sigma", self.sigma, low=0.0)
 
     @_checked_t
-    def gamma(self, t):
+    def gamma(self, t: Times) -> Array:
         return jnp.full_like(t, self.sigma)
 
     @_checked_t
-    def d_gamma(self, t):
+    def d_gamma(self, t: Times) -> Array:
         return jnp.zeros_like(t)
 
 
@@ -170,11 +214,11 @@ class BridgeNoise:
         _param("sigma", self.sigma, low=0.0)
 
     @_checked_t
-    def gamma(self, t):
+    def gamma(self, t: Times) -> Array:
         return self.sigma * _sqrt(t * (1.0 - t))
 
     @_checked_t
-    def d_gamma(self, t):
+    def d_gamma(self, t: Times) -> Array:
         t = _clip(t)
         return self.sigma * (1.0 - 2.0 * t) / (2.0 * jnp.sqrt(t * (1.0 - t)))
 
@@ -207,29 +251,29 @@ class AffinePath:
         _check_noise(self.noise)
 
     # -- schedule --------------------------------------------------------
-    def alpha(self, t):  # pragma: no cover - abstract
+    def alpha(self, t: Times) -> Array:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def sigma(self, t):  # pragma: no cover - abstract
+    def sigma(self, t: Times) -> Array:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def d_alpha(self, t):  # pragma: no cover - abstract
+    def d_alpha(self, t: Times) -> Array:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def d_sigma(self, t):  # pragma: no cover - abstract
+    def d_sigma(self, t: Times) -> Array:  # pragma: no cover - abstract
         raise NotImplementedError
 
     @_checked_t
-    def gamma(self, t):
+    def gamma(self, t: Times) -> Array:
         """Standard deviation of the extra noise, 0 when `noise` is None."""
         return jnp.zeros_like(t) if self.noise is None else self.noise.gamma(t)
 
     @_checked_t
-    def d_gamma(self, t):
+    def d_gamma(self, t: Times) -> Array:
         return jnp.zeros_like(t) if self.noise is None else self.noise.d_gamma(t)
 
     @_checked_t
-    def sigma_total(self, t):
+    def sigma_total(self, t: Times) -> Array:
         r"""Total noise level :math:`\bar\sigma = \sqrt{\sigma^2 + \gamma^2}`.
 
         For a Gaussian source independent of the data, :math:`\sigma x_0 + \gamma z`
@@ -243,7 +287,7 @@ class AffinePath:
         return _sqrt(self.sigma(t) ** 2 + self.gamma(t) ** 2)
 
     @_checked_t
-    def d_sigma_total(self, t):
+    def d_sigma_total(self, t: Times) -> Array:
         r""":math:`\dot{\bar\sigma} = (\sigma\dot\sigma + \gamma\dot\gamma)/\bar\sigma`.
 
         Without extra noise this is :math:`\dot\sigma`, also where :math:`\sigma = 0`.
@@ -267,25 +311,32 @@ class AffinePath:
 
     # -- interpolant and conditional velocity ------------------------------
     def _prepare(self, x0, x1, t, z):
+        """Checked `(x0, x1, t, z)`, `t` broadcast against `x1`."""
         check_array("x0", x0)
         check_array("x1", x1)
         check_same_shape("x0", x0, "x1", x1)
-        check_finite("x0", x0)
-        check_finite("x1", x1)
         t = check_time(t, x1.shape[0])
-        self._check_z(z, x1)
-        return broadcast_time(t, x1)
+        return x0, x1, broadcast_time(t, x1), self._check_z(z, x1)
+
+    def _prepare_noise(self, x0, t, z):
+        """`noise_target`'s checked `(x0, t, z)`, `t` broadcast against `x0`."""
+        check_array("x0", x0)
+        tb = broadcast_time(check_time(t, x0.shape[0]), x0)
+        return x0, tb, self._check_z(z, x0, "x0")
 
     def _check_z(self, z, like, like_name="x1"):
-        if z is not None:
-            check_array("z", z)
-            check_same_shape("z", z, like_name, like)
-            check_finite("z", z)
-        elif self.noise is not None:
+        """`z` checked against `like` (same shape), or None where the path has no noise."""
+        if z is None and self.noise is not None:
             raise ValueError("this path has extra noise: pass `z` (a standard normal like "
                              f"`{like_name}`).")
+        if z is None:
+            return z
+        check_array("z", z)
+        check_same_shape("z", z, like_name, like)
+        return z
 
-    def interpolate(self, x0, x1, t, z=None):
+    @_trusts_t
+    def interpolate(self, x0: Batch, x1: Batch, t: Times, z: Batch | None = None) -> Batch:
         r"""The point :math:`x_t = \alpha x_1 + \sigma x_0 + \gamma z`.
 
         Args:
@@ -297,31 +348,30 @@ class AffinePath:
         Returns:
           `[B, *dims]`.
         """
-        tb = self._prepare(x0, x1, t, z)
+        x0, x1, tb, z = self._prepare(x0, x1, t, z)
         x = self.alpha(tb) * x1 + self.sigma(tb) * x0
         return x if z is None else x + self.gamma(tb) * z
 
-    def velocity(self, x0, x1, t, z=None):
+    @_trusts_t
+    def velocity(self, x0: Batch, x1: Batch, t: Times, z: Batch | None = None) -> Batch:
         r"""The conditional velocity :math:`\dot\alpha x_1 + \dot\sigma x_0 + \dot\gamma z`.
 
         Same arguments and shape as :meth:`interpolate`; it is the time
         derivative of that function with `x0`, `x1`, `z` held fixed.
         """
-        tb = self._prepare(x0, x1, t, z)
+        x0, x1, tb, z = self._prepare(x0, x1, t, z)
         v = self.d_alpha(tb) * x1 + self.d_sigma(tb) * x0
         return v if z is None else v + self.d_gamma(tb) * z
 
-    def noise_target(self, x0, t, z=None):
+    @_trusts_t
+    def noise_target(self, x0: Batch, t: Times, z: Batch | None = None) -> Batch:
         r"""The standardized total noise :math:`\varepsilon = (\sigma x_0 + \gamma z)/\bar\sigma`.
 
         This is what a noise-prediction model regresses; without extra noise it is `x0`.
         Where :math:`\bar\sigma = 0` (t = 1 with bridge noise) there is no noise
         left and the target is 0.
         """
-        check_array("x0", x0)
-        check_finite("x0", x0)
-        tb = broadcast_time(check_time(t, x0.shape[0]), x0)
-        self._check_z(z, x0, "x0")
+        x0, tb, z = self._prepare_noise(x0, t, z)
         if z is None:
             return x0
         s_tot = self.sigma_total(tb)
@@ -341,16 +391,16 @@ class RectifiedFlow(AffinePath):
 
     noise: object = None
 
-    def alpha(self, t):
+    def alpha(self, t: Times) -> Array:
         return t
 
-    def sigma(self, t):
+    def sigma(self, t: Times) -> Array:
         return 1.0 - t
 
-    def d_alpha(self, t):
+    def d_alpha(self, t: Times) -> Array:
         return jnp.ones_like(t)
 
-    def d_sigma(self, t):
+    def d_sigma(self, t: Times) -> Array:
         return -jnp.ones_like(t)
 
 
@@ -373,16 +423,16 @@ class LipmanPath(AffinePath):
         _param("sigma_min", self.sigma_min, low=0.0, high=1.0, high_open=True)
         _check_noise(self.noise)
 
-    def alpha(self, t):
+    def alpha(self, t: Times) -> Array:
         return t
 
-    def sigma(self, t):
+    def sigma(self, t: Times) -> Array:
         return 1.0 - (1.0 - self.sigma_min) * t
 
-    def d_alpha(self, t):
+    def d_alpha(self, t: Times) -> Array:
         return jnp.ones_like(t)
 
-    def d_sigma(self, t):
+    def d_sigma(self, t: Times) -> Array:
         return jnp.full_like(t, -(1.0 - self.sigma_min))
 
 
@@ -399,16 +449,16 @@ class Cosine(AffinePath):
 
     noise: object = None
 
-    def alpha(self, t):
+    def alpha(self, t: Times) -> Array:
         return jnp.sin(0.5 * math.pi * t)
 
-    def sigma(self, t):
+    def sigma(self, t: Times) -> Array:
         return jnp.sin(0.5 * math.pi * (1.0 - t))
 
-    def d_alpha(self, t):
+    def d_alpha(self, t: Times) -> Array:
         return 0.5 * math.pi * jnp.sin(0.5 * math.pi * (1.0 - t))
 
-    def d_sigma(self, t):
+    def d_sigma(self, t: Times) -> Array:
         return -0.5 * math.pi * jnp.sin(0.5 * math.pi * t)
 
 
@@ -434,18 +484,18 @@ class Polynomial(AffinePath):
         # With n < 1 the slope of t^n is infinite at t = 0: the clipped d_alpha there instead.
         return t ** self.n if self.n >= 1 else _power(t, float(self.n))
 
-    def alpha(self, t):
+    def alpha(self, t: Times) -> Array:
         return self._power(t)
 
-    def sigma(self, t):
+    def sigma(self, t: Times) -> Array:
         return 1.0 - self._power(t)
 
-    def d_alpha(self, t):
+    def d_alpha(self, t: Times) -> Array:
         # For n < 1 the derivative is singular at t = 0.
         tc = jnp.maximum(t, EDGE) if self.n < 1 else t
         return self.n * tc ** (self.n - 1.0)
 
-    def d_sigma(self, t):
+    def d_sigma(self, t: Times) -> Array:
         return -self.d_alpha(t)
 
 
@@ -486,19 +536,19 @@ class VP(AffinePath):
     def _int_beta(self, s):
         return self.beta_min * s + 0.5 * (self.beta_max - self.beta_min) * s ** 2
 
-    def alpha(self, t):
+    def alpha(self, t: Times) -> Array:
         return jnp.exp(-0.5 * self._int_beta(1.0 - t))
 
     def _sigma_sq(self, t):
         return -jnp.expm1(-self._int_beta(1.0 - t))
 
-    def sigma(self, t):
+    def sigma(self, t: Times) -> Array:
         return _sqrt(self._sigma_sq(t))
 
-    def d_alpha(self, t):
+    def d_alpha(self, t: Times) -> Array:
         return 0.5 * self._beta(1.0 - t) * self.alpha(t)
 
-    def d_sigma(self, t):
+    def d_sigma(self, t: Times) -> Array:
         t = jnp.minimum(t, 1.0 - EDGE)
         return -self.alpha(t) * self.d_alpha(t) / jnp.sqrt(self._sigma_sq(t))
 
@@ -528,14 +578,14 @@ class VE(AffinePath):
                              f"and {self.sigma_max!r}.")
         _check_noise(self.noise)
 
-    def alpha(self, t):
+    def alpha(self, t: Times) -> Array:
         return jnp.ones_like(t)
 
-    def sigma(self, t):
+    def sigma(self, t: Times) -> Array:
         return self.sigma_min * (self.sigma_max / self.sigma_min) ** (1.0 - t)
 
-    def d_alpha(self, t):
+    def d_alpha(self, t: Times) -> Array:
         return jnp.zeros_like(t)
 
-    def d_sigma(self, t):
+    def d_sigma(self, t: Times) -> Array:
         return -jnp.log(self.sigma_max / self.sigma_min) * self.sigma(t)
