@@ -13,61 +13,66 @@ t = 1, 1 - 1e-7, 1e-7 and 0 (tests/test_time_edges.py).
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import diffrax
+import jax.numpy as jnp
 import numpy as np
 
-from flowjax._checks import (check_array, check_callable, check_finite, check_number,
-                             check_signature)
+from flowjax._checks import check_array, check_callable, check_finite, check_number
 from flowjax._divergence import Probe, standard_normal_log_prob  # noqa: F401 (re-exported)
 from flowjax._divergence import (check_probes, divergence_solve, draw_probes,
-                                 evaluations_per_step, reverse_controller)
+                                 evaluations_per_step, reverse_grid)
+from flowjax._types import Batch, KeyArray, TimeGrid
+from flowjax.sample._fields import check_field
+from flowjax.sample._solution import Adaptive, Solution, check_x0, resolve_grid
 
 
-def log_likelihood(velocity_fn, x1, args=None, *, key=None, num_probes: int | None = None,
-                   probe: Probe = Probe.RADEMACHER, source_log_prob=standard_normal_log_prob,
-                   solver=None, rtol: float = 1e-5, atol: float = 1e-5,
-                   num_steps: int | None = None, ts=None, max_steps: int = 4096):
-    r"""`log p_1(x1)` of the flow of `velocity_fn`, through the reverse divergence ODE.
+def log_likelihood(field: Callable, x1: Batch, *, key: KeyArray | None = None,
+                   num_probes: int | None = None, probe: Probe = Probe.RADEMACHER,
+                   source_log_prob: Callable = standard_normal_log_prob, solver=None,
+                   num_steps: int | None = None, ts: TimeGrid | None = None,
+                   adaptive: Adaptive | None = None) -> Solution:
+    r"""`log p_1(x1)` of the flow of `field`, through the reverse divergence ODE.
 
-    The solve is compiled once per `velocity_fn`, as in :func:`solve_ode`:
-    pass parameters and data through `args`. Arrays that `velocity_fn` reads
-    from a closure or a global are compiled in as constants, so a later call
-    with the same function object would not see them change. The solve is
-    differentiable (diffrax's discretise-then-optimise adjoint);
-    :func:`flowjax.losses.cnf_mle_loss` is the same computation as a
-    training loss.
+    Compiled with :func:`equinox.filter_jit` over the field, as
+    :func:`solve_ode`. The solve is differentiable (diffrax's
+    discretise-then-optimise adjoint); :func:`flowjax.losses.cnf_mle_loss` is
+    the same computation as a training loss.
 
     Args:
-      velocity_fn: `velocity_fn(x [B, *dims], t [B], args) -> [B, *dims]`.
+      field: a velocity field `field(x [B, *dims], t [B]) -> [B, *dims]`.
       x1: data points `[B, *dims]`.
-      args: a pytree passed to `velocity_fn`.
       key: PRNG key for the Hutchinson probes (required iff `num_probes`).
       num_probes: None for the exact Jacobian trace; else the number of
         Hutchinson probes per sample (fixed along the trajectory).
       probe: Rademacher (lower variance) or Gaussian probes.
       source_log_prob: `log p_0`, per sample; standard normal by default.
-      solver, rtol, atol, num_steps, max_steps: as in :func:`solve_ode`
-        (Dopri5 adaptive by default).
-      ts: an increasing grid `[N + 1]` from 0 to 1 (e.g. from :mod:`flowjax.time`),
-        walked backwards from 1 to 0; overrides `num_steps`.
+      solver: a diffrax solver; Dopri5 by default.
+      num_steps: a uniform grid of this many steps from 1 back to 0.
+      ts: a strictly monotone grid `[N + 1]` between 0 and 1 instead (walked
+        from 1 to 0 in either order).
+      adaptive: adaptive step sizes (:class:`Adaptive`, the default).
 
     Returns:
-      `(log_prob [B], nfe)`; nfe counts evaluations of the augmented field
-      (each one velocity plus its divergence).
+      A :class:`Solution` with `samples` the points `x1`, `log_prob` `[B]`, and
+      `stats["nfe"]` the evaluations of the augmented field (each one velocity
+      plus its divergence).
     """
-    check_signature("velocity_fn", velocity_fn, 3)
-    check_array("x1", x1)
-    check_finite("x1", x1)
+    check_field("field", field)
+    x1 = check_x0("x1", x1)
     solver = diffrax.Dopri5() if solver is None else solver
     evaluations_per_step(solver)  # a TypeError naming `solver` for what it cannot count
     check_callable("source_log_prob", source_log_prob)
     check_probes(num_probes, key, probe)
-    controller, dt0, cap = reverse_controller(solver, rtol=rtol, atol=atol, num_steps=num_steps,
-                                              ts=ts, max_steps=max_steps, dtype=x1.dtype)
-    probes = draw_probes(key, num_probes, probe, x1)
-    return divergence_solve(velocity_fn, x1, args, probes, solver=solver, controller=controller,
-                            dt0=dt0, max_steps=cap, source_log_prob=source_log_prob)
+    ts, adaptive, _, _ = resolve_grid(x1, num_steps=num_steps, ts=ts, adaptive=adaptive,
+                                      t0=None, t1=None, default_adaptive=True)
+    controller, dt0, cap = reverse_grid(solver, ts, adaptive)
+    log_prob, stats = divergence_solve(field, x1, draw_probes(key, num_probes, probe, x1),
+                                       solver=solver, controller=controller, dt0=dt0,
+                                       max_steps=cap, source_log_prob=source_log_prob)
+    grid = controller.ts if ts is not None else jnp.asarray([1.0, 0.0], x1.dtype)
+    return Solution(x1, grid, None, log_prob, stats)
 
 
 def bits_per_dim(log_prob, shape, *, num_bins: int = 256, data_range: float = 2.0):
