@@ -249,6 +249,8 @@ _PATH_METHODS = ("alpha", "sigma", "d_alpha", "d_sigma", "sigma_total", "d_sigma
 
 def check_path(name: str, path):
     """Checks that `path` is an affine path (anything with the schedule methods and `noise`)."""
+    if isinstance(path, (type, str)):  # the class itself, or a name
+        check_instance(name, path, (), "an affine path (e.g. flowjax.paths.RectifiedFlow())")
     if not all(callable(getattr(path, m, None)) for m in _PATH_METHODS) \
             or not hasattr(path, "noise"):
         raise TypeError(f"`{name}` must be an affine path (a flowjax.paths.AffinePath), "

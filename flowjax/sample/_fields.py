@@ -14,7 +14,7 @@ from typing import Callable
 
 import equinox as eqx
 
-from flowjax._checks import check_output_shape, check_path, check_signature
+from flowjax._checks import check_instance, check_output_shape, check_path, check_signature
 from flowjax._types import Batch, BatchTimes, Cond, Params
 from flowjax.paths import AffinePath, Prediction, convert
 from flowjax.paths._conversions import check_prediction
@@ -29,6 +29,8 @@ def call_model(apply_fn, params, *inputs):
 def check_field(name: str, field, num_times: int = 1):
     """Checks that `field` can be called as `field(x, t)` (or `field(x, r, t)`)."""
     call = "field(x [B, *dims], t [B])" if num_times == 1 else "flow_map(x, r [B], t [B])"
+    if isinstance(field, type):  # e.g. ModelVelocity itself, not ModelVelocity(apply_fn, params)
+        check_instance(name, field, (), f"a field called as {call}")
     try:
         return check_signature(name, field, num_times + 1)
     except TypeError as err:
