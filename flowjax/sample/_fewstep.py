@@ -15,7 +15,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from flowjax._checks import broadcast_time, check_number
+from flowjax._checks import broadcast_time, check_number, check_output_shape
 from flowjax._types import Batch, TimeGrid
 from flowjax.sample._fields import check_field
 from flowjax.sample._ode import solve_ode
@@ -28,7 +28,8 @@ def _jumps(flow_map, x0, grid, save_trajectory):
         r, t = rt
         rb = jnp.full(x.shape[:1], r, x.dtype)
         tb = jnp.full(x.shape[:1], t, x.dtype)
-        x = x + broadcast_time(tb - rb, x) * flow_map(x, rb, tb)
+        u = check_output_shape("flow_map", flow_map(x, rb, tb), x)  # at trace time
+        x = x + broadcast_time(tb - rb, x) * u
         return x, x if save_trajectory else None
 
     x1, states = jax.lax.scan(jump, x0, (grid[:-1], grid[1:]))

@@ -22,7 +22,7 @@ import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
 
-from flowjax._checks import check_output_shape
+from flowjax._checks import check_number, check_output_shape
 from flowjax._divergence import check_adaptive, evaluations_per_step  # noqa: F401 (re-exported)
 from flowjax._types import Batch, TimeGrid
 from flowjax.sample._fields import check_field
@@ -115,6 +115,7 @@ def solve_ode(field: Callable, x0: Batch, *, solver=None, num_steps: int | None 
     """
     check_field("field", field)
     x0 = check_x0("x0", x0)
+    check_number("num_save", num_save, low=2, integer=True)
     solver = diffrax.Dopri5() if solver is None else solver
     own = isinstance(solver, GridSolver)
     if not own:
