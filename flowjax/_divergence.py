@@ -28,8 +28,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flowjax._checks import (check_array, check_finite, check_key, check_number,
-                             check_output_shape, error_if)
+from flowjax._checks import (check_array, check_callable, check_finite, check_key,
+                             check_number, check_output_shape, error_if)
 
 
 class Probe(enum.Enum):
@@ -39,15 +39,20 @@ class Probe(enum.Enum):
     GAUSSIAN = "gaussian"
 
 
+def _checked_batch(name, x):
+    """`x` checked: a floating array with a batch axis, with a compiled finiteness check."""
+    check_array(name, x)
+    return check_finite(name, x)
+
+
 def standard_normal_log_prob(x):
     """`log N(x; 0, I)` per sample, for `x: [B, *dims]`."""
-    check_array("x", x)
-    check_finite("x", x)
+    x = _checked_batch("x", x)
     flat = x.reshape(x.shape[0], -1)
     return -0.5 * jnp.sum(flat ** 2, -1) - 0.5 * flat.shape[1] * math.log(2.0 * math.pi)
 
 
-def check_adaptive(solver):
+def _check_adaptive(solver):
     """Adaptive step sizes need an embedded error estimate."""
     if not (isinstance(solver, diffrax.AbstractERK) and bool(np.any(solver.tableau.b_error))):
         raise ValueError(f"adaptive solves need a `solver` with an error estimate (Tsit5, "
@@ -71,8 +76,11 @@ def evaluations_per_step(solver) -> tuple[int, int]:
         f"`solver` must be diffrax.Euler or an explicit Runge-Kutta solver, got {solver!r}.")
 
 
-def check_probes(num_probes, key, probe):
-    """Checks the trace options: `num_probes` None (exact) or a positive int, which needs a key."""
+def _check_likelihood_options(solver, source_log_prob, num_probes, key, probe):
+    """Checks the options of a likelihood solve: the solver, `log p_0`, and the trace
+    (`num_probes` None for the exact trace, or a positive int, which needs a key)."""
+    evaluations_per_step(solver)  # a TypeError naming `solver` for what it cannot count
+    check_callable("source_log_prob", source_log_prob)
     if not isinstance(probe, Probe):
         raise TypeError(f"`probe` must be a flowjax.sample.Probe, got {probe!r}.")
     if num_probes is None:
@@ -93,7 +101,7 @@ def draw_probes(key, num_probes, probe, like):
     return jax.random.normal(key, shape, like.dtype)
 
 
-def reverse_grid(solver, ts, adaptive):
+def _reverse_grid(solver, ts, adaptive):
     """The step options of a solve from t = 1 back to t = 0: `(controller, dt0, max_steps)`.
 
     `ts` is a checked grid between 0 and 1 in either order (walked from 1 to
@@ -104,7 +112,7 @@ def reverse_grid(solver, ts, adaptive):
         rev = jnp.where(ts[0] < ts[-1], ts[::-1], ts)
         rev = error_if(rev, (rev[0] != 1) | (rev[-1] != 0), "`ts` must run between 0 and 1.")
         return diffrax.StepTo(ts=rev), None, ts.shape[0] - 1
-    check_adaptive(solver)
+    _check_adaptive(solver)
     return (diffrax.PIDController(rtol=adaptive.rtol, atol=adaptive.atol), None,
             adaptive.max_steps)
 

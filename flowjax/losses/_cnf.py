@@ -22,13 +22,25 @@ from __future__ import annotations
 
 import diffrax
 
-from flowjax._checks import (check_array, check_callable, check_finite, check_key,
-                             check_signature)
-from flowjax._divergence import (Probe, check_probes, divergence_solve, draw_probes,
-                                 evaluations_per_step, reverse_grid, standard_normal_log_prob)
+from flowjax._checks import check_array, check_finite, check_instance, check_key
+from flowjax._divergence import (Probe, _check_likelihood_options, _reverse_grid,
+                                 divergence_solve, draw_probes, standard_normal_log_prob)
 from flowjax.losses._cfm import check_cond
 from flowjax.sample._fields import ModelVelocity
-from flowjax.sample._solution import resolve_grid
+from flowjax.sample._solution import _resolve_grid
+
+
+def _check_batch(key, batch):
+    """The key and the batch of a likelihood loss: `x1` (checked), an optional `cond`, no `x0`."""
+    check_key("key", key)
+    if not isinstance(batch, dict) or "x1" not in batch:
+        raise ValueError("`batch` must be a dict with key 'x1' (and optionally 'cond').")
+    if batch.get("x0") is not None:
+        raise ValueError("`batch['x0']` has no role in maximum likelihood: the source enters "
+                         "through `source_log_prob`; drop it from the batch.")
+    check_array("batch['x1']", batch["x1"])
+    check_cond("batch['cond']", batch.get("cond"), batch["x1"].shape[0])
+    return check_finite("batch['x1']", batch["x1"])
 
 
 def cnf_mle_loss(params, key, batch, *, apply_fn, num_probes: int | None = None,
@@ -79,28 +91,16 @@ def cnf_mle_loss(params, key, batch, *, apply_fn, num_probes: int | None = None,
       backward pass adds about two to three forward costs per evaluation
       (recomputation from checkpoints and the vector-Jacobian products).
     """
-    check_key("key", key)
-    check_signature("apply_fn", apply_fn, 4)
-    if not isinstance(batch, dict) or "x1" not in batch:
-        raise ValueError("`batch` must be a dict with key 'x1' (and optionally 'cond').")
-    if batch.get("x0") is not None:
-        raise ValueError("`batch['x0']` has no role in maximum likelihood: the source enters "
-                         "through `source_log_prob`; drop it from the batch.")
-    x1 = batch["x1"]
-    check_array("batch['x1']", x1)
-    x1 = check_finite("batch['x1']", x1)
-    check_cond("batch['cond']", batch.get("cond"), x1.shape[0])
+    x1 = _check_batch(key, batch)
     field = ModelVelocity(apply_fn, params, batch.get("cond"))
     solver = diffrax.Dopri5() if solver is None else solver
-    evaluations_per_step(solver)  # a TypeError naming `solver` for what it cannot count
-    if adjoint is not None and not isinstance(adjoint, diffrax.AbstractAdjoint):
-        raise TypeError(f"`adjoint` must be a diffrax adjoint (e.g. "
-                        f"diffrax.RecursiveCheckpointAdjoint()), got {adjoint!r}.")
-    check_callable("source_log_prob", source_log_prob)
-    check_probes(num_probes, key, probe)
-    ts, adaptive, _, _ = resolve_grid(x1, num_steps=num_steps, ts=ts, adaptive=adaptive,
-                                      t0=None, t1=None, default_adaptive=True)
-    controller, dt0, cap = reverse_grid(solver, ts, adaptive)
+    _check_likelihood_options(solver, source_log_prob, num_probes, key, probe)
+    ts, adaptive, _, _ = _resolve_grid(x1, num_steps=num_steps, ts=ts, adaptive=adaptive,
+                                       t0=None, t1=None, default_adaptive=True)
+    controller, dt0, cap = _reverse_grid(solver, ts, adaptive)
+    if adjoint is not None:
+        check_instance("adjoint", adjoint, diffrax.AbstractAdjoint,
+                       "a diffrax adjoint (e.g. diffrax.RecursiveCheckpointAdjoint())")
     log_prob, stats = divergence_solve(field, x1, draw_probes(key, num_probes, probe, x1),
                                        solver=solver, controller=controller, dt0=dt0,
                                        max_steps=cap, source_log_prob=source_log_prob,

@@ -49,10 +49,10 @@ def noise_prediction_loss(params, key, batch, *, apply_fn, path, weighting=None,
     w = 1 and `path=flowjax.paths.VP()`; their discrete step :math:`s` is
     flowjax's t = 1 - s/T). It is :func:`cfm_loss` with
     `prediction=Prediction.NOISE`; sample the model with
-    `flowjax.sample.model_velocity(apply_fn, path=path, prediction=Prediction.NOISE)`
+    `flowjax.sample.ModelVelocity(apply_fn, params, path=path, prediction=Prediction.NOISE)`
     through the probability-flow ODE (:func:`flowjax.sample.solve_ode`) or the
     reverse SDE (:func:`flowjax.sample.solve_sde` with
-    :func:`flowjax.sample.reverse_diffusion`).
+    :class:`flowjax.sample.ReverseDiffusion`).
 
     Args:
       params, key, batch: as in :func:`cfm_loss`.

@@ -24,10 +24,9 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from flowjax._checks import check_number, check_output_shape, check_path, error_if
+from flowjax._checks import check_number, check_output_shape, error_if
 from flowjax.paths import AffinePath, Prediction, convert, noise_ratio
-from flowjax.paths._conversions import check_prediction
-from flowjax.sample._solution import GridSolver, Solution, make_stats
+from flowjax.sample._solution import GridSolver, Solution, _check_solver_options, make_stats
 from flowjax.time import time_of_noise_ratio
 
 
@@ -62,25 +61,29 @@ class EDMHeun(GridSolver):
     sigma_max: float = eqx.field(default=80.0, static=True)
 
     def __check_init__(self):
-        check_path("path", self.path)
-        check_prediction("prediction", self.prediction)
+        _check_solver_options(self.path, self.prediction)
         check_number("sigma_max", self.sigma_max, low=0.0, low_open=True)
 
     def solve(self, field, x0, ts, save_trajectory):
-        path, dtype = self.path, x0.dtype
-        raw = noise_ratio(path, ts[:-1]).astype(dtype)
-        top = jnp.minimum(raw[0], self.sigma_max)
-        ts = error_if(ts, top < self.sigma_max * (1 - 1e-6),
-                      "`sigma_max` must not exceed the noise-to-signal ratio of the path at "
-                      "the grid's first time (build `ts` with flowjax.time.edm_grid and the "
-                      "same `sigma_max`).")
-        sig = jnp.concatenate([top[None], raw[1:], jnp.zeros(1, dtype)])
-        t_first = jnp.where(raw[0] > top, time_of_noise_ratio(path, top[None])[0].astype(dtype),
-                            ts[0])
-        ts = jnp.concatenate([t_first[None], ts[1:]])
-        samples, xs = _heun(field, path, self.prediction, x0, ts, sig, save_trajectory)
+        ts, sig = _levels(self.path, ts, self.sigma_max, x0.dtype)
+        samples, xs = _heun(field, self.path, self.prediction, x0, ts, sig, save_trajectory)
         n = ts.shape[0] - 1
         return Solution(samples, ts, xs, None, make_stats(2 * n - 1, n))
+
+
+def _levels(path, ts, sigma_max, dtype):
+    """`(ts, sigmas)`: the grid's noise levels, the first capped at `sigma_max` (and its time
+    moved to where the path reaches it), the last 0."""
+    raw = noise_ratio(path, ts[:-1]).astype(dtype)
+    top = jnp.minimum(raw[0], sigma_max)
+    ts = error_if(ts, top < sigma_max * (1 - 1e-6),
+                  "`sigma_max` must not exceed the noise-to-signal ratio of the path at the "
+                  "grid's first time (build `ts` with flowjax.time.edm_grid and the same "
+                  "`sigma_max`).")
+    sig = jnp.concatenate([top[None], raw[1:], jnp.zeros(1, dtype)])
+    t_first = jnp.where(raw[0] > top, time_of_noise_ratio(path, top[None])[0].astype(dtype),
+                        ts[0])
+    return jnp.concatenate([t_first[None], ts[1:]]), sig
 
 
 def _heun(field, path, prediction, x0, ts, sig, save_trajectory):

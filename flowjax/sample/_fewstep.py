@@ -17,9 +17,9 @@ import jax.numpy as jnp
 
 from flowjax._checks import broadcast_time, check_number, check_output_shape
 from flowjax._types import Batch, TimeGrid
-from flowjax.sample._fields import check_field
+from flowjax.sample._fields import _check_inputs
 from flowjax.sample._ode import solve_ode
-from flowjax.sample._solution import Solution, check_x0, make_stats, resolve_grid
+from flowjax.sample._solution import Solution, _resolve_grid, make_stats
 
 
 @eqx.filter_jit
@@ -60,12 +60,10 @@ def solve_flow_map(flow_map: Callable, x0: Batch, *, num_steps: int | None = Non
     Returns:
       A :class:`Solution` (`nfe` = `num_steps` = the number of jumps).
     """
-    check_field("flow_map", flow_map, num_times=2)
-    x0 = check_x0("x0", x0)
-    if ts is None and num_steps is None:
-        num_steps = 1
-    grid, _, _, _ = resolve_grid(x0, num_steps=num_steps, ts=ts, adaptive=None, t0=t0, t1=t1,
-                                 default_adaptive=False)
+    x0 = _check_inputs(flow_map, x0, num_times=2, field_name="flow_map")
+    num_steps = 1 if ts is None and num_steps is None else num_steps
+    grid, _, _, _ = _resolve_grid(x0, num_steps=num_steps, ts=ts, adaptive=None, t0=t0, t1=t1,
+                                  default_adaptive=False)
     return _jumps(flow_map, x0, grid, save_trajectory)
 
 
@@ -89,11 +87,10 @@ def reflow_pairs(field: Callable, x0: Batch, *, chunk_size: int | None = None,
       A :class:`Solution` whose `samples` are the targets `[N, *dims]` and
       whose stats are summed over the chunks.
     """
-    check_field("field", field)
-    x0 = check_x0("x0", x0)
+    x0 = _check_inputs(field, x0)
     n = x0.shape[0]
-    chunk_size = n if chunk_size is None else chunk_size
-    check_number("chunk_size", chunk_size, low=1, integer=True)
+    chunk_size = check_number("chunk_size", n if chunk_size is None else chunk_size, low=1,
+                              integer=True)
     sols = [solve_ode(field, x0[start:start + chunk_size], **solve_kwargs)
             for start in range(0, n, chunk_size)]
     stats = jax.tree.map(lambda *v: sum(v), *[s.stats for s in sols])

@@ -14,19 +14,27 @@ from typing import Callable
 
 import equinox as eqx
 
-from flowjax._checks import check_instance, check_output_shape, check_path, check_signature
+from flowjax._checks import (check_array, check_finite, check_instance, check_output_shape,
+                             check_path, check_signature)
 from flowjax._types import Batch, BatchTimes, Cond, Params
 from flowjax.paths import AffinePath, Prediction, convert
 from flowjax.paths._conversions import check_prediction
 
 
 @eqx.filter_jit
-def call_model(apply_fn, params, *inputs):
-    """`apply_fn(params, *inputs)`, compiled once per shape of the inputs."""
-    return apply_fn(params, *inputs)
+def _call_model(apply_fn, params, x, *inputs):
+    """`apply_fn(params, x, *inputs)`, compiled once per input shape; shaped like `x`."""
+    return check_output_shape("apply_fn", apply_fn(params, x, *inputs), x)  # at trace time
 
 
-def check_field(name: str, field, num_times: int = 1):
+def _check_inputs(field, x, x_name: str = "x0", num_times: int = 1, field_name: str = "field"):
+    """`x` checked (a floating batch, compiled finiteness check) after the field's signature."""
+    _check_field(field_name, field, num_times)
+    check_array(x_name, x)
+    return check_finite(x_name, x)
+
+
+def _check_field(name: str, field, num_times: int = 1):
     """Checks that `field` can be called as `field(x, t)` (or `field(x, r, t)`)."""
     call = "field(x [B, *dims], t [B])" if num_times == 1 else "flow_map(x, r [B], t [B])"
     if isinstance(field, type):  # e.g. ModelVelocity itself, not ModelVelocity(apply_fn, params)
@@ -38,8 +46,10 @@ def check_field(name: str, field, num_times: int = 1):
                         f"flowjax.sample.ModelVelocity(apply_fn, params); {err}") from None
 
 
-def check_model_options(path, prediction):
-    """`path` is needed (an instance) to convert a prediction that is not a velocity."""
+def _check_model(apply_fn, num_args, path=None, prediction=Prediction.VELOCITY):
+    """A model function of `num_args` arguments; `path` (an instance) converts a prediction
+    that is not a velocity."""
+    check_signature("apply_fn", apply_fn, num_args)
     check_prediction("prediction", prediction)
     if path is not None or prediction != Prediction.VELOCITY:
         if path is None:
@@ -47,7 +57,7 @@ def check_model_options(path, prediction):
         check_path("path", path)
 
 
-def to_velocity(path, prediction, x, t, out):
+def _to_velocity(path, prediction, x, t, out):
     if prediction == Prediction.VELOCITY:
         return out
     return convert(path, x, t, out, given=prediction, to=Prediction.VELOCITY)
@@ -75,13 +85,11 @@ class ModelVelocity(eqx.Module):
     prediction: Prediction = eqx.field(default=Prediction.VELOCITY, static=True)
 
     def __check_init__(self):
-        check_signature("apply_fn", self.apply_fn, 4)
-        check_model_options(self.path, self.prediction)
+        _check_model(self.apply_fn, 4, self.path, self.prediction)
 
     def __call__(self, x: Batch, t: BatchTimes) -> Batch:
-        out = call_model(self.apply_fn, self.params, x, t, self.cond)
-        out = check_output_shape("apply_fn", out, x)  # at trace time
-        return to_velocity(self.path, self.prediction, x, t, out)
+        out = _call_model(self.apply_fn, self.params, x, t, self.cond)
+        return _to_velocity(self.path, self.prediction, x, t, out)
 
 
 class ModelFlowMap(eqx.Module):
@@ -96,8 +104,7 @@ class ModelFlowMap(eqx.Module):
     cond: Cond = None
 
     def __check_init__(self):
-        check_signature("apply_fn", self.apply_fn, 5)
+        _check_model(self.apply_fn, 5)
 
     def __call__(self, x: Batch, r: BatchTimes, t: BatchTimes) -> Batch:
-        out = call_model(self.apply_fn, self.params, x, r, t, self.cond)
-        return check_output_shape("apply_fn", out, x)
+        return _call_model(self.apply_fn, self.params, x, r, t, self.cond)

@@ -37,7 +37,7 @@ from flowjax._checks import check_callable, check_number, check_path
 from flowjax._types import Array, Batch, BatchTimes, Cond, Float, Params, Scalar
 from flowjax.paths import T_CLIP, AffinePath, Prediction
 from flowjax.paths._conversions import _coefficient
-from flowjax.sample._fields import call_model, check_field, check_model_options, to_velocity
+from flowjax.sample._fields import _call_model, _check_field, _check_model, _to_velocity
 
 
 def _scale_and_interval(guidance_scale, interval):
@@ -49,6 +49,20 @@ def _scale_and_interval(guidance_scale, interval):
         raise ValueError(f"`interval` must be a pair (lo, hi) with 0 <= lo <= hi <= 1, "
                          f"got {interval!r}.")
     return jnp.asarray(guidance_scale), (float(lo), float(hi))
+
+
+def _check_labels(labels, x):
+    labels = jnp.asarray(labels)
+    if labels.shape != x.shape[:1] or not jnp.issubdtype(labels.dtype, jnp.integer):
+        raise ValueError(f"`labels` must be integers of shape {x.shape[:1]}, "
+                         f"got {labels.dtype} {labels.shape}.")
+    return labels
+
+
+@eqx.filter_jit
+def _call_classifier(classifier_fn, params, x, t):
+    """The classifier's logits, compiled once per input shape."""
+    return classifier_fn(params, x, t)
 
 
 def _inside(t, interval, x):
@@ -88,8 +102,7 @@ class ClassifierFreeGuidance(eqx.Module):
                  guidance_scale: Scalar, interval: tuple[float, float] = (0.0, 1.0),
                  path: AffinePath | None = None,
                  prediction: Prediction = Prediction.VELOCITY):
-        check_callable("apply_fn", apply_fn)
-        check_model_options(path, prediction)
+        _check_model(apply_fn, 4, path, prediction)
         self.guidance_scale, self.interval = _scale_and_interval(guidance_scale, interval)
         self.apply_fn, self.params, self.path, self.prediction = apply_fn, params, path, prediction
         self.cond, self.null_cond = cond, null_cond
@@ -97,11 +110,11 @@ class ClassifierFreeGuidance(eqx.Module):
     def __call__(self, x: Batch, t: BatchTimes) -> Batch:
         cond = jnp.asarray(self.cond)
         null = jnp.broadcast_to(jnp.asarray(self.null_cond, cond.dtype), cond.shape)
-        out = call_model(self.apply_fn, self.params, jnp.concatenate([x, x]),
+        out = _call_model(self.apply_fn, self.params, jnp.concatenate([x, x]),
                          jnp.concatenate([t, t]), jnp.concatenate([cond, null]))
         oc, ou = out[: x.shape[0]], out[x.shape[0]:]
         w = jnp.where(_inside(t, self.interval, x), self.guidance_scale, 1.0).astype(x.dtype)
-        return to_velocity(self.path, self.prediction, x, t, ou + w * (oc - ou))
+        return _to_velocity(self.path, self.prediction, x, t, ou + w * (oc - ou))
 
 
 class ClassifierGuidance(eqx.Module):
@@ -141,7 +154,7 @@ class ClassifierGuidance(eqx.Module):
     def __init__(self, field: Callable, classifier_fn: Callable, classifier_params: Params,
                  labels: Array, path: AffinePath, guidance_scale: Scalar,
                  interval: tuple[float, float] = (0.0, 1.0)):
-        check_field("field", field)
+        _check_field("field", field)
         check_callable("classifier_fn", classifier_fn)
         self.path = check_path("path", path)
         self.guidance_scale, self.interval = _scale_and_interval(guidance_scale, interval)
@@ -149,14 +162,11 @@ class ClassifierGuidance(eqx.Module):
         self.classifier_params, self.labels = classifier_params, labels
 
     def __call__(self, x: Batch, t: BatchTimes) -> Batch:
-        labels = jnp.asarray(self.labels)
-        if labels.shape != x.shape[:1] or not jnp.issubdtype(labels.dtype, jnp.integer):
-            raise ValueError(f"`labels` must be integers of shape {x.shape[:1]}, "
-                             f"got {labels.dtype} {labels.shape}.")
+        labels = _check_labels(self.labels, x)
         v = self.field(x, t)
 
         def log_prob(x):  # rows are independent, so the gradient of the sum is per row
-            logits = call_model(self.classifier_fn, self.classifier_params, x, t)
+            logits = _call_classifier(self.classifier_fn, self.classifier_params, x, t)
             log_p = jax.nn.log_softmax(logits, axis=-1)
             return jnp.sum(jnp.take_along_axis(log_p, labels[:, None], axis=-1))
 

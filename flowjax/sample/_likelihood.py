@@ -19,13 +19,13 @@ import diffrax
 import jax.numpy as jnp
 import numpy as np
 
-from flowjax._checks import check_array, check_callable, check_finite, check_number
+from flowjax._checks import check_array, check_finite, check_number
 from flowjax._divergence import Probe, standard_normal_log_prob  # noqa: F401 (re-exported)
-from flowjax._divergence import (check_probes, divergence_solve, draw_probes,
-                                 evaluations_per_step, reverse_grid)
+from flowjax._divergence import (_check_likelihood_options, _reverse_grid, divergence_solve,
+                                 draw_probes)
 from flowjax._types import Batch, KeyArray, TimeGrid
-from flowjax.sample._fields import check_field
-from flowjax.sample._solution import Adaptive, Solution, check_x0, resolve_grid
+from flowjax.sample._fields import _check_inputs
+from flowjax.sample._solution import Adaptive, Solution, _resolve_grid
 
 
 def log_likelihood(field: Callable, x1: Batch, *, key: KeyArray | None = None,
@@ -59,20 +59,30 @@ def log_likelihood(field: Callable, x1: Batch, *, key: KeyArray | None = None,
       `stats["nfe"]` the evaluations of the augmented field (each one velocity
       plus its divergence).
     """
-    check_field("field", field)
-    x1 = check_x0("x1", x1)
+    x1 = _check_inputs(field, x1, "x1")
     solver = diffrax.Dopri5() if solver is None else solver
-    evaluations_per_step(solver)  # a TypeError naming `solver` for what it cannot count
-    check_callable("source_log_prob", source_log_prob)
-    check_probes(num_probes, key, probe)
-    ts, adaptive, _, _ = resolve_grid(x1, num_steps=num_steps, ts=ts, adaptive=adaptive,
-                                      t0=None, t1=None, default_adaptive=True)
-    controller, dt0, cap = reverse_grid(solver, ts, adaptive)
+    _check_likelihood_options(solver, source_log_prob, num_probes, key, probe)
+    ts, adaptive, _, _ = _resolve_grid(x1, num_steps=num_steps, ts=ts, adaptive=adaptive,
+                                       t0=None, t1=None, default_adaptive=True)
+    controller, dt0, cap = _reverse_grid(solver, ts, adaptive)
     log_prob, stats = divergence_solve(field, x1, draw_probes(key, num_probes, probe, x1),
                                        solver=solver, controller=controller, dt0=dt0,
                                        max_steps=cap, source_log_prob=source_log_prob)
     grid = controller.ts if ts is not None else jnp.asarray([1.0, 0.0], x1.dtype)
     return Solution(x1, grid, None, log_prob, stats)
+
+
+def _check_bpd_options(log_prob, shape, num_bins, data_range):
+    check_array("log_prob", log_prob, min_rank=0)
+    if log_prob.size == 0:
+        raise ValueError(f"`log_prob` is empty (shape {tuple(log_prob.shape)}).")
+    if isinstance(shape, (str, bytes)) or not isinstance(shape, (tuple, list)) or not all(
+            isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s > 0
+            for s in shape):
+        raise ValueError(f"`shape` must be a tuple of positive ints, got {shape!r}.")
+    check_number("num_bins", num_bins, low=1, integer=True)
+    check_number("data_range", data_range, low=0.0, low_open=True)
+    return check_finite("log_prob", log_prob)
 
 
 def bits_per_dim(log_prob, shape, *, num_bins: int = 256, data_range: float = 2.0):
@@ -91,15 +101,6 @@ def bits_per_dim(log_prob, shape, *, num_bins: int = 256, data_range: float = 2.
       log_prob: `[B]` (or scalar) finite log-densities in nats.
       shape: the shape of one data point (D is its size).
     """
-    check_array("log_prob", log_prob, min_rank=0)
-    if log_prob.size == 0:
-        raise ValueError(f"`log_prob` is empty (shape {tuple(log_prob.shape)}).")
-    check_finite("log_prob", log_prob)
-    if isinstance(shape, (str, bytes)) or not isinstance(shape, (tuple, list)) or not all(
-            isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s > 0
-            for s in shape):
-        raise ValueError(f"`shape` must be a tuple of positive ints, got {shape!r}.")
-    check_number("num_bins", num_bins, low=1, integer=True)
-    check_number("data_range", data_range, low=0.0, low_open=True)
+    log_prob = _check_bpd_options(log_prob, shape, num_bins, data_range)
     d = math.prod(shape)
     return -log_prob / (d * math.log(2.0)) - math.log2(data_range / num_bins)

@@ -58,10 +58,9 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from flowjax._checks import check_output_shape, check_path
+from flowjax._checks import check_output_shape
 from flowjax.paths import AffinePath, Prediction, convert
-from flowjax.paths._conversions import check_prediction
-from flowjax.sample._solution import GridSolver, Solution, make_stats
+from flowjax.sample._solution import GridSolver, Solution, _check_solver_options, make_stats
 
 
 class DPMSolver2M(GridSolver):
@@ -82,8 +81,7 @@ class DPMSolver2M(GridSolver):
     corrector: bool = eqx.field(default=True, static=True)
 
     def __check_init__(self):
-        check_path("path", self.path)
-        check_prediction("prediction", self.prediction)
+        _check_solver_options(self.path, self.prediction)
 
     def solve(self, field, x0, ts, save_trajectory):
         samples, states = _dpm_solver_2m(field, x0, ts, self.path, self.prediction,

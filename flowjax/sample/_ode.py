@@ -23,11 +23,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from flowjax._checks import check_number, check_output_shape
-from flowjax._divergence import check_adaptive, evaluations_per_step  # noqa: F401 (re-exported)
+from flowjax._divergence import _check_adaptive, evaluations_per_step
 from flowjax._types import Batch, TimeGrid
-from flowjax.sample._fields import check_field
-from flowjax.sample._solution import (Adaptive, GridSolver, Solution, check_x0, make_stats,
-                                      resolve_grid)
+from flowjax.sample._fields import _check_inputs
+from flowjax.sample._solution import Adaptive, GridSolver, Solution, _resolve_grid, make_stats
 
 _rk4_tableau = diffrax.ButcherTableau(
     a_lower=(np.array([0.5]), np.array([0.0, 0.5]), np.array([0.0, 0.0, 1.0])),
@@ -113,16 +112,20 @@ def solve_ode(field: Callable, x0: Batch, *, solver=None, num_steps: int | None 
     Returns:
       A :class:`Solution`.
     """
-    check_field("field", field)
-    x0 = check_x0("x0", x0)
-    check_number("num_save", num_save, low=2, integer=True)
+    x0 = _check_inputs(field, x0)
     solver = diffrax.Dopri5() if solver is None else solver
+    ts, adaptive, t0, t1 = _ode_grid(x0, solver, num_steps, ts, adaptive, t0, t1, num_save)
+    return _solve(field, solver, x0, ts, adaptive, t0, t1, save_trajectory, num_save)
+
+
+def _ode_grid(x0, solver, num_steps, ts, adaptive, t0, t1, num_save):
+    """The solver and grid options of :func:`solve_ode`, checked."""
+    check_number("num_save", num_save, low=2, integer=True)
     own = isinstance(solver, GridSolver)
     if not own:
         evaluations_per_step(solver)  # a TypeError naming `solver` for what it cannot count
-    ts, adaptive, t0, t1 = resolve_grid(x0, num_steps=num_steps, ts=ts, adaptive=adaptive,
-                                        t0=t0, t1=t1, default_adaptive=not own,
-                                        allow_adaptive=not own)
-    if adaptive is not None:
-        check_adaptive(solver)
-    return _solve(field, solver, x0, ts, adaptive, t0, t1, save_trajectory, num_save)
+    grid = _resolve_grid(x0, num_steps=num_steps, ts=ts, adaptive=adaptive, t0=t0, t1=t1,
+                         default_adaptive=not own, allow_adaptive=not own)
+    if grid[1] is not None:
+        _check_adaptive(solver)
+    return grid

@@ -15,13 +15,14 @@ velocity through the path's exact conversion
 be sampled stochastically.
 
 The score grows like :math:`1/\bar\sigma` as t -> 1, so a diffusion that
-vanishes there (:func:`vanishing_diffusion`, :func:`sigma_diffusion`) keeps
+vanishes there (:class:`VanishingDiffusion`, :class:`SigmaDiffusion`) keeps
 the drift bounded; with a constant `g` the drift stays finite only through
 the floors of :func:`convert`, and the last steps are the least accurate.
 """
 
 from __future__ import annotations
 
+import abc
 from typing import Callable
 
 import diffrax
@@ -33,9 +34,9 @@ from flowjax._checks import check_instance, check_key, check_number, check_path
 from flowjax._types import Array, Batch, Float, KeyArray, Scalar, TimeGrid
 from flowjax.paths import AffinePath, Prediction, convert, sde_diffusion
 from flowjax.paths._conversions import check_prediction
-from flowjax.sample._fields import check_field
+from flowjax.sample._fields import _check_inputs
 from flowjax.sample._ode import vector_field
-from flowjax.sample._solution import Solution, check_x0, make_stats, resolve_grid
+from flowjax.sample._solution import Solution, _resolve_grid, make_stats
 
 
 def _factor(name, value):
@@ -47,8 +48,9 @@ def _factor(name, value):
 class AbstractDiffusion(eqx.Module):
     """A diffusion schedule `g(t)` for :func:`solve_sde`: times of any shape to an array of it."""
 
-    def __call__(self, t):  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def __call__(self, t):
+        """`g(t)`, shaped like `t`."""
 
 
 class ConstantDiffusion(AbstractDiffusion):
@@ -131,15 +133,21 @@ class VanishingDiffusion(AbstractDiffusion):
         return self.g * jnp.clip(1.0 - t, 0.0) ** self.power
 
 
-def _check_diffusion(diffusion):
-    """A schedule object (or any callable `g(t)` that is not a class)."""
+_DRIFT_EVALS = {diffrax.Euler: 1, diffrax.ShARK: 2, diffrax.SRA1: 2, diffrax.SEA: 1}
+
+
+def _check_sde_options(solver, key, path, diffusion, prediction):
+    """The solver (one of `_DRIFT_EVALS`), key, path, schedule (an object, or any callable
+    `g(t)` that is not a class) and prediction of :func:`solve_sde`."""
+    if type(solver) not in _DRIFT_EVALS:
+        raise TypeError(f"`solver` must be one of {[c.__name__ for c in _DRIFT_EVALS]}, "
+                        f"got {solver!r}.")
+    check_key("key", key)
+    check_path("path", path)
     if isinstance(diffusion, type) or not callable(diffusion):
         check_instance("diffusion", diffusion, AbstractDiffusion,
                        "a diffusion schedule (e.g. flowjax.sample.ConstantDiffusion(1.0))")
-    return diffusion
-
-
-_DRIFT_EVALS = {diffrax.Euler: 1, diffrax.ShARK: 2, diffrax.SRA1: 2, diffrax.SEA: 1}
+    check_prediction("prediction", prediction)
 
 
 class _Drift(eqx.Module):
@@ -222,16 +230,9 @@ def solve_sde(field: Callable, x0: Batch, *, key: KeyArray, path: AffinePath,
       and grid give the same samples). Differentiate through the sampler in
       forward mode (`jax.jvp`, `jax.jacfwd`); reverse mode is not supported.
     """
-    check_field("field", field)
+    x0 = _check_inputs(field, x0)
     solver = diffrax.Euler() if solver is None else solver
-    if type(solver) not in _DRIFT_EVALS:
-        raise TypeError(f"`solver` must be one of {[c.__name__ for c in _DRIFT_EVALS]}, "
-                        f"got {solver!r}.")
-    x0 = check_x0("x0", x0)
-    check_key("key", key)
-    check_path("path", path)
-    check_prediction("prediction", prediction)
-    ts, _, _, _ = resolve_grid(x0, num_steps=num_steps, ts=ts, adaptive=None, t0=t0, t1=t1,
-                               default_adaptive=False)
-    return _solve(field, x0, key, ts, path, _check_diffusion(diffusion), solver, prediction,
-                  save_trajectory)
+    _check_sde_options(solver, key, path, diffusion, prediction)
+    ts, _, _, _ = _resolve_grid(x0, num_steps=num_steps, ts=ts, adaptive=None, t0=t0, t1=t1,
+                                default_adaptive=False)
+    return _solve(field, x0, key, ts, path, diffusion, solver, prediction, save_trajectory)

@@ -10,10 +10,13 @@ checks (:func:`flowjax._checks.error_if`), so the samplers run under
 
 from __future__ import annotations
 
+import abc
+
 import equinox as eqx
 import jax.numpy as jnp
 
-from flowjax._checks import check_array, check_finite, check_instance, check_number, error_if
+from flowjax._checks import check_instance, check_number, check_path, error_if
+from flowjax.paths._conversions import check_prediction
 from flowjax._types import Array, Batch, Float, Integer
 
 
@@ -51,14 +54,15 @@ class GridSolver(eqx.Module):
     inside its compiled program and returns a :class:`Solution`.
     """
 
-    def solve(self, field, x0, ts, save_trajectory: bool) -> "Solution":  # pragma: no cover
-        raise NotImplementedError
+    @abc.abstractmethod
+    def solve(self, field, x0, ts, save_trajectory: bool) -> "Solution":
+        """The solve on the checked grid `ts`, inside :func:`solve_ode`'s program."""
 
 
-def check_x0(name: str, x0):
-    """`x0` checked: a floating array with a batch axis, and (compiled) finite."""
-    check_array(name, x0)
-    return check_finite(name, x0)
+def _check_solver_options(path, prediction):
+    """The path (an instance) and prediction kind of a flowjax solver."""
+    check_path("path", path)
+    check_prediction("prediction", prediction)
 
 
 def make_stats(nfe, num_steps, accepted=None, rejected=0) -> dict:
@@ -80,9 +84,10 @@ class Adaptive(eqx.Module):
     max_steps: int = eqx.field(default=4096, static=True)
 
     def __check_init__(self):
-        check_number("rtol", self.rtol, low=0.0, low_open=True)
-        check_number("atol", self.atol, low=0.0, low_open=True)
-        check_number("max_steps", self.max_steps, low=1, integer=True)
+        for name, low, integer in (("rtol", 0.0, False), ("atol", 0.0, False),
+                                   ("max_steps", 1, True)):
+            check_number(name, getattr(self, name), low=low, low_open=not integer,
+                         integer=integer)
 
 
 def _checked_grid(ts, dtype):
@@ -98,7 +103,7 @@ def _checked_grid(ts, dtype):
     return error_if(ts, bad, "`ts` must be a strictly monotone grid of finite times in [0, 1].")
 
 
-def resolve_grid(x0, *, num_steps, ts, adaptive, t0, t1, default_adaptive: bool,
+def _resolve_grid(x0, *, num_steps, ts, adaptive, t0, t1, default_adaptive: bool,
                  allow_adaptive: bool = True):
     """The grid options of a sampler, checked: `(ts or None, adaptive or None, t0, t1)`.
 
