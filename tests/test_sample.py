@@ -262,7 +262,7 @@ def test_dpm_solver_bad_grid():
     (sample.RK4(), 4, [8, 16, 32, 64]),  # above the 1e-8 floor of the t = 1 variance floor
 ], ids=["euler", "midpoint", "heun", "rk4"])
 def test_convergence_order_on_the_exact_mixture_flow(x64, solver, order, steps):
-    """Issue 3, acceptance 1: slope of log endpoint error vs log step within 0.3 of the order."""
+    """The slope of log endpoint error vs log step is within 0.3 of the order."""
     mix, path = _mixture2d(), paths.RectifiedFlow()
     field = _exact_field(path, mix)
     x0 = jax.random.normal(jax.random.PRNGKey(2), (64, 2))
