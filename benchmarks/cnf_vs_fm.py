@@ -199,14 +199,13 @@ def run_target(name, args, budget):
     apply_fn = models.model_fn(module)
     params = module.init(jax.random.PRNGKey(args.seed), jnp.zeros((1, 2)), jnp.zeros(1))["params"]
     heldout = target_fn(jax.random.PRNGKey(10_000 + args.seed), args.heldout)
-    velocity = sample.model_velocity(apply_fn)
-
     def nll(p):
-        logp, nfe = sample.log_likelihood(velocity, heldout, (p, None), rtol=1e-5, atol=1e-5)
-        return float(-jnp.mean(logp)), int(nfe)
+        sol = sample.log_likelihood(sample.ModelVelocity(apply_fn, p), heldout,
+                                    adaptive=sample.Adaptive(1e-5, 1e-5))
+        return float(-jnp.mean(sol.log_prob)), int(sol.nfe)
 
     nll(params)  # compile the evaluation once
-    cnf_opts = dict(rtol=args.cnf_tol, atol=args.cnf_tol)
+    cnf_opts = dict(adaptive=sample.Adaptive(args.cnf_tol, args.cnf_tol))
     runners = {"cnf": Runner("cnf", args, target_fn, apply_fn, params, cnf_opts),
                "fm": Runner("fm", args, target_fn, apply_fn, params, k=args.fm_k)}
     init_nll, init_nfe = nll(params)

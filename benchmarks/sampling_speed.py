@@ -256,14 +256,14 @@ def torch_layers(params):
 # --------------------------------------------------------------------------- flowjax side
 
 
-@functools.partial(jax.jit, static_argnums=(0,))
-def _fori_euler(velocity, x0, args):
+@jax.jit
+def _fori_euler(velocity, x0):
     """Euler with EULER_STEPS uniform steps as a bare lax.fori_loop (no diffrax)."""
     dt = 1.0 / EULER_STEPS
 
     def body(i, x):
         t = jnp.full((x.shape[0],), i * dt, x.dtype)
-        return x + dt * velocity(x, t, args)
+        return x + dt * velocity(x, t)
 
     return jax.lax.fori_loop(0, EULER_STEPS, body, x0)
 
@@ -271,16 +271,14 @@ def _fori_euler(velocity, x0, args):
 def flowjax_samplers(module, params, x0, cond, methods, *, loop=True):
     """{(framework, method): fn() -> (samples, nfe)} and the bare network call fn()."""
     apply_fn = models.model_fn(module)
-    velocity = sample.model_velocity(apply_fn)  # one closure: solve_ode compiles once for it
-    args = (params, cond)
+    velocity = sample.ModelVelocity(apply_fn, params, cond)
 
     def solve(method):
         if method == "euler":
-            sol = sample.solve_ode(velocity, x0, args, solver=diffrax.Euler(),
-                                   num_steps=EULER_STEPS)
+            sol = sample.solve_ode(velocity, x0, solver=diffrax.Euler(), num_steps=EULER_STEPS)
         else:
-            sol = sample.solve_ode(velocity, x0, args, solver=diffrax.Dopri5(), rtol=TOL,
-                                   atol=TOL)
+            sol = sample.solve_ode(velocity, x0, solver=diffrax.Dopri5(),
+                                   adaptive=sample.Adaptive(TOL, TOL))
         return jax.block_until_ready(sol.samples), sol.nfe
 
     fns = {}
@@ -288,16 +286,16 @@ def flowjax_samplers(module, params, x0, cond, methods, *, loop=True):
         fns[("flowjax", method)] = functools.partial(solve, method)
         if loop and method == "euler":
             fns[("jax-loop", method)] = lambda: (
-                jax.block_until_ready(_fori_euler(velocity, x0, args)), EULER_STEPS)
+                jax.block_until_ready(_fori_euler(velocity, x0)), EULER_STEPS)
     call = jax.jit(lambda p, x, c: apply_fn(p, x, jnp.full((x.shape[0],), 0.5, x.dtype), c))
     return fns, lambda: jax.block_until_ready(call(params, x0, cond))
 
 
 def reference(module, params, x0, cond):
     """A tight solve of the same ODE (flowjax Dopri5 at rtol = atol = REF_TOL, float32)."""
-    velocity = sample.model_velocity(models.model_fn(module))
-    sol = sample.solve_ode(velocity, x0, (params, cond), solver=diffrax.Dopri5(), rtol=REF_TOL,
-                           atol=REF_TOL, max_steps=100_000)
+    velocity = sample.ModelVelocity(models.model_fn(module), params, cond)
+    sol = sample.solve_ode(velocity, x0, solver=diffrax.Dopri5(),
+                           adaptive=sample.Adaptive(REF_TOL, REF_TOL, max_steps=100_000))
     return np.asarray(sol.samples), int(sol.nfe)
 
 

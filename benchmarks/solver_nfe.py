@@ -50,10 +50,14 @@ FIXED = {"euler": diffrax.Euler(), "midpoint": diffrax.Midpoint(), "heun": diffr
 ADAPTIVE = {"tsit5": diffrax.Tsit5(), "dopri5": diffrax.Dopri5(), "dopri8": diffrax.Dopri8()}
 
 
+def _mixture_velocity(target, x, t):
+    return analytic.mixture_velocity(PATH, target, x, t)
+
+
 def _mixture_problem(name, target, n, key):
-    field = lambda x, t, m: analytic.mixture_velocity(PATH, m, x, t)  # noqa: E731
+    field = jax.tree_util.Partial(_mixture_velocity, target)  # the mixture is a leaf
     k0, k1, k2 = jax.random.split(key, 3)
-    return dict(name=name, field=field, args=target,
+    return dict(name=name, field=field,
                 x0=jax.random.normal(k0, (n, target.means.shape[1])),
                 target=target.sample(k1, n), holdout=target.sample(k2, 64),
                 exact_nll=lambda x: -analytic.mixture_log_prob(PATH, target, x, 1.0))
@@ -92,9 +96,9 @@ def toy2d(n, key, steps):
         x1 = data.moons(jax.random.fold_in(kk, 1), 100 * 256).reshape(100, 256, 2)
         state, _ = multi(state, {"x0": x0, "x1": x1})
     params64 = jax.tree.map(lambda p: p.astype(jnp.float64), state.ema_params)
-    field = lambda x, t, p: apply_fn(p, x, t)  # noqa: E731
+    field = sample.ModelVelocity(apply_fn, params64)
     k0, k1 = jax.random.split(key)
-    return dict(name="toy2d", field=field, args=params64,
+    return dict(name="toy2d", field=field,
                 x0=data.eight_gaussians(k0, n).astype(jnp.float64), target=None,
                 holdout=data.moons(k1, 64).astype(jnp.float64), exact_nll=None,
                 source_log_prob=None)
@@ -108,8 +112,8 @@ def _nll(problem, **solve_kwargs):
     kwargs = {}
     if problem["name"] == "toy2d":  # the source is 8gaussians: use its exact density
         kwargs["source_log_prob"] = _eight_gaussians_log_prob
-    logp, _ = sample.log_likelihood(problem["field"], problem["holdout"], problem["args"],
-                                    **kwargs, **solve_kwargs)
+    logp = sample.log_likelihood(problem["field"], problem["holdout"], **kwargs,
+                                 **solve_kwargs).log_prob
     return float(-jnp.mean(logp))
 
 
@@ -128,15 +132,14 @@ def run_problem(problem, steps, tolerances, *, nll_everywhere=True, with_nll=Tru
     fixed = FIXED if fixed is None else fixed
     adaptive = ADAPTIVE if adaptive is None else adaptive
     sde = {"sde-em": diffrax.Euler(), "sde-shark": diffrax.ShARK()} if sde is None else sde
-    field, args, x0 = problem["field"], problem["args"], problem["x0"]
-    ref = sample.solve_ode(field, x0, args, solver=diffrax.Dopri8(), rtol=ref_tol, atol=ref_tol,
-                           max_steps=400_000).samples
+    field, x0 = problem["field"], problem["x0"]
+    tight = sample.Adaptive(ref_tol, ref_tol, max_steps=400_000)
+    ref = sample.solve_ode(field, x0, solver=diffrax.Dopri8(), adaptive=tight).samples
     target = problem["target"] if problem["target"] is not None else ref
     if problem["exact_nll"] is not None:
         ref_nll = float(jnp.mean(problem["exact_nll"](problem["holdout"])))
     else:
-        ref_nll = _nll(problem, solver=diffrax.Dopri8(), rtol=ref_tol, atol=ref_tol,
-                       max_steps=400_000)
+        ref_nll = _nll(problem, solver=diffrax.Dopri8(), adaptive=tight)
     rows = []
 
     def add(solver, grid, nfe, samples, nll):
@@ -149,26 +152,27 @@ def run_problem(problem, steps, tolerances, *, nll_everywhere=True, with_nll=Tru
         for n in steps:
             ts = ftime.uniform_grid(n) if grid_name == "uniform" else ftime.edm_grid(n, PATH)
             for name, solver in fixed.items():
-                sol = sample.solve_ode(field, x0, args, solver=solver, ts=ts)
+                sol = sample.solve_ode(field, x0, solver=solver, ts=ts)
                 want = with_nll and nll_everywhere
                 nll = _nll(problem, solver=solver, ts=ts) if want else None
                 add(name, grid_name, sol.nfe, sol.samples, nll)
-            out, nfe = sample.dpm_solver_2m(field, x0, args, path=PATH, ts=ts)
-            add("dpm2m-pc", grid_name, nfe, out, None)
+            sol = sample.solve_ode(field, x0, solver=sample.DPMSolver2M(PATH), ts=ts)
+            add("dpm2m-pc", grid_name, sol.nfe, sol.samples, None)
     for tol in tolerances:
         for name, solver in adaptive.items():
-            sol = sample.solve_ode(field, x0, args, solver=solver, rtol=tol, atol=tol,
-                                   max_steps=100_000)
+            sol = sample.solve_ode(field, x0, solver=solver,
+                                   adaptive=sample.Adaptive(tol, tol, max_steps=100_000))
             want = with_nll and (nll_everywhere or name == "dopri5")
-            nll = _nll(problem, solver=solver, rtol=tol, atol=tol) if want else None
+            nll = _nll(problem, solver=solver, adaptive=sample.Adaptive(tol, tol)) if want \
+                else None
             add(name, f"tol={tol:g}", sol.nfe, sol.samples, nll)
     for n in steps[-1:]:
         for name, solver in sde.items():
-            sol = sample.solve_sde(field, x0, args, key=jax.random.PRNGKey(7), path=PATH,
-                                   diffusion=sample.vanishing_diffusion(1.0), num_steps=n,
+            sol = sample.solve_sde(field, x0, key=jax.random.PRNGKey(7), path=PATH,
+                                   diffusion=sample.VanishingDiffusion(1.0), num_steps=n,
                                    solver=solver)
             rows.append(dict(problem=problem["name"], solver=name, grid="uniform",
-                             nfe=sol.nfe, rmse=None, w2=metrics.w2(sol.samples, target),
+                             nfe=int(sol.nfe), rmse=None, w2=metrics.w2(sol.samples, target),
                              nll_error=None))
     return rows
 

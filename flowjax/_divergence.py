@@ -14,7 +14,7 @@ trajectory (Grathwohl et al. 2019, "FFJORD"), unbiased for the log-likelihood.
 
 This private module sits below both :mod:`flowjax.losses` (maximum-likelihood
 CNF training) and :mod:`flowjax.sample` (likelihood evaluation), which
-re-export its public names; it knows nothing of models or optimizers.
+re-export its public names; it knows nothing of optimizers.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flowjax._checks import (check_array, check_finite, check_grid, check_key, check_number,
-                             check_output_shape)
+from flowjax._checks import (check_array, check_callable, check_finite, check_key,
+                             check_number, check_output_shape, error_if)
 
 
 class Probe(enum.Enum):
@@ -39,15 +39,20 @@ class Probe(enum.Enum):
     GAUSSIAN = "gaussian"
 
 
+def _checked_batch(name, x):
+    """`x` checked: a floating array with a batch axis, with a compiled finiteness check."""
+    check_array(name, x)
+    return check_finite(name, x)
+
+
 def standard_normal_log_prob(x):
     """`log N(x; 0, I)` per sample, for `x: [B, *dims]`."""
-    check_array("x", x)
-    check_finite("x", x)
+    x = _checked_batch("x", x)
     flat = x.reshape(x.shape[0], -1)
     return -0.5 * jnp.sum(flat ** 2, -1) - 0.5 * flat.shape[1] * math.log(2.0 * math.pi)
 
 
-def check_adaptive(solver):
+def _check_adaptive(solver):
     """Adaptive step sizes need an embedded error estimate."""
     if not (isinstance(solver, diffrax.AbstractERK) and bool(np.any(solver.tableau.b_error))):
         raise ValueError(f"adaptive solves need a `solver` with an error estimate (Tsit5, "
@@ -71,8 +76,11 @@ def evaluations_per_step(solver) -> tuple[int, int]:
         f"`solver` must be diffrax.Euler or an explicit Runge-Kutta solver, got {solver!r}.")
 
 
-def check_probes(num_probes, key, probe):
-    """Checks the trace options: `num_probes` None (exact) or a positive int, which needs a key."""
+def _check_likelihood_options(solver, source_log_prob, num_probes, key, probe):
+    """Checks the options of a likelihood solve: the solver, `log p_0`, and the trace
+    (`num_probes` None for the exact trace, or a positive int, which needs a key)."""
+    evaluations_per_step(solver)  # a TypeError naming `solver` for what it cannot count
+    check_callable("source_log_prob", source_log_prob)
     if not isinstance(probe, Probe):
         raise TypeError(f"`probe` must be a flowjax.sample.Probe, got {probe!r}.")
     if num_probes is None:
@@ -93,32 +101,27 @@ def draw_probes(key, num_probes, probe, like):
     return jax.random.normal(key, shape, like.dtype)
 
 
-def reverse_controller(solver, *, rtol, atol, num_steps, ts, max_steps, dtype):
-    """Checks the step options of a solve from t = 1 back to t = 0: `(controller, dt0, max_steps)`.
+def _reverse_grid(solver, ts, adaptive):
+    """The step options of a solve from t = 1 back to t = 0: `(controller, dt0, max_steps)`.
 
-    `ts` (an increasing grid from 0 to 1, walked backwards) overrides
-    `num_steps` (uniform steps); with neither, a PID controller at
-    `rtol`/`atol` (the solver needs an error estimate).
+    `ts` is a checked grid between 0 and 1 in either order (walked from 1 to
+    0); else `adaptive` (an :class:`flowjax.sample.Adaptive`, the solver needs
+    an error estimate). Traced grids are fine.
     """
-    check_number("rtol", rtol, low=0.0, low_open=True)
-    check_number("atol", atol, low=0.0, low_open=True)
-    check_number("num_steps", num_steps, low=1, integer=True, allow_none=True)
-    check_number("max_steps", max_steps, low=1, integer=True)
     if ts is not None:
-        grid = check_grid("ts", ts, start=0.0, end=1.0)
-        rev = jnp.asarray(ts, dtype)[::-1]
-        return diffrax.StepTo(ts=rev), None, int(grid.size)
-    if num_steps is not None:
-        return diffrax.ConstantStepSize(), -1.0 / int(num_steps), int(num_steps)
-    check_adaptive(solver)
-    return diffrax.PIDController(rtol=rtol, atol=atol), None, int(max_steps)
+        rev = jnp.where(ts[0] < ts[-1], ts[::-1], ts)
+        rev = error_if(rev, (rev[0] != 1) | (rev[-1] != 0), "`ts` must run between 0 and 1.")
+        return diffrax.StepTo(ts=rev), None, ts.shape[0] - 1
+    _check_adaptive(solver)
+    return (diffrax.PIDController(rtol=adaptive.rtol, atol=adaptive.atol), None,
+            adaptive.max_steps)
 
 
-def _field(velocity_fn, x, t, args):
-    return check_output_shape("velocity_fn", velocity_fn(x, t, args), x)  # at trace time
+def _field(field, x, t):
+    return check_output_shape("field", field(x, t), x)  # at trace time
 
 
-def _exact_divergence(velocity_fn, x, t, args):
+def _exact_divergence(field, x, t):
     """The exact trace as `sum_i e_i^T J e_i`: one jvp of the whole batch per basis vector.
 
     Like the Hutchinson estimate, this takes the field to act on each sample
@@ -131,50 +134,53 @@ def _exact_divergence(velocity_fn, x, t, args):
     basis = jnp.eye(d, dtype=x.dtype).reshape((d, 1) + x.shape[1:])
 
     def jvp(e):
-        return jax.jvp(lambda y: _field(velocity_fn, y, t, args), (x,),
-                       (jnp.broadcast_to(e, x.shape),))
+        return jax.jvp(lambda y: _field(field, y, t), (x,), (jnp.broadcast_to(e, x.shape),))
 
     v, jv = jax.vmap(jvp)(basis)  # [d, B, *dims]
     diag = jnp.einsum("kbk->b", jv.reshape(d, x.shape[0], d))
     return v[0], diag
 
 
-def _hutchinson_divergence(velocity_fn, x, t, args, probes):
+def _hutchinson_divergence(field, x, t, probes):
     def jvp(probe):
-        return jax.jvp(lambda y: _field(velocity_fn, y, t, args), (x,), (probe,))
+        return jax.jvp(lambda y: _field(field, y, t), (x,), (probe,))
 
     v, jv = jax.vmap(jvp)(probes)  # [P, B, ...]
     est = jnp.sum((probes * jv).reshape(probes.shape[0], x.shape[0], -1), -1)
     return v[0], jnp.mean(est, 0)
 
 
-@eqx.filter_jit
-def divergence_solve(velocity_fn, x1, args, probes, *, solver, controller, dt0, max_steps,
-                     source_log_prob=standard_normal_log_prob, adjoint=None):
-    """`(log p_1(x1) [B], nfe)` through the reverse divergence ODE; no argument checks.
+def _augmented(t, state, ode_args):
+    x, _ = state
+    field, probes = ode_args
+    tb = jnp.full((x.shape[0],), t, x.dtype)
+    if probes is None:
+        return _exact_divergence(field, x, tb)
+    return _hutchinson_divergence(field, x, tb, probes)
 
-    Compiled once per `velocity_fn` (and solver, controller, shapes):
-    callers pass data and parameters through `args`, and Hutchinson probes
-    (or None for the exact trace) through `probes`, never by closure, which
-    is also what :class:`diffrax.BacksolveAdjoint` needs to differentiate
-    them. `nfe` counts evaluations of the augmented field (one velocity and
+
+@eqx.filter_jit
+def divergence_solve(field, x1, probes, *, solver, controller, dt0, max_steps,
+                     source_log_prob=standard_normal_log_prob, adjoint=None):
+    """`(log p_1(x1) [B], stats)` through the reverse divergence ODE; no argument checks.
+
+    Compiled once per field structure (and solver, controller, shapes): the
+    field's arrays (parameters, conditions) and the Hutchinson probes (or
+    None for the exact trace) are ODE arguments, never closed over, which is
+    also what :class:`diffrax.BacksolveAdjoint` needs to differentiate them.
+    `stats["nfe"]` counts evaluations of the augmented field (one velocity and
     its divergence each) in this forward solve.
     """
-
-    def field(t, state, ode_args):
-        x, _ = state
-        user_args, p = ode_args
-        tb = jnp.full((x.shape[0],), t, x.dtype)
-        if p is None:
-            return _exact_divergence(velocity_fn, x, tb, user_args)
-        return _hutchinson_divergence(velocity_fn, x, tb, user_args, p)
-
     adjoint = diffrax.RecursiveCheckpointAdjoint() if adjoint is None else adjoint
     state0 = (x1, jnp.zeros(x1.shape[:1], x1.dtype))
-    sol = diffrax.diffeqsolve(diffrax.ODETerm(field), solver, t0=1.0, t1=0.0, dt0=dt0,
-                              y0=state0, args=(args, probes), stepsize_controller=controller,
+    sol = diffrax.diffeqsolve(diffrax.ODETerm(_augmented), solver, t0=1.0, t1=0.0, dt0=dt0,
+                              y0=state0, args=(field, probes), stepsize_controller=controller,
                               max_steps=max_steps, adjoint=adjoint)
     x0, int_div = sol.ys[0][-1], sol.ys[1][-1]  # int_div = int_1^0 div v dt
     init_evals, step_evals = evaluations_per_step(solver)
-    nfe = init_evals + step_evals * sol.stats["num_steps"]
-    return source_log_prob(x0) + int_div, nfe
+    stats = {name: jnp.asarray(value, jnp.int32) for name, value in (
+        ("nfe", init_evals + step_evals * sol.stats["num_steps"]),
+        ("num_steps", sol.stats["num_steps"]),
+        ("num_accepted_steps", sol.stats["num_accepted_steps"]),
+        ("num_rejected_steps", sol.stats["num_rejected_steps"]))}
+    return source_log_prob(x0) + int_div, stats

@@ -53,8 +53,8 @@ def test_log_prob_matches_scipy(x64):
 def test_exact_velocity_transports_noise_to_the_mixture(x64):
     mix, path, n = _mixture(), paths.RectifiedFlow(), 1000
     x0 = jax.random.normal(jax.random.PRNGKey(2), (n, 2))
-    sol = sample.solve_ode(lambda x, t, m: analytic.mixture_velocity(path, m, x, t), x0, mix,
-                           solver=diffrax.Dopri5(), rtol=1e-7, atol=1e-7)
+    sol = sample.solve_ode(lambda x, t: analytic.mixture_velocity(path, mix, x, t), x0,
+                           solver=diffrax.Dopri5(), adaptive=sample.Adaptive(1e-7, 1e-7))
     ref_a, ref_b = mix.sample(jax.random.PRNGKey(3), n), mix.sample(jax.random.PRNGKey(4), n)
     floor = metrics.w2(ref_a, ref_b)
     assert metrics.w2(sol.samples, ref_a) < 1.25 * floor
@@ -148,8 +148,9 @@ def test_ode_samples_match_the_closed_form_gaussian_flow_map(x64):
     # point by ~5e-6; elsewhere the solve matches the map to ~1e-9.
     for path, tol in ((paths.RectifiedFlow(), 1e-7), (paths.Cosine(), 1e-7), (paths.VP(), 2e-5)):
         start = analytic.gaussian_flow_map(path, mean, cov, x0, 0.0)  # VP: alpha(0) > 0
-        sol = sample.solve_ode(lambda x, t, m: analytic.mixture_velocity(path, m, x, t), start,
-                               target, rtol=1e-10, atol=1e-10, save_trajectory=True, num_save=5)
+        sol = sample.solve_ode(lambda x, t: analytic.mixture_velocity(path, target, x, t),  # noqa: B023
+                               start, adaptive=sample.Adaptive(1e-10, 1e-10),
+                               save_trajectory=True, num_save=5)
         for i, t in enumerate(sol.ts):
             np.testing.assert_allclose(sol.trajectory[i],
                                        analytic.gaussian_flow_map(path, mean, cov, x0, t),

@@ -199,17 +199,17 @@ def test_ordered_pairs_distribution():
 def test_flow_map_sampler_is_exact_for_the_exact_map(x64, steps):
     path = paths.RectifiedFlow()
     x0 = jax.random.normal(jax.random.PRNGKey(8), (32, 2))
-    sol = sample.solve_flow_map(sample.model_average_velocity(_exact_apply(path)), x0,
-                                (None, None), num_steps=steps, save_trajectory=True)
+    sol = sample.solve_flow_map(sample.ModelFlowMap(_exact_apply(path), None), x0,
+                                num_steps=steps, save_trajectory=True)
     assert int(sol.nfe) == steps and sol.trajectory.shape == (steps + 1, 32, 2)
     np.testing.assert_allclose(sol.samples, analytic.gaussian_flow_map(path, MEAN, COV, x0, 1.0),
                                atol=1e-10)
     np.testing.assert_allclose(sol.trajectory[1],
                                analytic.gaussian_flow_map(path, MEAN, COV, x0, 1.0 / steps),
                                atol=1e-10)
-    with pytest.raises(ValueError, match="`ts`"):
-        sample.solve_flow_map(sample.model_average_velocity(_exact_apply(path)), x0,
-                              (None, None), ts=jnp.array([0.0, 0.5, 0.4]))
+    with pytest.raises(RuntimeError, match="`ts`"):
+        sample.solve_flow_map(sample.ModelFlowMap(_exact_apply(path), None), x0,
+                              ts=jnp.array([0.0, 0.5, 0.4]))
 
 
 def test_shortcut_consistency_is_zero_for_an_exact_flow_map(x64):
@@ -289,11 +289,12 @@ def test_reflow_pairs_and_losses(x64):
     path = paths.RectifiedFlow()
     mix = analytic.GaussianMixture.gaussian(MEAN, COV)
     x0 = jax.random.normal(jax.random.PRNGKey(11), (64, 2))
-    _, x1, nfe = sample.reflow_pairs(lambda x, t, a: analytic.mixture_velocity(path, mix, x, t),
-                                     x0, chunk_size=40, rtol=1e-9, atol=1e-9)
+    pairs = sample.reflow_pairs(lambda x, t: analytic.mixture_velocity(path, mix, x, t),
+                                x0, chunk_size=40, adaptive=sample.Adaptive(1e-9, 1e-9))
+    x1 = pairs.samples
     np.testing.assert_allclose(x1, analytic.gaussian_flow_map(path, MEAN, COV, x0, 1.0),
                                atol=1e-6)
-    assert nfe > 0
+    assert int(pairs.nfe) > 0
 
     def apply_fn(params, x, t, cond):
         return params * x

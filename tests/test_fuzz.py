@@ -769,9 +769,7 @@ LOSS_SPECS = [
           Mutation("source_log_prob", "source_log_prob", BAD_CALLABLE))),
     Spec("cnf_mle_loss adaptive", lambda kw: losses.cnf_mle_loss(**kw),
          lambda: dict(params=0.5, key=KEY, batch={"x1": X}, apply_fn=apply_fn),
-         (Mutation("rtol", "rtol", bad_number(low=0.0, low_open=True)),
-          Mutation("atol", "atol", bad_number(low=0.0, low_open=True)),
-          Mutation("max_steps", "max_steps", bad_number(low=1, integer=True)),
+         (Mutation("adaptive", "adaptive", st.sampled_from([1e-5, "dopri5", sample.Adaptive])),
           Mutation("solver", "solver", st.just(diffrax.Euler())))),
     Spec("meanflow_target", lambda kw: losses.meanflow_target(**kw),
          lambda: dict(apply_fn=average_fn, params=0.5, x=X, r=np.full(B, 0.2, np.float32),
@@ -874,87 +872,121 @@ def _fuzz_losses_valid():
 # --------------------------------------------------------------------------
 
 
-def field(x, t, args):
-    """A linear velocity field, `args` its scale: one compilation per solver for the module."""
-    return args * x + t[:, None]
+def _linear(scale, x, t):
+    return scale * x + t[:, None]
 
 
-def flow_map(x, r, t, args):
-    return args * x + (t - r)[:, None]
+field = jax.tree_util.Partial(_linear, 0.5)  # a pytree field: one compilation per solver
+flow_map = sample.ModelFlowMap(average_fn, 0.5)
 
 
-def _wrong_field(x, t, args):
+def _wrong_field(x, t):
     return x[:, :1]
 
 
+def _wrong_flow_map(x, r, t):
+    return x[:, :1]
+
+
+def _old_style_field(x, t, args):  # the `velocity_fn(x, t, args)` of earlier versions
+    return x
+
+
 GRID = np.array([0.0, 1e-7, 0.5, 1.0 - 1e-7, 1.0], np.float32)
-BAD_FIELD = BAD_CALLABLE | st.just(_wrong_field)
+BAD_FIELD = BAD_CALLABLE | st.sampled_from([_wrong_field, _old_style_field,
+                                             sample.ModelVelocity])
+BAD_FLOW_MAP = BAD_CALLABLE | st.sampled_from([_wrong_flow_map, _wrong_field])
 BAD_ODE_SOLVER = st.sampled_from(["dopri5", diffrax.Kvaerno5(), 1])
 BAD_SDE_SOLVER = st.sampled_from(["euler", diffrax.Dopri5(), 1])
+BAD_ADAPTIVE = st.sampled_from([1e-5, "dopri5", (1e-5, 1e-5), sample.Adaptive])
+BAD_DIFFUSION = BAD_CALLABLE | st.sampled_from([None, "constant", sample.ConstantDiffusion])
+BAD_INTERVAL = st.sampled_from([(0.5, 0.2), (-0.1, 0.5), (0.0, 1.5), (np.nan, 1.0), (0.1,),
+                                "0 1", None, (0.1, 0.2, 0.3)])
 POSITIVE = bad_number(low=0.0, low_open=True)
+LABELS = np.zeros(B, np.int32)
 
 
-def _field_spec(name, call, valid, field_arg="velocity_fn", x_arg="x0", extra=()):
+def _field_spec(name, call, valid, field_arg="field", x_arg="x0", extra=(), bad=BAD_FIELD):
     return Spec(name, call, valid,
-                (Mutation(field_arg, field_arg, BAD_FIELD),
+                (Mutation(field_arg, field_arg, bad),
                  Mutation(x_arg, x_arg, bad_array(mismatch=False)), *extra))
 
 
+def _grid_spec(name, call, valid):
+    """The same sampler on a user grid `ts`, with bad grids."""
+    return Spec(name + " ts", call, lambda: dict(valid(), ts=GRID),
+                (Mutation("ts", "ts", bad_grid()),))
+
+
+def _ode(**fixed):
+    return lambda kw: sample.solve_ode(**kw, **fixed)
+
+
 SAMPLE_SPECS = [
-    _field_spec("solve_ode", lambda kw: sample.solve_ode(**kw),
-                lambda: dict(velocity_fn=field, x0=X, args=0.5, solver=diffrax.Euler(),
-                             num_steps=2),
+    _field_spec("solve_ode", _ode(), lambda: dict(field=field, x0=X, solver=diffrax.Euler(),
+                                                  num_steps=2),
                 extra=(Mutation("solver", "solver", BAD_ODE_SOLVER),
                        Mutation("num_steps", "num_steps", BAD_STEPS),
-                       Mutation("ts", "ts", bad_grid()),
                        Mutation("t0", "t0", bad_number(low=0.0, high=1.0) | st.just(1.0)),
-                       Mutation("t1", "t1", bad_number(low=0.0, high=1.0) | st.just(0.0)))),
-    Spec("solve_ode adaptive", lambda kw: sample.solve_ode(**kw),
-         lambda: dict(velocity_fn=field, x0=X, args=0.5),
-         (Mutation("rtol", "rtol", POSITIVE), Mutation("atol", "atol", POSITIVE),
-          Mutation("max_steps", "max_steps", BAD_STEPS),
-          Mutation("num_save", "num_save", bad_number(low=2, integer=True)),
+                       Mutation("t1", "t1", bad_number(low=0.0, high=1.0) | st.just(0.0)),
+                       Mutation("num_save", "num_save", bad_number(low=2, integer=True)))),
+    _grid_spec("solve_ode", _ode(), lambda: dict(field=field, x0=X, solver=diffrax.Euler())),
+    Spec("solve_ode adaptive", _ode(), lambda: dict(field=field, x0=X),
+         (Mutation("adaptive", "adaptive", BAD_ADAPTIVE),
           Mutation("solver", "solver", st.just(diffrax.Euler())))),
+    Spec("Adaptive", lambda kw: sample.Adaptive(**kw),
+         lambda: dict(rtol=1e-5, atol=1e-5, max_steps=16),
+         (Mutation("rtol", "rtol", POSITIVE), Mutation("atol", "atol", POSITIVE),
+          Mutation("max_steps", "max_steps", BAD_STEPS))),
+    _field_spec("solve_ode DPMSolver2M", _ode(solver=sample.DPMSolver2M(paths.VP())),
+                lambda: dict(field=field, x0=X, ts=GRID),
+                extra=(Mutation("ts", "ts", bad_grid()),
+                       Mutation("adaptive", "adaptive", st.just(sample.Adaptive())))),
+    Spec("DPMSolver2M", lambda kw: sample.DPMSolver2M(**kw), lambda: dict(path=paths.VP()),
+         (Mutation("path", "path", BAD_PATH),
+          Mutation("prediction", "prediction", BAD_PREDICTION))),
+    _field_spec("solve_ode EDMHeun", _ode(solver=sample.EDMHeun(paths.VP(), sigma_max=10.0)),
+                lambda: dict(field=field, x0=X, ts=ftime.edm_grid(2, paths.VP(),
+                                                                  sigma_max=10.0)),
+                extra=(Mutation("ts", "ts", bad_grid()),)),
+    Spec("EDMHeun", lambda kw: sample.EDMHeun(**kw),
+         lambda: dict(path=paths.VP(), prediction=Prediction.DATA, sigma_max=10.0),
+         (Mutation("path", "path", BAD_PATH),
+          Mutation("prediction", "prediction", BAD_PREDICTION),
+          Mutation("sigma_max", "sigma_max", POSITIVE))),
     _field_spec("solve_sde", lambda kw: sample.solve_sde(**kw),
-                lambda: dict(velocity_fn=field, x0=X, args=0.5, key=KEY, path=paths.Cosine(),
-                             diffusion=sample.constant_diffusion(0.5), ts=GRID),
+                lambda: dict(field=field, x0=X, key=KEY, path=paths.Cosine(),
+                             diffusion=sample.ConstantDiffusion(0.5), ts=GRID),
                 extra=(Mutation("key", "key", BAD_KEY), Mutation("path", "path", BAD_PATH),
-                       Mutation("diffusion", "diffusion", BAD_CALLABLE | st.just(None)),
+                       Mutation("diffusion", "diffusion", BAD_DIFFUSION),
                        Mutation("ts", "ts", bad_grid()),
                        Mutation("num_steps", "ts", st.just(None)),
                        Mutation("solver", "solver", BAD_SDE_SOLVER),
                        Mutation("prediction", "prediction", BAD_PREDICTION))),
     _field_spec("log_likelihood", lambda kw: sample.log_likelihood(**kw),
-                lambda: dict(velocity_fn=field, x1=X, args=0.5, solver=diffrax.Euler(),
-                             num_steps=2),
+                lambda: dict(field=field, x1=X, solver=diffrax.Euler(), num_steps=2),
                 x_arg="x1",
                 extra=(Mutation("num_steps", "num_steps", BAD_STEPS),
-                       Mutation("ts", "ts", bad_grid()),
                        Mutation("num_probes", "num_probes", bad_number(low=1, integer=True,
                                                                        none_ok=True)),
                        Mutation("probe", "probe", st.sampled_from(["gaussian", 1, None])),
                        Mutation("source_log_prob", "source_log_prob", BAD_CALLABLE),
                        Mutation("solver", "solver", BAD_ODE_SOLVER))),
+    _grid_spec("log_likelihood", lambda kw: sample.log_likelihood(**kw),
+               lambda: dict(field=field, x1=X, solver=diffrax.Euler())),
     Spec("log_likelihood probes", lambda kw: sample.log_likelihood(**kw),
-         lambda: dict(velocity_fn=field, x1=X, args=0.5, solver=diffrax.Euler(), num_steps=2,
+         lambda: dict(field=field, x1=X, solver=diffrax.Euler(), num_steps=2,
                       num_probes=2, key=KEY),
          (Mutation("key", "key", BAD_KEY),)),
     Spec("log_likelihood adaptive", lambda kw: sample.log_likelihood(**kw),
-         lambda: dict(velocity_fn=field, x1=X, args=0.5),
-         (Mutation("rtol", "rtol", POSITIVE), Mutation("atol", "atol", POSITIVE),
-          Mutation("max_steps", "max_steps", BAD_STEPS))),
-    _field_spec("dpm_solver_2m", lambda kw: sample.dpm_solver_2m(**kw),
-                lambda: dict(velocity_fn=field, x0=X, args=0.5, path=paths.VP(), ts=GRID),
-                extra=(Mutation("path", "path", BAD_PATH), Mutation("ts", "ts", bad_grid()),
-                       Mutation("prediction", "prediction", BAD_PREDICTION))),
+         lambda: dict(field=field, x1=X), (Mutation("adaptive", "adaptive", BAD_ADAPTIVE),)),
     _field_spec("solve_flow_map", lambda kw: sample.solve_flow_map(**kw),
-                lambda: dict(average_fn=flow_map, x0=X, args=0.5, num_steps=2),
-                field_arg="average_fn",
-                extra=(Mutation("num_steps", "num_steps", BAD_STEPS),
-                       Mutation("ts", "ts", bad_grid()))),
+                lambda: dict(flow_map=flow_map, x0=X, num_steps=2), field_arg="flow_map",
+                extra=(Mutation("num_steps", "num_steps", BAD_STEPS),), bad=BAD_FLOW_MAP),
+    _grid_spec("solve_flow_map", lambda kw: sample.solve_flow_map(**kw),
+               lambda: dict(flow_map=flow_map, x0=X)),
     _field_spec("reflow_pairs", lambda kw: sample.reflow_pairs(**kw),
-                lambda: dict(velocity_fn=field, x0=X, args=0.5, solver=diffrax.Euler(),
-                             num_steps=2),
+                lambda: dict(field=field, x0=X, solver=diffrax.Euler(), num_steps=2),
                 extra=(Mutation("chunk_size", "chunk_size", bad_number(low=1, integer=True,
                                                                        none_ok=True)),
                        Mutation("num_steps", "num_steps", BAD_STEPS))),
@@ -966,62 +998,44 @@ SAMPLE_SPECS = [
           Mutation("shape", "shape", BAD_SHAPE | st.just((0,))),
           Mutation("num_bins", "num_bins", bad_number(low=1, integer=True)),
           Mutation("data_range", "data_range", POSITIVE))),
-    Spec("model_velocity", lambda kw: sample.model_velocity(**kw),
-         lambda: dict(apply_fn=apply_fn, path=paths.VP(), prediction=Prediction.DATA),
+    Spec("ModelVelocity", lambda kw: sample.ModelVelocity(**kw),
+         lambda: dict(apply_fn=apply_fn, params=0.5, path=paths.VP(),
+                      prediction=Prediction.DATA),
          (Mutation("apply_fn", "apply_fn", BAD_CALLABLE),
-          Mutation("path", "path", BAD_PATH),
+          Mutation("path", "path", BAD_PATH | st.just(paths.RectifiedFlow)),
           Mutation("prediction", "prediction", BAD_PREDICTION))),
-    Spec("model_average_velocity", lambda kw: sample.model_average_velocity(**kw),
-         lambda: dict(apply_fn=average_fn), (Mutation("apply_fn", "apply_fn", BAD_CALLABLE),)),
+    Spec("ModelFlowMap", lambda kw: sample.ModelFlowMap(**kw),
+         lambda: dict(apply_fn=average_fn, params=0.5),
+         (Mutation("apply_fn", "apply_fn", BAD_CALLABLE),)),
     Spec("evaluations_per_step", lambda kw: sample.evaluations_per_step(**kw),
          lambda: dict(solver=diffrax.Euler()), (Mutation("solver", "solver", BAD_ODE_SOLVER),)),
-    Spec("classifier_free_guidance", lambda kw: sample.classifier_free_guidance(**kw),
-         lambda: dict(cond_fn=field, uncond_fn=field, scale=2.0),
-         (Mutation("cond_fn", "cond_fn", BAD_CALLABLE),
-          Mutation("uncond_fn", "uncond_fn", BAD_CALLABLE),
-          Mutation("scale", "scale", bad_number()),
-          Mutation("interval", "interval", st.sampled_from(
-              [(0.5, 0.2), (-0.1, 0.5), (0.0, 1.5), (np.nan, 1.0), (0.1,), "0 1", None,
-               (0.1, 0.2, 0.3)])))),
-    Spec("guided_model_velocity", lambda kw: sample.guided_model_velocity(**kw),
-         lambda: dict(apply_fn=apply_fn, scale=2.0, null_cond=0),
+    Spec("ClassifierFreeGuidance", lambda kw: sample.ClassifierFreeGuidance(**kw),
+         lambda: dict(apply_fn=apply_fn, params=0.5, cond=LABELS, null_cond=1,
+                      guidance_scale=2.0),
          (Mutation("apply_fn", "apply_fn", BAD_CALLABLE),
-          Mutation("scale", "scale", bad_number()),
-          Mutation("interval", "interval", st.sampled_from([(0.5, 0.2), (0.1,), None])),
+          Mutation("guidance_scale", "guidance_scale", bad_number()),
+          Mutation("interval", "interval", BAD_INTERVAL),
           Mutation("path", "path", BAD_PATH.filter(lambda p: p is not None)),
           Mutation("prediction", "prediction", BAD_PREDICTION))),
-    _field_spec("edm_heun", lambda kw: sample.edm_heun(**kw),
-                lambda: dict(velocity_fn=field, x0=X, args=0.5, path=paths.VP(), num_steps=2,
-                             sigma_max=10.0),
-                extra=(Mutation("path", "path", BAD_PATH),
-                       Mutation("num_steps", "num_steps", BAD_STEPS),
-                       Mutation("sigma_min", "sigma_min", bad_number(low=0.0, high=10.0,
-                                                                     low_open=True,
-                                                                     high_open=True)),
-                       Mutation("sigma_max", "sigma_max", bad_number(low=0.002, low_open=True)
-                                | st.just(1e6)),
-                       Mutation("rho", "rho", bad_number(low=0.0, low_open=True)),
-                       Mutation("prediction", "prediction", BAD_PREDICTION))),
-    Spec("reverse_diffusion", lambda kw: sample.reverse_diffusion(**kw),
-         lambda: dict(path=paths.VP(), scale=1.0),
-         (Mutation("path", "path", BAD_PATH), Mutation("scale", "scale", bad_number(low=0.0)))),
-    Spec("classifier_guidance", lambda kw: sample.classifier_guidance(**kw),
-         lambda: dict(velocity_fn=field, classifier_fn=lambda p, x, t: x, path=paths.VP(),
-                      scale=2.0),
-         (Mutation("velocity_fn", "velocity_fn", BAD_CALLABLE),
+    Spec("ClassifierGuidance", lambda kw: sample.ClassifierGuidance(**kw),
+         lambda: dict(field=field, classifier_fn=lambda p, x, t: x, classifier_params=None,
+                      labels=LABELS, path=paths.VP(), guidance_scale=2.0),
+         (Mutation("field", "field", BAD_FIELD.filter(lambda f: f is not _wrong_field)),
           Mutation("classifier_fn", "classifier_fn", BAD_CALLABLE),
           Mutation("path", "path", BAD_PATH),
-          Mutation("scale", "scale", bad_number()),
-          Mutation("interval", "interval", st.sampled_from([(0.5, 0.2), (0.1,), None])))),
-    Spec("constant_diffusion", lambda kw: sample.constant_diffusion(**kw),
-         lambda: dict(scale=1.0), (Mutation("scale", "scale", bad_number(low=0.0)),)),
-    Spec("sigma_diffusion", lambda kw: sample.sigma_diffusion(**kw),
-         lambda: dict(path=paths.VP(), scale=1.0),
-         (Mutation("path", "path", BAD_PATH), Mutation("scale", "scale", bad_number(low=0.0)))),
-    Spec("vanishing_diffusion", lambda kw: sample.vanishing_diffusion(**kw),
-         lambda: dict(scale=1.0, power=1.0),
-         (Mutation("scale", "scale", bad_number(low=0.0)),
-          Mutation("power", "power", POSITIVE))),
+          Mutation("guidance_scale", "guidance_scale", bad_number()),
+          Mutation("interval", "interval", BAD_INTERVAL))),
+    Spec("ReverseDiffusion", lambda kw: sample.ReverseDiffusion(**kw),
+         lambda: dict(path=paths.VP(), factor=1.0),
+         (Mutation("path", "path", BAD_PATH), Mutation("factor", "factor", bad_number(low=0.0)))),
+    Spec("ConstantDiffusion", lambda kw: sample.ConstantDiffusion(**kw),
+         lambda: dict(g=1.0), (Mutation("g", "g", bad_number(low=0.0)),)),
+    Spec("SigmaDiffusion", lambda kw: sample.SigmaDiffusion(**kw),
+         lambda: dict(path=paths.VP(), factor=1.0),
+         (Mutation("path", "path", BAD_PATH), Mutation("factor", "factor", bad_number(low=0.0)))),
+    Spec("VanishingDiffusion", lambda kw: sample.VanishingDiffusion(**kw),
+         lambda: dict(g=1.0, power=1.0),
+         (Mutation("g", "g", bad_number(low=0.0)), Mutation("power", "power", POSITIVE))),
 ]
 
 
@@ -1042,12 +1056,13 @@ def _fuzz_sample_valid():
     def check(x0, scale, which, solver, steps):
         scale = np.float32(scale)
         grid = np.concatenate([[0.0], np.cumsum(steps)[:-1] / np.sum(steps), [1.0]])
+        velocity = jax.tree_util.Partial(_linear, scale)
         if which == "ode":
-            out = sample.solve_ode(field, x0, scale, solver=solver, num_steps=2)
+            out = sample.solve_ode(velocity, x0, solver=solver, num_steps=2)
         elif which == "ode_grid":
-            out = sample.solve_ode(field, x0, scale, solver=solver, ts=grid)
+            out = sample.solve_ode(velocity, x0, solver=solver, ts=grid)
         elif which == "flow_map":
-            out = sample.solve_flow_map(flow_map, x0, scale, ts=grid)
+            out = sample.solve_flow_map(sample.ModelFlowMap(average_fn, scale), x0, ts=grid)
         else:
             out = sample.standard_normal_log_prob(x0), sample.bits_per_dim(
                 sample.standard_normal_log_prob(x0), (D,))

@@ -30,15 +30,11 @@ def test_guidance_is_the_linear_combination_inside_the_interval(x64):
     vc = _apply(None, x, t, cond)
     vu = _apply(None, x, t, jnp.full(6, 3))
     for w in (0.0, 1.0, 2.5):
-        batched = sample.guided_model_velocity(_apply, scale=w, null_cond=3)(x, t, (None, cond))
+        batched = sample.ClassifierFreeGuidance(_apply, None, cond, null_cond=3,
+                                                guidance_scale=w)(x, t)
         np.testing.assert_allclose(batched, vu + w * (vc - vu), rtol=1e-10)
-        two = sample.classifier_free_guidance(
-            lambda x, t, a: _apply(None, x, t, a), lambda x, t, a: _apply(None, x, t,
-                                                                          jnp.full(6, 3)),
-            scale=w)(x, t, cond)
-        np.testing.assert_allclose(two, batched, rtol=1e-10)
-    limited = sample.guided_model_velocity(_apply, scale=3.0, null_cond=3,
-                                           interval=(0.4, 0.7))(x, t, (None, cond))
+    limited = sample.ClassifierFreeGuidance(_apply, None, cond, null_cond=3, guidance_scale=3.0,
+                                            interval=(0.4, 0.7))(x, t)
     inside = (t >= 0.4) & (t <= 0.7)
     np.testing.assert_allclose(limited[~inside], vc[~inside], rtol=1e-10)
     np.testing.assert_allclose(limited[inside], (vu + 3.0 * (vc - vu))[inside], rtol=1e-10)
@@ -50,8 +46,8 @@ def test_guidance_pushes_class_samples_away_from_the_others(x64):
     cond = jnp.zeros(500, jnp.int32)
     means = {}
     for w in (0.0, 1.0, 3.0):
-        fn = sample.guided_model_velocity(_apply, scale=w, null_cond=3)
-        out = sample.solve_ode(fn, x0, (None, cond), rtol=1e-6, atol=1e-6).samples
+        field = sample.ClassifierFreeGuidance(_apply, None, cond, null_cond=3, guidance_scale=w)
+        out = sample.solve_ode(field, x0, adaptive=sample.Adaptive(1e-6, 1e-6)).samples
         means[w] = np.asarray(out.mean(0))
         if w == 1.0:  # the conditional model samples its class (std 0.32 per axis)
             assert float(jnp.mean(jnp.linalg.norm(out - MEANS[0], axis=1))) < 0.5
@@ -61,11 +57,23 @@ def test_guidance_pushes_class_samples_away_from_the_others(x64):
 
 
 def test_bad_arguments():
+    cond = jnp.zeros(4, jnp.int32)
     with pytest.raises(ValueError, match="`interval`"):
-        sample.guided_model_velocity(_apply, scale=2.0, null_cond=3, interval=(0.8, 0.2))
+        sample.ClassifierFreeGuidance(_apply, None, cond, 3, 2.0, interval=(0.8, 0.2))
     with pytest.raises(ValueError, match="`path`"):
-        sample.guided_model_velocity(_apply, scale=2.0, null_cond=3,
-                                     prediction=paths.Prediction.DATA)
+        sample.ClassifierFreeGuidance(_apply, None, cond, 3, 2.0,
+                                      prediction=paths.Prediction.DATA)
+    with pytest.raises(TypeError, match="`path` must be an affine path.*class RectifiedFlow"):
+        sample.ClassifierFreeGuidance(_apply, None, cond, 3, 2.0, path=paths.RectifiedFlow,
+                                      prediction=paths.Prediction.DATA)
+    for bad in ("2.0", None, (1.0, 2.0)):
+        with pytest.raises(TypeError, match="`guidance_scale` must be a real number"):
+            sample.ClassifierFreeGuidance(_apply, None, cond, 3, guidance_scale=bad)
+        with pytest.raises(TypeError, match="`guidance_scale` must be a real number"):
+            sample.ClassifierGuidance(lambda x, t: x, lambda p, x, t: x, None, cond, PATH,
+                                      guidance_scale=bad)
+    with pytest.raises(TypeError, match="`field` must be called as field"):
+        sample.ClassifierGuidance(lambda x, t, args: x, lambda p, x, t: x, None, cond, PATH, 1.0)
 
 
 # -- classifier guidance ---------------------------------------------------------------------
@@ -88,7 +96,7 @@ def test_classifier_guidance_with_the_exact_posterior_is_the_conditional_field(x
         return jnp.log(WEIGHTS) + jnp.stack([analytic.mixture_log_prob(path, c, x, t)
                                              for c in TWO], -1)
 
-    def unconditional(x, t, args):
+    def unconditional(x, t):
         return analytic.mixture_velocity(path, full, x, t)
 
     x = 1.5 * jax.random.normal(jax.random.PRNGKey(0), (32, 2))
@@ -99,11 +107,11 @@ def test_classifier_guidance_with_the_exact_posterior_is_the_conditional_field(x
     @jax.jit  # one program for every field: compiles once
     def fields(x, t, labels):
         per_class = jnp.stack([analytic.mixture_velocity(path, c, x, t) for c in TWO])
-        guided = [sample.classifier_guidance(unconditional, classifier, path=path, scale=w)(
-            x, t, (None, None, labels)) for w in scales]
-        late = sample.classifier_guidance(unconditional, classifier, path=path, scale=1.0,
-                                          interval=(0.5, 1.0))(x, t, (None, None, labels))
-        return per_class, unconditional(x, t, None), guided, late
+        guided = [sample.ClassifierGuidance(unconditional, classifier, None, labels, path,
+                                            guidance_scale=w)(x, t) for w in scales]
+        late = sample.ClassifierGuidance(unconditional, classifier, None, labels, path,
+                                         guidance_scale=1.0, interval=(0.5, 1.0))(x, t)
+        return per_class, unconditional(x, t), guided, late
 
     per_class, vu, guided, late = fields(x, t, labels)
     conditional = jnp.where(labels[:, None] == 0, per_class[0], per_class[1])
@@ -112,5 +120,5 @@ def test_classifier_guidance_with_the_exact_posterior_is_the_conditional_field(x
     assert float(jnp.mean(jnp.linalg.norm(conditional - vu, axis=1))) > 0.1  # not trivial
     np.testing.assert_allclose(late, jnp.where((t >= 0.5)[:, None], conditional, vu), rtol=1e-8)
     with pytest.raises(ValueError, match="`labels`"):
-        sample.classifier_guidance(unconditional, classifier, path=path, scale=1.0)(
-            x, t, (None, None, labels[:5]))
+        sample.ClassifierGuidance(unconditional, classifier, None, labels[:5], path,
+                                  guidance_scale=1.0)(x, t)

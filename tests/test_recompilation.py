@@ -15,9 +15,11 @@ import diffrax
 import jax
 import jax.numpy as jnp
 import optax
+import numpy as np
 import pytest
 
 from flowjax import losses, models, paths, sample, train
+from flowjax import time as ftime
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -72,28 +74,124 @@ def test_train_step_traces_once_across_calls_and_a_restore(tmp_path, fused, shar
     assert step._cache_size() == 1
 
 
-@pytest.mark.parametrize("solver,kwargs", [(diffrax.Euler(), {"num_steps": 4}),
-                                           (diffrax.Dopri5(), {"rtol": 1e-3, "atol": 1e-3})],
-                         ids=["euler", "dopri5"])
-def test_solve_ode_traces_once_for_new_params_and_sources(solver, kwargs):
-    traces = []
+# --------------------------------------------------------------------------
+# Samplers: 10 calls with new parameters, a new guidance scale and a freshly built
+# field of the same structure trace the model once.
+# --------------------------------------------------------------------------
 
-    def velocity(x, t, args):
-        traces.append(1)
-        scale, _ = args
-        return -scale * x * t[:, None]
+PATH = paths.RectifiedFlow()
+CALLS = 10
 
-    after_first = None
-    for i in range(4):
-        x0 = jax.random.normal(jax.random.PRNGKey(i), (8, 2))
-        out = sample.solve_ode(velocity, x0, (jnp.float32(0.5 + i), None), solver=solver,
-                               **kwargs)
-        expected = x0 * jnp.exp(-(0.5 + i) / 2)  # dx/dt = -s t x
-        assert jnp.allclose(out.samples, expected, atol=0.2 if "num_steps" in kwargs else 2e-3)
-        # diffrax traces the field a few times while building the solve (once per use
-        # site), all in the first call; new params and sources of the same shape add none.
-        after_first = len(traces) if after_first is None else after_first
-        assert len(traces) == after_first
+
+class Counted:
+    """Model functions whose Python bodies count their traces (they run only when traced)."""
+
+    def __init__(self):
+        self.traces = {"velocity": 0, "flow_map": 0, "classifier": 0}
+
+    def velocity(self, params, x, t, cond):
+        self.traces["velocity"] += 1
+        out = -params["w"] * x * t[:, None] + params["b"]
+        return out if cond is None else out + 0.1 * cond[:, None]
+
+    def flow_map(self, params, x, r, t, cond):
+        self.traces["flow_map"] += 1
+        return -params["w"] * x * (t - r)[:, None] + params["b"]
+
+    def classifier(self, params, x, t):
+        self.traces["classifier"] += 1
+        return jnp.stack([x[:, 0], -x[:, 0]], -1) * params["w"]
+
+
+def _params(i):
+    return {"w": jnp.float32(0.5 + 0.1 * i), "b": jnp.full((2,), 0.01 * i, jnp.float32)}
+
+
+def _x(i, n=8):
+    return jax.random.normal(jax.random.PRNGKey(i), (n, 2))
+
+
+LABELS = jnp.arange(8) % 2
+
+
+def _run(model, name, i):
+    """One call of the sampler `name`, with everything built afresh from `i`."""
+    p, x = _params(i), _x(i)
+    velocity = sample.ModelVelocity(model.velocity, p)
+    if name == "solve_ode_fixed":
+        return sample.solve_ode(velocity, x, solver=diffrax.Heun(), num_steps=4)
+    if name == "solve_ode_adaptive":
+        return sample.solve_ode(velocity, x, adaptive=sample.Adaptive(1e-3, 1e-3))
+    if name == "solve_sde":
+        return sample.solve_sde(velocity, x, key=jax.random.PRNGKey(100 + i), path=PATH,
+                                diffusion=sample.ConstantDiffusion(0.5 + 0.1 * i), num_steps=4)
+    if name == "log_likelihood":
+        return sample.log_likelihood(velocity, x, adaptive=sample.Adaptive(1e-3, 1e-3))
+    if name == "log_likelihood_hutchinson":
+        return sample.log_likelihood(velocity, x, key=jax.random.PRNGKey(i), num_probes=2,
+                                     solver=diffrax.Euler(), num_steps=4)
+    if name == "dpm_solver_2m":
+        return sample.solve_ode(velocity, x, solver=sample.DPMSolver2M(PATH), num_steps=4)
+    if name == "edm_heun":
+        return sample.solve_ode(velocity, x, solver=sample.EDMHeun(PATH),
+                                ts=ftime.edm_grid(4, PATH))
+    if name == "solve_flow_map":
+        return sample.solve_flow_map(sample.ModelFlowMap(model.flow_map, p), x, num_steps=2)
+    if name == "reflow_pairs":
+        return sample.reflow_pairs(velocity, x, solver=diffrax.Euler(), num_steps=3)
+    if name == "classifier_free_guidance":
+        field = sample.ClassifierFreeGuidance(model.velocity, p, LABELS.astype(jnp.float32),
+                                              null_cond=2.0, guidance_scale=1.0 + 0.5 * i)
+        return sample.solve_ode(field, x, solver=diffrax.Euler(), num_steps=4)
+    if name == "classifier_guidance":
+        field = sample.ClassifierGuidance(velocity, model.classifier, _params(2 * i), LABELS,
+                                          PATH, guidance_scale=1.0 + 0.5 * i,
+                                          interval=(0.1, 1.0))
+        return sample.solve_ode(field, x, solver=diffrax.Euler(), num_steps=4)
+    raise AssertionError(name)
+
+
+SAMPLERS = ["solve_ode_fixed", "solve_ode_adaptive", "solve_sde", "log_likelihood",
+            "log_likelihood_hutchinson", "dpm_solver_2m", "edm_heun", "solve_flow_map",
+            "reflow_pairs", "classifier_free_guidance", "classifier_guidance"]
+
+
+@pytest.mark.parametrize("name", SAMPLERS)
+def test_every_sampler_traces_the_model_once_over_ten_calls(name):
+    model = Counted()
+    outs = [_run(model, name, i) for i in range(CALLS)]
+    jax.block_until_ready(outs)
+    used = {"solve_flow_map": ["flow_map"],
+            "classifier_guidance": ["velocity", "classifier"]}.get(name, ["velocity"])
+    for kind in used:
+        assert model.traces[kind] == 1, (kind, model.traces)
+    # The calls did see their new parameters and sources.
+    assert not np.allclose(outs[0].samples, outs[1].samples)
+    assert all(isinstance(o, sample.Solution) and o.stats["nfe"].dtype == jnp.int32
+               for o in outs)
+
+
+def test_a_new_guidance_scale_changes_the_samples_without_a_new_trace():
+    model = Counted()
+    x = _x(0)
+    outs = [sample.solve_ode(sample.ClassifierFreeGuidance(
+        model.velocity, _params(0), LABELS.astype(jnp.float32), null_cond=2.0,
+        guidance_scale=w), x, solver=diffrax.Euler(), num_steps=4).samples for w in (0.0, 3.0)]
+    assert model.traces["velocity"] == 1
+    assert not np.allclose(outs[0], outs[1])
+
+
+def test_fixed_step_solve_ode_inside_a_users_jit_traces_once():
+    model = Counted()
+
+    @jax.jit
+    def run(params, x):
+        field = sample.ModelVelocity(model.velocity, params)
+        return sample.solve_ode(field, x, solver=sample.RK4(), num_steps=8).samples
+
+    for i in range(CALLS):
+        jax.block_until_ready(run(_params(i), _x(i)))
+    assert model.traces["velocity"] == 1
 
 
 _CACHE_PROBE = """

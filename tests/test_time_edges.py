@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from flowjax import analytic, paths, sample
+from flowjax import time as ftime
 from flowjax.paths import Prediction
 
 EDGE_TIMES = (0.0, 1e-7, 1e-3, 1.0 - 1e-3, 1.0 - 1e-7, 1.0)
@@ -123,9 +124,8 @@ def _finite(*outs):
 def test_ode_sampler_at_the_edges():
     # Heun evaluates the field at both ends of every step: at 0, 1e-7, 0.5, 1 - 1e-7 and 1.
     path = paths.RectifiedFlow(noise=paths.BridgeNoise(0.7))  # alpha(0) = 0, sigma_total(1) = 0
-    field = sample.model_velocity(apply_fn, path=path, prediction=Prediction.DATA)
-    sol = sample.solve_ode(field, _x0(), (0.5, None), solver=diffrax.Heun(), ts=GRID,
-                           save_trajectory=True)
+    field = sample.ModelVelocity(apply_fn, 0.5, path=path, prediction=Prediction.DATA)
+    sol = sample.solve_ode(field, _x0(), solver=diffrax.Heun(), ts=GRID, save_trajectory=True)
     assert _finite(sol.trajectory)
     assert sol.trajectory.shape[0] == GRID.shape[0]
 
@@ -134,21 +134,27 @@ def test_sde_sampler_at_the_edges():
     # The reverse-time SDE: g is the path's own diffusion, floored where alpha(0) = 0 and
     # vanishing with sigma_total at t = 1, for a score model.
     path = paths.Cosine(noise=paths.BridgeNoise(0.3))
-    sol = sample.solve_sde(lambda x, t, p: apply_fn(p, x, t, None), _x0(), 0.5,
+    sol = sample.solve_sde(sample.ModelVelocity(apply_fn, 0.5), _x0(),
                            key=jax.random.PRNGKey(2), path=path, prediction=Prediction.SCORE,
-                           diffusion=sample.reverse_diffusion(path), ts=GRID,
+                           diffusion=sample.ReverseDiffusion(path), ts=GRID,
                            save_trajectory=True)
     assert _finite(sol.trajectory)
-    assert sol.nfe == GRID.shape[0] - 1
+    assert int(sol.nfe) == GRID.shape[0] - 1
 
 
 def test_edm_heun_at_the_edges():
-    """sigma_max and sigma_min at the ends of VE's range: the grid starts at t = 0, ends at 1."""
+    """sigma_max at the top of VE's range: the grid starts at t = 0 and ends at 1.
+
+    The last level sits just above VE's own floor (0.01): the final Euler step goes to
+    sigma = 0 at the nominal time 1, so a level at the floor would repeat t = 1.
+    """
     path = paths.VE(sigma_min=0.01, sigma_max=50.0)
     model = paths.edm_precondition(lambda p, x, c_noise, cond: p * x + c_noise[:, None], path)
-    field = lambda x, t, p: model(p, x, t)  # noqa: E731
-    sol = sample.edm_heun(field, _x0(), 0.5, path=path, num_steps=3, sigma_min=0.01,
-                          sigma_max=50.0, prediction=Prediction.DATA, save_trajectory=True)
+    field = jax.tree_util.Partial(lambda p, x, t: model(p, x, t), 0.5)
+    sol = sample.solve_ode(field, _x0(),
+                           solver=sample.EDMHeun(path, Prediction.DATA, sigma_max=50.0),
+                           ts=ftime.edm_grid(3, path, sigma_min=0.011, sigma_max=50.0),
+                           save_trajectory=True)
     assert _finite(sol.trajectory)
     np.testing.assert_allclose([sol.ts[0], sol.ts[-1]], [0.0, 1.0], atol=1e-6)
 
@@ -160,11 +166,12 @@ def test_diffusion_and_guidance_fields_at_the_edges(path):
     sigma, g = paths.noise_ratio(path, T), paths.sde_diffusion(path, T)
     assert _finite(sigma, g) and np.all(np.asarray(sigma) > 0) and np.all(np.asarray(g) >= 0)
     model = paths.edm_precondition(lambda p, x, c_noise, cond: p * x + c_noise[:, None], path)
-    guided = sample.classifier_guidance(
-        lambda x, t, p: apply_fn(p, x, t, None),
-        lambda p, x, t: p * jnp.stack([x[:, 0], -x[:, 0]], -1), path=path, scale=2.0)
     labels = jnp.zeros(T.shape[0], jnp.int32)
-    assert _finite(model(0.5, x, T), guided(x, T, (0.5, 1.0, labels)))
+    guided = sample.ClassifierGuidance(
+        sample.ModelVelocity(apply_fn, 0.5),
+        lambda p, x, t: p * jnp.stack([x[:, 0], -x[:, 0]], -1), 1.0, labels, path,
+        guidance_scale=2.0)
+    assert _finite(model(0.5, x, T), guided(x, T))
 
 
 @pytest.mark.parametrize("path, prediction", [
@@ -172,17 +179,17 @@ def test_diffusion_and_guidance_fields_at_the_edges(path):
     (paths.RectifiedFlow(noise=paths.BridgeNoise(0.7)), Prediction.DATA),
 ], ids=["VP-noise", "bridge-data"])
 def test_dpm_solver_at_the_edges(path, prediction):
-    samples, nfe = sample.dpm_solver_2m(lambda x, t, p: apply_fn(p, x, t, None), _x0(), 0.5,
-                                        path=path, ts=GRID, prediction=prediction)
-    assert _finite(samples)
-    assert nfe == GRID.shape[0] - 1
+    sol = sample.solve_ode(sample.ModelVelocity(apply_fn, 0.5), _x0(),
+                           solver=sample.DPMSolver2M(path, prediction=prediction), ts=GRID)
+    assert _finite(sol.samples)
+    assert int(sol.nfe) == GRID.shape[0] - 1
 
 
 def test_few_step_sampler_at_the_edges():
     """Jumps 0 -> 1e-7 -> 0.5 -> 1 - 1e-7 -> 1 with the exact flow map of a degenerate Gaussian."""
     mean, cov = jnp.array([1.0, -1.0]), jnp.array([[1.0, 1.0], [1.0, 1.0]])  # singular
 
-    def average_fn(x, r, t, args):
+    def average_fn(x, r, t):
         return analytic.gaussian_average_velocity(paths.Cosine(), mean, cov, x, r, t)
 
     x0 = _x0()
@@ -194,15 +201,15 @@ def test_few_step_sampler_at_the_edges():
     # u(x, t, t) at the ends (r = t = 0 and 1) is the velocity there, finite.
     for edge in (0.0, 1.0):
         tt = jnp.full((x0.shape[0],), edge)
-        assert _finite(average_fn(x0, tt, tt, None))
+        assert _finite(average_fn(x0, tt, tt))
 
 
 def test_likelihood_at_the_edges():
     # Walked back from 1 to 0 on the grid: the field and its exact divergence at 1, 1 - 1e-7,
     # 0.5 and 1e-7, for a data-prediction model on a path whose noise vanishes at t = 1.
     path = paths.RectifiedFlow(noise=paths.BridgeNoise(0.7))
-    field = sample.model_velocity(apply_fn, path=path, prediction=Prediction.DATA)
-    log_prob, nfe = sample.log_likelihood(field, _x0(), (0.5, None), solver=diffrax.Euler(),
-                                          ts=GRID)
+    field = sample.ModelVelocity(apply_fn, 0.5, path=path, prediction=Prediction.DATA)
+    sol = sample.log_likelihood(field, _x0(), solver=diffrax.Euler(), ts=GRID)
+    log_prob, nfe = sol.log_prob, sol.nfe
     assert log_prob.shape == (4,) and _finite(log_prob)
     assert int(nfe) == GRID.shape[0] - 1

@@ -23,8 +23,10 @@ import importlib
 import os
 import time
 import zlib
+from typing import Callable
 
 import diffrax
+import equinox as eqx
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -484,71 +486,61 @@ def _solver_runs(config, method, apply_fn, params, x0, labels, guide=None):
     """
     out = {}
     if is_flow_map(config, method):
-        average = sample.model_average_velocity(apply_fn)
+        flow_map = sample.ModelFlowMap(apply_fn, params, labels)
         for n in config.eval.flow_map_steps:
-            sol = sample.solve_flow_map(average, x0, (params, labels), num_steps=n)
+            sol = sample.solve_flow_map(flow_map, x0, num_steps=n)
             scale = config[method].guidance_scale / (1 - config[method].guidance_mix)
             out[("meanflow", n, scale)] = (np.asarray(sol.samples), int(sol.nfe))
         return out
     for scale in config.eval.guidance_scales:
         if scale == 1.0:
-            velocity = _velocity(apply_fn)
+            velocity = sample.ModelVelocity(apply_fn, params, labels)
         else:
-            velocity = _guided(apply_fn, scale, config.num_classes,
-                               tuple(config.eval.guidance_interval))
-        args = (params, labels)
+            velocity = sample.ClassifierFreeGuidance(
+                apply_fn, params, labels, null_cond=config.num_classes, guidance_scale=scale,
+                interval=tuple(config.eval.guidance_interval))
         grids = [("euler", diffrax.Euler(), n) for n in config.eval.euler_steps]
         grids += [("midpoint", diffrax.Midpoint(), n) for n in config.eval.midpoint_steps]
         for name, solver, n in grids:
-            sol = sample.solve_ode(velocity, x0, args, solver=solver, num_steps=n)
+            sol = sample.solve_ode(velocity, x0, solver=solver, num_steps=n)
             out[(name, n, scale)] = (np.asarray(sol.samples), int(sol.nfe))
         if config.eval.adaptive:
-            sol = sample.solve_ode(velocity, x0, args, rtol=config.eval.rtol,
-                                   atol=config.eval.rtol)
+            sol = sample.solve_ode(velocity, x0, adaptive=sample.Adaptive(config.eval.rtol,
+                                                                          config.eval.rtol))
             out[("dopri5", None, scale)] = (np.asarray(sol.samples), int(sol.nfe))
     if guide is not None:
         classifier, classifier_params = guide
         null = jnp.full_like(labels, config.num_classes)  # the unconditional field
         n = config.eval.classifier_guidance_steps
         for scale in config.eval.classifier_guidance_scales:
-            guided = _classifier_guided(apply_fn, classifier, float(scale),
-                                        tuple(config.eval.classifier_guidance_interval))
-            sol = sample.solve_ode(guided, x0, ((params, null), classifier_params, labels),
-                                   solver=diffrax.Euler(), num_steps=n)
+            guided = sample.ClassifierGuidance(
+                sample.ModelVelocity(apply_fn, params, null), classifier, classifier_params,
+                labels, paths.RectifiedFlow(), guidance_scale=float(scale),
+                interval=tuple(config.eval.classifier_guidance_interval))
+            sol = sample.solve_ode(guided, x0, solver=diffrax.Euler(), num_steps=n)
             out[("cg-euler", n, float(scale))] = (np.asarray(sol.samples), int(sol.nfe))
     return out
 
 
-@functools.lru_cache(maxsize=None)
-def _velocity(apply_fn):
-    return sample.model_velocity(apply_fn)
+class _Instantaneous(eqx.Module):
+    """The instantaneous field `u(x, t, t)` of a flow-map model, as a velocity model."""
 
+    apply_fn: Callable = eqx.field(static=True)
 
-@functools.lru_cache(maxsize=None)
-def _classifier_guided(apply_fn, classifier, scale, interval):
-    return sample.classifier_guidance(_velocity(apply_fn), classifier, path=paths.RectifiedFlow(),
-                                      scale=scale, interval=interval)
-
-
-@functools.lru_cache(maxsize=None)
-def _guided(apply_fn, scale, null_cond, interval):
-    return sample.guided_model_velocity(apply_fn, scale=scale, null_cond=null_cond,
-                                        interval=interval)
+    def __call__(self, params, x, t, cond):
+        return self.apply_fn(params, x, t, t, cond)
 
 
 def bits_per_dim(config, method, apply_fn, params, images):
     """Mean bits/dim of `images` under the unconditional field (null label), Dopri5."""
     null = jnp.full(images.shape[:1], config.num_classes, jnp.int32) if config.conditional \
         else None
-    if is_flow_map(config, method):
-        fn = apply_fn
-        velocity = _velocity(lambda p, x, t, c: fn(p, x, t, t, c))
-    else:
-        velocity = _velocity(apply_fn)
+    model = _Instantaneous(apply_fn) if is_flow_map(config, method) else apply_fn
+    velocity = sample.ModelVelocity(model, params, null)
     probes = config.eval.bpd_probes or None
-    logp, _ = sample.log_likelihood(velocity, jnp.asarray(images), (params, null),
-                                    key=jax.random.PRNGKey(config.seed + 3) if probes else None,
-                                    num_probes=probes)
+    logp = sample.log_likelihood(velocity, jnp.asarray(images),
+                                 key=jax.random.PRNGKey(config.seed + 3) if probes else None,
+                                 num_probes=probes).log_prob
     bpd = sample.bits_per_dim(logp, images.shape[1:], num_bins=config.eval.bpd_bins)
     return float(jnp.mean(bpd))
 

@@ -119,16 +119,15 @@ def exact_apply_fn(points, x, t, cond=None):
     return empirical_velocity(points, x, t)
 
 
-def _exact_velocity(x, t, points):
+def _exact_velocity(points, x, t):
     return empirical_velocity(points, x, t)
 
 
 @functools.lru_cache(maxsize=None)
 def _network_fns(hidden, time_dim, time_scale):
-    """One model function and velocity function per architecture, so solves compile once."""
+    """One model function per architecture, so that train steps compile once."""
     module = models.MLP(hidden=hidden, time_dim=time_dim, time_scale=time_scale)
-    apply_fn = models.model_fn(module)
-    return apply_fn, sample.model_velocity(apply_fn)
+    return models.model_fn(module)
 
 
 def _fns(config):
@@ -145,7 +144,7 @@ def _optimizer(config):
 def train_network(config, workdir, train_points, key, writer):
     """Trains the MLP with I-CFM on `train_points`, resuming from checkpoints; returns the state."""
     n, d = train_points.shape
-    apply_fn, _ = _fns(config)
+    apply_fn = _fns(config)
     optimizer = _optimizer(config)
     init_key, state_key, data_key = jax.random.split(key, 3)
     params = jax.jit(make_module(config).init)(init_key, jnp.zeros((1, d)),
@@ -264,7 +263,7 @@ def train_and_evaluate(config, workdir: str):
     pool, heldout, fresh, fresh2, x0, k_loss, k_train = _draw_data(
         config.target, sizes[-1], int(config.num_heldout), m, config.seed)
     w2_floor = metrics.w2(np.asarray(fresh2), np.asarray(fresh))
-    apply_fn, velocity_fn = _fns(config)
+    apply_fn = _fns(config)
     radius = float(config.eval.copy_radius)
 
     rows, plot_data = [], {}
@@ -273,10 +272,10 @@ def train_and_evaluate(config, workdir: str):
         state = train_network(config, workdir, train_points, jax.random.fold_in(k_train, n),
                               writer)
         params = state.ema_params if config.eval.use_ema else state.params
-        exact = sample.solve_ode(_exact_velocity, x0, train_points, rtol=config.eval.rtol,
-                                 atol=config.eval.atol)
-        net = sample.solve_ode(velocity_fn, x0, (params, None), rtol=config.eval.rtol,
-                               atol=config.eval.atol)
+        tolerances = sample.Adaptive(config.eval.rtol, config.eval.atol)
+        exact = sample.solve_ode(jax.tree_util.Partial(_exact_velocity, train_points), x0,
+                                 adaptive=tolerances)
+        net = sample.solve_ode(sample.ModelVelocity(apply_fn, params), x0, adaptive=tolerances)
         curves = {}
         for name, fn, p in ((EXACT, exact_apply_fn, train_points), (NETWORK, apply_fn, params)):
             for split, pts in (("train", train_points), ("heldout", heldout[:n])):

@@ -23,6 +23,7 @@ import zlib
 from concurrent.futures import ThreadPoolExecutor
 
 import diffrax
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -348,12 +349,11 @@ def train_one(config, workdir: str, source: str, run: str, writer, apply_fn, ini
     return state
 
 
-def _velocity_along(velocity_fn, args, trajectory, ts):
-    return jax.vmap(lambda x, t: velocity_fn(x, jnp.full((x.shape[0],), t, x.dtype), args))(
-        trajectory, ts)
+def _velocity_along(field, trajectory, ts):
+    return jax.vmap(lambda x, t: field(x, jnp.full((x.shape[0],), t, x.dtype)))(trajectory, ts)
 
 
-def evaluate(config, velocity_fn, args, x0, euler_steps):
+def evaluate(config, field, x0, euler_steps):
     """Samples with Euler at `euler_steps` and adaptive Dopri5.
 
     Returns `(runs, trajectory, velocities, ts)`: per-solver (samples, NFE),
@@ -361,17 +361,27 @@ def evaluate(config, velocity_fn, args, x0, euler_steps):
     """
     runs = {}
     for n in euler_steps:
-        sol = sample.solve_ode(velocity_fn, x0, args, solver=diffrax.Euler(), num_steps=int(n))
+        sol = sample.solve_ode(field, x0, solver=diffrax.Euler(), num_steps=int(n))
         runs[f"euler-{n}"] = (np.asarray(sol.samples), int(sol.nfe))
-    sol = sample.solve_ode(velocity_fn, x0, args, solver=diffrax.Dopri5(),
-                           rtol=config.eval.rtol, atol=config.eval.atol, save_trajectory=True,
-                           num_save=config.eval.num_save)
+    sol = sample.solve_ode(field, x0, solver=diffrax.Dopri5(),
+                           adaptive=sample.Adaptive(config.eval.rtol, config.eval.atol),
+                           save_trajectory=True, num_save=config.eval.num_save)
     runs["dopri5"] = (np.asarray(sol.samples), int(sol.nfe))
-    vel = _velocity_along(velocity_fn, args, sol.trajectory, sol.ts)
+    vel = _velocity_along(field, sol.trajectory, sol.ts)
     return runs, sol.trajectory, vel, sol.ts
 
 
-def evaluate_flow_map(config, run, apply_fn, args, x0):
+class _Instantaneous(eqx.Module):
+    """The instantaneous field `u(x, t, t + delta)` of a flow map."""
+
+    flow_map: sample.ModelFlowMap
+    delta: float = eqx.field(static=True)
+
+    def __call__(self, x, t):
+        return self.flow_map(x, t, t + self.delta)
+
+
+def evaluate_flow_map(config, run, apply_fn, params, x0):
     """A flow map sampled with K jumps (`<run>-K`), and Dopri5 on its instantaneous field.
 
     The instantaneous field is `u(x, t, t)` for MeanFlow and the finest
@@ -382,55 +392,40 @@ def evaluate_flow_map(config, run, apply_fn, args, x0):
         steps, delta = [2 ** i for i in range(int(np.log2(m)) + 1)], 1.0 / m
     else:
         steps, delta = list(config.eval.flow_map_steps), 0.0
-    average_fn, velocity_fn = _flow_map_fns(apply_fn, delta)
-    runs, traj, vel, ts = evaluate(config, velocity_fn, args, x0, euler_steps=())
+    flow_map = sample.ModelFlowMap(apply_fn, params)
+    runs, traj, vel, ts = evaluate(config, _Instantaneous(flow_map, delta), x0, euler_steps=())
     for k in steps:
-        sol = sample.solve_flow_map(average_fn, x0, args, num_steps=int(k))
+        sol = sample.solve_flow_map(flow_map, x0, num_steps=int(k))
         runs[f"{run}-{k}"] = (np.asarray(sol.samples), int(sol.nfe))
     runs = {name: runs[name] for name in [f"{run}-{k}" for k in steps] + ["dopri5"]}
     return runs, traj, vel, ts
 
 
-@functools.lru_cache(maxsize=None)
-def _velocity_fn(apply_fn, path=None, prediction=paths.Prediction.VELOCITY):
-    """One velocity function per model, so that each solve compiles once."""
-    return sample.model_velocity(apply_fn, path=path, prediction=prediction)
-
-
-def evaluate_diffusion(config, run, apply_fn, args, x0, key):
+def evaluate_diffusion(config, run, apply_fn, params, x0, key):
     """The diffusion samplers of a run: reverse-time SDE (`sde-N`) and EDM's Heun (`heun-N`).
 
     The reverse SDE uses the path's own forward-SDE diffusion
-    (`sample.reverse_diffusion`); EDM's sampler takes the network's raw
+    (`sample.ReverseDiffusion`); EDM's sampler takes the network's raw
     prediction and starts at sigma_max times the source noise.
     """
     path, _, _ = make_method(run, config)
-    raw = _velocity_fn(apply_fn)  # the network's own prediction, not converted
+    raw = sample.ModelVelocity(apply_fn, params)  # the network's own prediction, not converted
     runs = {}
     if run == "vp_eps":  # the SDE needs a finite g at t = 0: VP yes, rectified flow no
-        velocity = _velocity_fn(apply_fn, path, prediction_of(run))
+        velocity = sample.ModelVelocity(apply_fn, params, path=path, prediction=prediction_of(run))
         for n in config.eval.sde_steps:
-            sol = sample.solve_sde(velocity, x0, args, key=jax.random.fold_in(key, int(n)),
-                                   path=path, diffusion=sample.reverse_diffusion(path),
+            sol = sample.solve_sde(velocity, x0, key=jax.random.fold_in(key, int(n)),
+                                   path=path, diffusion=sample.ReverseDiffusion(path),
                                    num_steps=int(n))
             runs[f"sde-{n}"] = (np.asarray(sol.samples), int(sol.nfe))
     e = config.edm
+    heun = sample.EDMHeun(path, prediction=prediction_of(run), sigma_max=e.sigma_max)
     for n in config.eval.heun_steps:
-        sol = sample.edm_heun(raw, x0, args, path=path, num_steps=int(n), sigma_min=e.sigma_min,
-                              sigma_max=e.sigma_max, rho=e.rho, prediction=prediction_of(run))
+        grid = time.edm_grid(int(n), path, sigma_min=e.sigma_min, sigma_max=e.sigma_max,
+                             rho=e.rho)
+        sol = sample.solve_ode(raw, x0, solver=heun, ts=grid)
         runs[f"heun-{n}"] = (np.asarray(sol.samples), int(sol.nfe))
     return runs
-
-
-@functools.lru_cache(maxsize=None)
-def _flow_map_fns(apply_fn, delta: float):
-    """A flow map's jump function and its instantaneous field `u(x, t, t + delta)`, cached."""
-    average_fn = sample.model_average_velocity(apply_fn)
-
-    def velocity_fn(x, t, a):
-        return average_fn(x, t, t + delta, a)
-
-    return average_fn, velocity_fn
 
 
 class _Runs:
@@ -447,11 +442,12 @@ class _Runs:
         state = self.state(run)
         return state.ema_params if self.config.eval.use_ema else state.params
 
-    def velocity_fn(self, run):
+    def field(self, run, params):
         if run in DIFFUSION_METHODS:
             path, _, _ = make_method(run, self.config)
-            return _velocity_fn(self.apply_fn(run), path, prediction_of(run))
-        return _velocity_fn(self.apply_fn(run))
+            return sample.ModelVelocity(self.apply_fn(run), params, path=path,
+                                        prediction=prediction_of(run))
+        return sample.ModelVelocity(self.apply_fn(run), params)
 
     def _pairs(self, teacher):
         """The reflow coupling (x0, ODE_teacher(x0)), made once per teacher."""
@@ -459,9 +455,9 @@ class _Runs:
             cfg = self.config
             key = jax.random.fold_in(_run_key(cfg.seed, self.source, teacher), 7)
             x0 = SOURCES[self.source](key, cfg.reflow.num_pairs)
-            x0, x1, nfe = sample.reflow_pairs(
-                self.velocity_fn(teacher), x0, (self.params(teacher), None),
-                chunk_size=cfg.reflow.chunk_size, rtol=cfg.eval.rtol, atol=cfg.eval.atol)
+            x1 = sample.reflow_pairs(
+                self.field(teacher, self.params(teacher)), x0, chunk_size=cfg.reflow.chunk_size,
+                adaptive=sample.Adaptive(cfg.eval.rtol, cfg.eval.atol)).samples
             self.pairs[teacher] = (x0, x1)
         return self.pairs[teacher]
 
@@ -536,15 +532,15 @@ def train_and_evaluate(config, workdir: str):
         source_runs = _Runs(config, workdir, source, writer)
         for method in config.methods:
             for run in runs_of(method, config):
-                args = (source_runs.params(run), None)
+                params = source_runs.params(run)
                 if run in FLOW_MAP_METHODS:
                     runs, traj, vel, ts = evaluate_flow_map(
-                        config, run, source_runs.apply_fn(run), args, x0)
+                        config, run, source_runs.apply_fn(run), params, x0)
                 else:
-                    runs, traj, vel, ts = evaluate(config, source_runs.velocity_fn(run), args,
+                    runs, traj, vel, ts = evaluate(config, source_runs.field(run, params),
                                                    x0, config.eval.euler_steps)
                 if run in DIFFUSION_METHODS:
-                    runs.update(evaluate_diffusion(config, run, source_runs.apply_fn(run), args,
+                    runs.update(evaluate_diffusion(config, run, source_runs.apply_fn(run), params,
                                                    x0, jax.random.fold_in(k_sde, zlib.crc32(
                                                        run.encode()))))
                 samples_for_plot[(source, run)] = {s: r[0] for s, r in runs.items()}

@@ -5,7 +5,7 @@ r"""A time-dependent classifier on noisy points, for classifier guidance.
 
 the cross-entropy of a classifier that sees the path's noisy points. Its
 minimiser is the posterior :math:`p_t(y \mid x_t)` of the marginal path, whose
-gradient :func:`flowjax.sample.classifier_guidance` adds to the velocity
+gradient :class:`flowjax.sample.ClassifierGuidance` adds to the velocity
 (Song et al. 2021, "Score-based generative modeling through SDEs", Sec. 5 and
 App. I; Dhariwal & Nichol 2021, "Diffusion models beat GANs", Sec. 4).
 The source is drawn independently of the data: the guidance formula assumes

@@ -20,41 +20,32 @@ replaces with a simulation-free regression (Lipman et al. 2023).
 
 from __future__ import annotations
 
-import functools
-
 import diffrax
 
-from flowjax._checks import (check_array, check_callable, check_finite, check_key,
-                             check_output_shape, check_signature)
-from flowjax._divergence import (Probe, check_probes, divergence_solve, draw_probes,
-                                 evaluations_per_step, reverse_controller,
-                                 standard_normal_log_prob)
+from flowjax._checks import check_array, check_finite, check_instance, check_key
+from flowjax._divergence import (Probe, _check_likelihood_options, _reverse_grid,
+                                 divergence_solve, draw_probes, standard_normal_log_prob)
 from flowjax.losses._cfm import check_cond
+from flowjax.sample._fields import ModelVelocity
+from flowjax.sample._solution import _resolve_grid
 
 
-def _make_velocity(apply_fn):
-    def velocity_fn(x, t, args):
-        params, cond = args
-        return check_output_shape("apply_fn", apply_fn(params, x, t, cond), x)  # at trace time
-
-    return velocity_fn
-
-
-_cached_velocity = functools.lru_cache(maxsize=64)(_make_velocity)
-
-
-def _velocity(apply_fn):
-    """One `velocity_fn(x, t, (params, cond))` per model function, so that solves compile once."""
-    try:
-        return _cached_velocity(apply_fn)
-    except TypeError:  # an unhashable callable: compiled again at every eager call
-        return _make_velocity(apply_fn)
+def _check_batch(key, batch):
+    """The key and the batch of a likelihood loss: `x1` (checked), an optional `cond`, no `x0`."""
+    check_key("key", key)
+    if not isinstance(batch, dict) or "x1" not in batch:
+        raise ValueError("`batch` must be a dict with key 'x1' (and optionally 'cond').")
+    if batch.get("x0") is not None:
+        raise ValueError("`batch['x0']` has no role in maximum likelihood: the source enters "
+                         "through `source_log_prob`; drop it from the batch.")
+    check_array("batch['x1']", batch["x1"])
+    check_cond("batch['cond']", batch.get("cond"), batch["x1"].shape[0])
+    return check_finite("batch['x1']", batch["x1"])
 
 
 def cnf_mle_loss(params, key, batch, *, apply_fn, num_probes: int | None = None,
-                 probe: Probe = Probe.RADEMACHER, solver=None, rtol: float = 1e-5,
-                 atol: float = 1e-5, num_steps: int | None = None, ts=None,
-                 max_steps: int = 4096, adjoint=None,
+                 probe: Probe = Probe.RADEMACHER, solver=None, num_steps: int | None = None,
+                 ts=None, adaptive=None, adjoint=None,
                  source_log_prob=standard_normal_log_prob):
     r"""The negative log-likelihood of a CNF, pure and ready for `jax.value_and_grad(has_aux=True)`.
 
@@ -76,15 +67,13 @@ def cnf_mle_loss(params, key, batch, *, apply_fn, num_probes: int | None = None,
         along the trajectory (one pass per probe: for high `D`).
       probe: `Probe.RADEMACHER` (lower variance) or `Probe.GAUSSIAN`.
       solver: a diffrax solver; Dopri5 by default.
-      rtol, atol: tolerances of the adaptive step control (used when neither
-        `num_steps` nor `ts` is given). FFJORD trains with 1e-5 on its toys.
-      num_steps: a fixed number of uniform steps instead (the loss is then the
+      num_steps: a fixed number of uniform steps (the loss is then the
         likelihood of the discretized divergence, a biased estimate: evaluate
         with an adaptive solve).
-      ts: an increasing grid `[N + 1]` from 0 to 1, walked backwards; overrides
-        `num_steps`.
-      max_steps: step cap of the adaptive solve (also sizes the checkpoints of
-        the default adjoint).
+      ts: a grid `[N + 1]` between 0 and 1 instead, walked from 1 to 0.
+      adaptive: the adaptive step control (:class:`flowjax.sample.Adaptive`,
+        the default, at 1e-5 as FFJORD trains its toys; its `max_steps` also
+        sizes the checkpoints of the default adjoint).
       adjoint: a diffrax adjoint. Default `diffrax.RecursiveCheckpointAdjoint()`
         (discretise-then-optimise): the exact gradient of the computed loss,
         with the forward states checkpointed (about `sqrt(max_steps)` of them)
@@ -102,30 +91,19 @@ def cnf_mle_loss(params, key, batch, *, apply_fn, num_probes: int | None = None,
       backward pass adds about two to three forward costs per evaluation
       (recomputation from checkpoints and the vector-Jacobian products).
     """
-    check_key("key", key)
-    check_signature("apply_fn", apply_fn, 4)
-    if not isinstance(batch, dict) or "x1" not in batch:
-        raise ValueError("`batch` must be a dict with key 'x1' (and optionally 'cond').")
-    if batch.get("x0") is not None:
-        raise ValueError("`batch['x0']` has no role in maximum likelihood: the source enters "
-                         "through `source_log_prob`; drop it from the batch.")
-    x1 = batch["x1"]
-    check_array("batch['x1']", x1)
-    check_finite("batch['x1']", x1)  # only outside jit: a traced batch is not inspected
-    check_cond("batch['cond']", batch.get("cond"), x1.shape[0])
+    x1 = _check_batch(key, batch)
+    field = ModelVelocity(apply_fn, params, batch.get("cond"))
     solver = diffrax.Dopri5() if solver is None else solver
-    evaluations_per_step(solver)  # a TypeError naming `solver` for what it cannot count
-    if adjoint is not None and not isinstance(adjoint, diffrax.AbstractAdjoint):
-        raise TypeError(f"`adjoint` must be a diffrax adjoint (e.g. "
-                        f"diffrax.RecursiveCheckpointAdjoint()), got {adjoint!r}.")
-    check_callable("source_log_prob", source_log_prob)
-    check_probes(num_probes, key, probe)
-    controller, dt0, cap = reverse_controller(solver, rtol=rtol, atol=atol, num_steps=num_steps,
-                                              ts=ts, max_steps=max_steps, dtype=x1.dtype)
-    probes = draw_probes(key, num_probes, probe, x1)
-    log_prob, nfe = divergence_solve(_velocity(apply_fn), x1, (params, batch.get("cond")),
-                                     probes, solver=solver, controller=controller, dt0=dt0,
-                                     max_steps=cap, source_log_prob=source_log_prob,
-                                     adjoint=adjoint)
+    _check_likelihood_options(solver, source_log_prob, num_probes, key, probe)
+    ts, adaptive, _, _ = _resolve_grid(x1, num_steps=num_steps, ts=ts, adaptive=adaptive,
+                                       t0=None, t1=None, default_adaptive=True)
+    controller, dt0, cap = _reverse_grid(solver, ts, adaptive)
+    if adjoint is not None:
+        check_instance("adjoint", adjoint, diffrax.AbstractAdjoint,
+                       "a diffrax adjoint (e.g. diffrax.RecursiveCheckpointAdjoint())")
+    log_prob, stats = divergence_solve(field, x1, draw_probes(key, num_probes, probe, x1),
+                                       solver=solver, controller=controller, dt0=dt0,
+                                       max_steps=cap, source_log_prob=source_log_prob,
+                                       adjoint=adjoint)
     nll = -log_prob.mean()
-    return nll, {"nll": nll, "nfe": nfe}
+    return nll, {"nll": nll, "nfe": stats["nfe"]}

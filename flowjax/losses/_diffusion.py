@@ -60,9 +60,11 @@ def noise_prediction_loss(params: Params, key: KeyArray, batch: dict, *, apply_f
     (Ho et al. 2020, "Denoising diffusion probabilistic models", Eq. 14, with
     w = 1 and `path=flowjax.paths.VP()`; their discrete step :math:`s` is
     flowjax's t = 1 - s/T). It is :func:`cfm_loss` with
-    `prediction=Prediction.NOISE`; sample the model through a velocity field
-    that converts the noise prediction (`prediction=Prediction.NOISE` in
-    :mod:`flowjax.sample`), with the probability-flow ODE or the reverse SDE.
+    `prediction=Prediction.NOISE`; sample the model with
+    `flowjax.sample.ModelVelocity(apply_fn, params, path=path, prediction=Prediction.NOISE)`
+    through the probability-flow ODE (:func:`flowjax.sample.solve_ode`) or the
+    reverse SDE (:func:`flowjax.sample.solve_sde` with
+    :class:`flowjax.sample.ReverseDiffusion`).
 
     Args:
       params: model parameters.

@@ -98,7 +98,7 @@ def edm_precondition(apply_fn: Callable, path: AffinePath, *, sigma_data: float 
     which is EDM's :math:`D(x_t/\alpha; \sigma)` (Karras et al. 2022, Eq. 7
     and Table 1). Train it with `prediction=Prediction.DATA`,
     :func:`flowjax.losses.edm_weighting` and :func:`flowjax.time.edm_lognormal`;
-    sample it with :func:`flowjax.sample.edm_heun` or any flowjax sampler
+    sample it with :class:`flowjax.sample.EDMHeun` or any flowjax sampler
     (through :func:`flowjax.paths.convert`).
 
     Args:

@@ -1,4 +1,4 @@
-r"""Classifier-free and classifier guidance for any velocity function.
+r"""Classifier-free and classifier guidance as velocity fields.
 
 .. math:: v_w(x, t) = v(x, t \mid \varnothing) + w\,\big(v(x, t \mid c) - v(x, t \mid \varnothing)\big)
 
@@ -27,138 +27,151 @@ at scale w equals classifier-free guidance at scale w.
 
 from __future__ import annotations
 
+from typing import Callable
+
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 
 from flowjax._checks import check_callable, check_number, check_path
-from flowjax.paths import Prediction, convert
-from flowjax.paths._conversions import _coefficient, check_prediction
+from flowjax._types import Array, Batch, BatchTimes, Cond, Float, Params, Scalar
+from flowjax.paths import T_CLIP, AffinePath, Prediction
+from flowjax.paths._conversions import _coefficient
+from flowjax.sample._fields import _call_model, _check_field, _check_model, _to_velocity
 
 
-def _check(scale, interval):
-    check_number("scale", scale)
-    if not isinstance(interval, (tuple, list)) or len(interval) != 2:
-        raise ValueError(f"`interval` must be a pair (lo, hi), got {interval!r}.")
-    lo, hi = interval
-    for bound in interval:
-        check_number("interval", bound)
-    if not 0.0 <= lo <= hi <= 1.0:
-        raise ValueError(f"`interval` must satisfy 0 <= lo <= hi <= 1, got {interval!r}.")
+def _scale_and_interval(guidance_scale, interval):
+    """Checks the guidance weight (kept as an array leaf) and the interval (static floats)."""
+    check_number("guidance_scale", guidance_scale)
+    ok = isinstance(interval, (tuple, list)) and len(interval) == 2
+    lo, hi = (check_number("interval", b) for b in interval) if ok else (None, None)
+    if not ok or not 0.0 <= float(lo) <= float(hi) <= 1.0:
+        raise ValueError(f"`interval` must be a pair (lo, hi) with 0 <= lo <= hi <= 1, "
+                         f"got {interval!r}.")
+    return jnp.asarray(guidance_scale), (float(lo), float(hi))
 
 
-def _weight(t, scale, interval):
+def _check_labels(labels, x):
+    labels = jnp.asarray(labels)
+    if labels.shape != x.shape[:1] or not jnp.issubdtype(labels.dtype, jnp.integer):
+        raise ValueError(f"`labels` must be integers of shape {x.shape[:1]}, "
+                         f"got {labels.dtype} {labels.shape}.")
+    return labels
+
+
+@eqx.filter_jit
+def _call_classifier(classifier_fn, params, x, t):
+    """The classifier's logits, compiled once per input shape."""
+    return classifier_fn(params, x, t)
+
+
+def _inside(t, interval, x):
     inside = (t >= interval[0]) & (t <= interval[1])
-    return jnp.where(inside, scale, 1.0)
+    return inside.reshape(t.shape + (1,) * (x.ndim - 1))
 
 
-def classifier_free_guidance(cond_fn, uncond_fn, *, scale: float,
-                             interval: tuple[float, float] = (0.0, 1.0)):
-    """Combines a conditional and an unconditional velocity function (same `args`).
+class ClassifierFreeGuidance(eqx.Module):
+    r"""Classifier-free guidance of a model trained with condition dropout.
 
-    Returns `velocity_fn(x, t, args)`; both functions are evaluated at every call.
+    One forward pass on a doubled batch, `(cond, null_cond)`, combined as
+    :math:`o_\varnothing + w\,(o_c - o_\varnothing)` inside `interval` and
+    :math:`o_c` outside, then converted to a velocity.
+
+    Attributes:
+      apply_fn: `apply_fn(params, x, t, cond)` (static).
+      params: its parameters.
+      cond: the conditions `[B, ...]`.
+      null_cond: the "no condition" value (e.g. `num_classes` for
+        `flowjax.models.MLP`), broadcast like `cond`.
+      guidance_scale: the guidance weight w (an array leaf: a new value
+        reuses the compiled sampler).
+      interval: the times `(lo, hi)` where guidance applies.
+      path, prediction: as for :class:`flowjax.sample.ModelVelocity`.
     """
-    check_callable("cond_fn", cond_fn)
-    check_callable("uncond_fn", uncond_fn)
-    _check(scale, interval)
 
-    def velocity_fn(x, t, args):
-        vc, vu = cond_fn(x, t, args), uncond_fn(x, t, args)
-        w = _weight(t, scale, interval).reshape(t.shape + (1,) * (x.ndim - 1))
-        return vu + w * (vc - vu)
+    apply_fn: Callable = eqx.field(static=True)
+    params: Params
+    cond: Cond
+    null_cond: Cond
+    guidance_scale: Float[Array, ""]
+    interval: tuple[float, float] = eqx.field(static=True)
+    path: AffinePath | None
+    prediction: Prediction = eqx.field(static=True)
 
-    return velocity_fn
+    def __init__(self, apply_fn: Callable, params: Params, cond: Cond, null_cond: Cond,
+                 guidance_scale: Scalar, interval: tuple[float, float] = (0.0, 1.0),
+                 path: AffinePath | None = None,
+                 prediction: Prediction = Prediction.VELOCITY):
+        _check_model(apply_fn, 4, path, prediction)
+        self.guidance_scale, self.interval = _scale_and_interval(guidance_scale, interval)
+        self.apply_fn, self.params, self.path, self.prediction = apply_fn, params, path, prediction
+        self.cond, self.null_cond = cond, null_cond
 
-
-def guided_model_velocity(apply_fn, *, scale: float, null_cond,
-                          interval: tuple[float, float] = (0.0, 1.0), path=None,
-                          prediction: Prediction = Prediction.VELOCITY):
-    """CFG for a model trained with label dropout: one forward pass on a doubled batch.
-
-    Args:
-      apply_fn: `apply_fn(params, x, t, cond)`.
-      scale: the guidance weight w.
-      null_cond: the "no condition" value (e.g. `num_classes` for `flowjax.models.MLP`),
-        broadcast like `cond`.
-      interval: times where guidance applies.
-      path, prediction: as in :func:`flowjax.sample.model_velocity`.
-
-    Returns:
-      `velocity_fn(x, t, args)` with `args = (params, cond)`.
-    """
-    check_callable("apply_fn", apply_fn)
-    _check(scale, interval)
-    check_prediction("prediction", prediction)
-    if path is not None:
-        check_path("path", path)
-    if prediction != Prediction.VELOCITY and path is None:
-        raise ValueError("`path` is needed to convert a non-velocity prediction.")
-
-    def velocity_fn(x, t, args):
-        params, cond = args
-        cond = jnp.asarray(cond)
-        null = jnp.broadcast_to(jnp.asarray(null_cond, cond.dtype), cond.shape)
-        out = apply_fn(params, jnp.concatenate([x, x]), jnp.concatenate([t, t]),
-                       jnp.concatenate([cond, null]))
+    def __call__(self, x: Batch, t: BatchTimes) -> Batch:
+        cond = jnp.asarray(self.cond)
+        null = jnp.broadcast_to(jnp.asarray(self.null_cond, cond.dtype), cond.shape)
+        out = _call_model(self.apply_fn, self.params, jnp.concatenate([x, x]),
+                         jnp.concatenate([t, t]), jnp.concatenate([cond, null]))
         oc, ou = out[: x.shape[0]], out[x.shape[0]:]
-        w = _weight(t, scale, interval).reshape(t.shape + (1,) * (x.ndim - 1))
-        guided = ou + w * (oc - ou)
-        if prediction == Prediction.VELOCITY:
-            return guided
-        return convert(path, x, t, guided, given=prediction, to=Prediction.VELOCITY)
-
-    return velocity_fn
+        w = jnp.where(_inside(t, self.interval, x), self.guidance_scale, 1.0).astype(x.dtype)
+        return _to_velocity(self.path, self.prediction, x, t, ou + w * (oc - ou))
 
 
-def classifier_guidance(velocity_fn, classifier_fn, *, path, scale: float,
-                        interval: tuple[float, float] = (0.0, 1.0)):
+class ClassifierGuidance(eqx.Module):
     r"""Steers a velocity field with the gradient of a noisy-data classifier.
 
     .. math:: v_w(x, t) = v(x, t) + w\,\tfrac12 g(t)^2\,\nabla_x\log p_\phi(y \mid x, t)
 
-    for t in `interval`, and :math:`v` outside it (no classifier term). w = 0
-    is the unguided field, w = 1 samples :math:`p(x \mid y)` when :math:`v` and
-    :math:`p_\phi` are exact. :math:`\tfrac12 g^2` is the score-to-velocity factor
-    of :func:`flowjax.paths.convert` (with its floors); it grows like 1/t at the
+    for t in `interval`, and :math:`v` outside it. w = 0 is the unguided
+    field, w = 1 samples :math:`p(x \mid y)` when :math:`v` and :math:`p_\phi`
+    are exact. :math:`\tfrac12 g^2` is the score-to-velocity factor of
+    :func:`flowjax.paths.convert` (with its floors); it grows like 1/t at the
     noise end of rectified flow, where the classifier carries no information,
-    so an interval that starts a little after 0 is safer there.
+    so an interval that starts a little after 0 is safer there. Each call
+    evaluates the field once and the classifier once forwards and once
+    backwards.
 
-    Args:
-      velocity_fn: the (unconditional) field, `velocity_fn(x, t [B], args)`.
-      classifier_fn: `classifier_fn(params, x, t) -> logits [B, K]`, trained on
-        the path's noisy points (:func:`flowjax.losses.classifier_loss`). Rows
-        must not interact (no batch statistics): the gradient of the summed
-        log-probabilities is taken as each row's own.
-      path: the affine path `velocity_fn` and the classifier were trained on.
-      scale: the guidance weight w.
-      interval: times where the classifier term applies.
-
-    Returns:
-      `guided(x, t, args)` with `args = (velocity_args, classifier_params, labels)`,
-      `labels` integer `[B]`. Each call evaluates the field once and the
-      classifier once forwards and once backwards.
+    Attributes:
+      field: the (unconditional) velocity field, `field(x, t)`.
+      classifier_fn: `classifier_fn(params, x, t) -> logits [B, K]` (static),
+        trained on the path's noisy points (:func:`flowjax.losses.classifier_loss`).
+        Rows must not interact (no batch statistics).
+      classifier_params: its parameters.
+      labels: the target classes, integers `[B]`.
+      path: the affine path the field and the classifier were trained on.
+      guidance_scale: the guidance weight w (an array leaf).
+      interval: the times where the classifier term applies.
     """
-    _check(scale, interval)
-    check_callable("velocity_fn", velocity_fn)
-    check_callable("classifier_fn", classifier_fn)
-    check_path("path", path)
 
-    def guided(x, t, args):
-        velocity_args, classifier_params, labels = args
-        labels = jnp.asarray(labels)
-        if labels.shape != x.shape[:1] or not jnp.issubdtype(labels.dtype, jnp.integer):
-            raise ValueError(f"`labels` must be integers of shape {x.shape[:1]}, "
-                             f"got {labels.dtype} {labels.shape}.")
-        v = velocity_fn(x, t, velocity_args)
+    field: Callable
+    classifier_fn: Callable = eqx.field(static=True)
+    classifier_params: Params
+    labels: Array
+    path: AffinePath
+    guidance_scale: Float[Array, ""]
+    interval: tuple[float, float] = eqx.field(static=True)
+
+    def __init__(self, field: Callable, classifier_fn: Callable, classifier_params: Params,
+                 labels: Array, path: AffinePath, guidance_scale: Scalar,
+                 interval: tuple[float, float] = (0.0, 1.0)):
+        _check_field("field", field)
+        check_callable("classifier_fn", classifier_fn)
+        self.path = check_path("path", path)
+        self.guidance_scale, self.interval = _scale_and_interval(guidance_scale, interval)
+        self.field, self.classifier_fn = field, classifier_fn
+        self.classifier_params, self.labels = classifier_params, labels
+
+    def __call__(self, x: Batch, t: BatchTimes) -> Batch:
+        labels = _check_labels(self.labels, x)
+        v = self.field(x, t)
 
         def log_prob(x):  # rows are independent, so the gradient of the sum is per row
-            logits = classifier_fn(classifier_params, x, t)
+            logits = _call_classifier(self.classifier_fn, self.classifier_params, x, t)
             log_p = jax.nn.log_softmax(logits, axis=-1)
             return jnp.sum(jnp.take_along_axis(log_p, labels[:, None], axis=-1))
 
         grad = jax.grad(log_prob)(x)
-        half_g2 = _coefficient(path, t, Prediction.SCORE, Prediction.VELOCITY, 1e-5)
-        inside = (t >= interval[0]) & (t <= interval[1])
-        w = jnp.where(inside, scale * half_g2, 0.0).reshape(t.shape + (1,) * (x.ndim - 1))
+        half_g2 = _coefficient(self.path, t, Prediction.SCORE, Prediction.VELOCITY, T_CLIP)
+        w = jnp.where(_inside(t, self.interval, x),
+                      self.guidance_scale * half_g2.reshape(t.shape + (1,) * (x.ndim - 1)), 0.0)
         return v + w.astype(x.dtype) * grad
-
-    return guided

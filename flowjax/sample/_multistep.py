@@ -54,46 +54,49 @@ the others are second order.
 
 from __future__ import annotations
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from flowjax._checks import (check_array, check_finite, check_grid, check_output_shape,
-                             check_path, check_signature)
-from flowjax.paths import Prediction, convert
-from flowjax.paths._conversions import check_prediction
+from flowjax._checks import check_output_shape
+from flowjax.paths import AffinePath, Prediction, convert
+from flowjax.sample._solution import GridSolver, Solution, _check_solver_options, make_stats
 
 
-def dpm_solver_2m(velocity_fn, x0, args=None, *, path, ts,
-                  prediction: Prediction = Prediction.VELOCITY, corrector: bool = True):
-    """Integrates the probability-flow ODE of `path` with DPM-Solver++(2M) (+ UniC corrector).
+class DPMSolver2M(GridSolver):
+    """DPM-Solver++(2M) with the UniC corrector, for :func:`flowjax.sample.solve_ode`.
 
-    Args:
-      velocity_fn: the model, `velocity_fn(x, t [B], args)`, predicting what
-        `prediction` says (a velocity by default; converted to a data
-        prediction with :func:`flowjax.paths.convert`).
-      x0: source samples `[B, *dims]` at `ts[0]`.
-      args: a pytree passed to `velocity_fn`.
+    Use with a fixed increasing grid (`num_steps=` or `ts=`, e.g.
+    :func:`flowjax.time.edm_grid`); one field evaluation per step (NFE = N).
+
+    Attributes:
       path: the affine path the model was trained on.
-      ts: an increasing grid `[N + 1]` in [0, 1] (see :mod:`flowjax.time`).
-      prediction: the kind of the model's output.
+      prediction: the kind of the field's output (a velocity by default; it is
+        converted to a data prediction with :func:`flowjax.paths.convert`).
       corrector: apply the UniC corrector (no extra evaluations).
-
-    Returns:
-      `(samples, nfe)`: the state at `ts[-1]` and the number of model
-      evaluations, N.
     """
-    check_signature("velocity_fn", velocity_fn, 3)
-    check_array("x0", x0)
-    check_finite("x0", x0)
-    check_path("path", path)
-    check_prediction("prediction", prediction)
-    grid = check_grid("ts", ts)
-    ts = jnp.asarray(ts, x0.dtype)
-    n = grid.size - 1
+
+    path: AffinePath
+    prediction: Prediction = eqx.field(default=Prediction.VELOCITY, static=True)
+    corrector: bool = eqx.field(default=True, static=True)
+
+    def __check_init__(self):
+        _check_solver_options(self.path, self.prediction)
+
+    def solve(self, field, x0, ts, save_trajectory):
+        samples, states = _dpm_solver_2m(field, x0, ts, self.path, self.prediction,
+                                         self.corrector, save_trajectory)
+        n = ts.shape[0] - 1
+        return Solution(samples, ts, states, None, make_stats(n, n))
+
+
+def _dpm_solver_2m(field, x0, ts, path, prediction, corrector, save_trajectory):
+    """`(samples, trajectory or None)` of DPM-Solver++(2M) on the grid `ts`."""
+    n = ts.shape[0] - 1
 
     def data_prediction(x, t):
         tb = jnp.full((x.shape[0],), t, x.dtype)
-        out = check_output_shape("velocity_fn", velocity_fn(x, tb, args), x)
+        out = check_output_shape("field", field(x, tb), x)
         return convert(path, x, tb, out, given=prediction, to=Prediction.DATA)
 
     a, s = path.alpha(ts), path.sigma_total(ts)
@@ -126,8 +129,12 @@ def dpm_solver_2m(velocity_fn, x0, args=None, *, path, ts,
         x_pred = predict(i, x, d, d_prev)
         d_next = data_prediction(x_pred, ts[i + 1])
         x_next = correct(i, x, d, d_next) if corrector else x_pred
-        return (x_next, d_next, d), None
+        return (x_next, d_next, d), x_next if save_trajectory else None
 
     d0 = data_prediction(x0, ts[0])
-    (x, d, d_prev), _ = jax.lax.scan(step, (x0, d0, jnp.zeros_like(x0)), jnp.arange(n - 1))
-    return predict(n - 1, x, d, d_prev), n
+    (x, d, d_prev), states = jax.lax.scan(step, (x0, d0, jnp.zeros_like(x0)),
+                                          jnp.arange(n - 1))
+    samples = predict(n - 1, x, d, d_prev)
+    if not save_trajectory:
+        return samples, None
+    return samples, jnp.concatenate([x0[None], states, samples[None]])

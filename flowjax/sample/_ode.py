@@ -1,34 +1,32 @@
-r"""ODE sampling through diffrax, with the number of function evaluations.
+r"""ODE sampling: one entry point for diffrax's solvers and flowjax's own.
 
 :func:`solve_ode` integrates :math:`dx/dt = v(x, t)` from `t0` to `t1` (noise
-to data by default, data to noise with `t0=1, t1=0`) for a whole batch.
-One state `[B, *dims]` is integrated, so an adaptive controller measures the
+to data by default, data to noise with `t0=1, t1=0`) for a whole batch. One
+state `[B, *dims]` is integrated, so an adaptive controller measures the
 error as the RMS over the whole batch (one step-size sequence for all
 samples), which is what makes it fast on accelerators.
 
 The ends: a solve evaluates the field at t = 0 and t = 1 exactly (a grid's
 end points, Heun's and Dopri5's last stages), where alpha or sigma_total
-vanish on most paths. :func:`model_velocity` converts data, noise and score
-predictions with :func:`flowjax.paths.convert`, which is finite there (and
-exact where the problem is well posed), so every sampler here is finite on
-grids that contain 0, 1e-7, 1 - 1e-7 and 1 (tests/test_time_edges.py).
+vanish on most paths. :class:`ModelVelocity` converts data, noise and score
+predictions with :func:`flowjax.paths.convert`, which is finite there, so
+every sampler here is finite on grids that contain 0, 1e-7, 1 - 1e-7 and 1.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, ClassVar, NamedTuple
+from typing import Any, Callable, ClassVar
 
 import diffrax
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flowjax._checks import (check_array, check_finite, check_grid,
-                             check_number, check_output_shape, check_path, check_signature)
-from flowjax._divergence import check_adaptive, evaluations_per_step  # noqa: F401 (re-exported)
-from flowjax.paths import Prediction, convert
-from flowjax.paths._conversions import check_prediction
+from flowjax._checks import check_number, check_output_shape
+from flowjax._divergence import _check_adaptive, evaluations_per_step
+from flowjax._types import Batch, TimeGrid
+from flowjax.sample._fields import _check_inputs
+from flowjax.sample._solution import Adaptive, GridSolver, Solution, _resolve_grid, make_stats
 
 _rk4_tableau = diffrax.ButcherTableau(
     a_lower=(np.array([0.5]), np.array([0.0, 0.5]), np.array([0.0, 0.0, 1.0])),
@@ -54,122 +52,80 @@ class RK4(diffrax.AbstractERK):
         return 4
 
 
-class ODESolution(NamedTuple):
-    """Result of :func:`solve_ode`.
-
-    Attributes:
-      samples: the state at `t1`, `[B, *dims]`.
-      nfe: number of evaluations of the velocity field (a scalar array).
-      ts: save times `[T]` when a trajectory was asked for, else None.
-      trajectory: states `[T, B, *dims]` at `ts`, else None.
-      stats: diffrax's statistics (`num_steps`, `num_accepted_steps`, ...).
-    """
-
-    samples: jax.Array
-    nfe: jax.Array
-    ts: jax.Array | None
-    trajectory: jax.Array | None
-    stats: dict
+def vector_field(t, x, field):
+    """diffrax's `f(t, y, args)` for a field `field(x, t [B])` passed as `args`."""
+    out = field(x, jnp.full((x.shape[0],), t, dtype=x.dtype))
+    return check_output_shape("field", out, x)  # at trace time
 
 
 @eqx.filter_jit
-def _diffeqsolve(velocity_fn, solver, t0, t1, x0, args, saveat, controller, max_steps):
-    """The diffrax solve, compiled once per (velocity_fn, solver, shapes): `velocity_fn` is static."""
+def _solve(field, solver, x0, ts, adaptive, t0, t1, save_trajectory, num_save):
+    """The compiled solve: one program per field structure, solver, grid kind and shapes."""
+    if isinstance(solver, GridSolver):
+        return solver.solve(field, x0, ts, save_trajectory)
+    if ts is not None:
+        controller, cap = diffrax.StepTo(ts=ts), ts.shape[0] - 1
+        save_ts = ts
+    else:
+        controller = diffrax.PIDController(rtol=adaptive.rtol, atol=adaptive.atol)
+        cap, save_ts = adaptive.max_steps, jnp.linspace(t0, t1, num_save, dtype=x0.dtype)
+    saveat = diffrax.SaveAt(ts=save_ts) if save_trajectory else diffrax.SaveAt(t1=True)
+    sol = diffrax.diffeqsolve(diffrax.ODETerm(vector_field), solver, t0=t0, t1=t1, dt0=None,
+                              y0=x0, args=field, saveat=saveat, stepsize_controller=controller,
+                              max_steps=cap)
+    init_evals, step_evals = evaluations_per_step(solver)
+    stats = make_stats(init_evals + step_evals * sol.stats["num_steps"], sol.stats["num_steps"],
+                       sol.stats["num_accepted_steps"], sol.stats["num_rejected_steps"])
+    if not save_trajectory:
+        save_ts = ts if ts is not None else jnp.asarray([t0, t1], x0.dtype)
+    return Solution(sol.ys[-1], save_ts, sol.ys if save_trajectory else None, None, stats)
 
-    def field(t, x, args):
-        out = velocity_fn(x, jnp.full((x.shape[0],), t, dtype=x.dtype), args)
-        return check_output_shape("velocity_fn", out, x)  # at trace time
 
-    return diffrax.diffeqsolve(diffrax.ODETerm(field), solver, t0=t0, t1=t1, dt0=None, y0=x0,
-                               args=args, saveat=saveat, stepsize_controller=controller,
-                               max_steps=max_steps)
+def solve_ode(field: Callable, x0: Batch, *, solver=None, num_steps: int | None = None,
+              ts: TimeGrid | None = None, adaptive: Adaptive | None = None,
+              t0: float | None = None, t1: float | None = None, save_trajectory: bool = False,
+              num_save: int = 101) -> Solution:
+    """Integrates `dx/dt = field(x, t)` for a batch of sources `x0`.
 
-
-def solve_ode(velocity_fn, x0, args=None, *, solver=None, num_steps: int | None = None,
-              ts=None, rtol: float = 1e-5, atol: float = 1e-5, t0: float = 0.0,
-              t1: float = 1.0, save_trajectory: bool = False, num_save: int = 101,
-              max_steps: int = 4096) -> ODESolution:
-    """Integrates `dx/dt = velocity_fn(x, t, args)` for a batch of sources `x0`.
-
-    Fixed steps: pass `num_steps` (a uniform grid) or `ts` (any monotone grid
-    from `t0` to `t1`). Adaptive: pass neither, and an adaptive solver
-    (Tsit5, Dopri5) runs with a PID controller at `rtol`/`atol`.
+    Compiled with :func:`equinox.filter_jit` over the field: a field rebuilt
+    from the same function with new parameters reuses the program. Works
+    inside `jax.jit`, `jax.vmap` and (fixed grids) `jax.grad`.
 
     Args:
-      velocity_fn: `velocity_fn(x [B, *dims], t [B], args) -> [B, *dims]`.
-        Pass data through `args` (e.g. params), not a new closure per call,
-        so the compiled solve is reused.
-      x0: initial states `[B, *dims]`.
-      args: a pytree handed to `velocity_fn`.
+      field: a velocity field `field(x [B, *dims], t [B]) -> [B, *dims]`, e.g.
+        :class:`ModelVelocity` or any callable pytree.
+      x0: the states at `t0` (or `ts[0]`), `[B, *dims]`.
       solver: a diffrax solver (`Euler`, `Midpoint`, `Heun`, :class:`RK4`,
-        `Tsit5`, `Dopri5`, ...); Dopri5 by default.
-      num_steps: number of uniform steps.
-      ts: a user time grid `[N + 1]` (overrides `num_steps`).
-      rtol, atol: tolerances of the adaptive controller.
-      t0, t1: start and end times; `t0=1, t1=0` integrates data to noise.
-      save_trajectory: also return the states at `num_save` uniform times
-        (at the grid times for a fixed grid).
-      num_save: number of saved times for adaptive solves.
-      max_steps: step cap of the adaptive solver.
+        `Tsit5`, `Dopri5`, ...), or flowjax's :class:`DPMSolver2M` or
+        :class:`EDMHeun` (fixed grids). Dopri5 by default.
+      num_steps: a uniform grid of this many steps from `t0` to `t1`.
+      ts: any strictly monotone grid `[N + 1]` in [0, 1] instead (its order
+        gives the direction).
+      adaptive: adaptive step sizes (:class:`Adaptive`); the default when
+        neither `num_steps` nor `ts` is given.
+      t0, t1: start and end times (default 0 and 1; `t0=1, t1=0` integrates
+        data to noise).
+      save_trajectory: also return the states at the grid times (an adaptive
+        solve saves them at `num_save` uniform times).
+      num_save: number of saved times of an adaptive solve.
 
     Returns:
-      An :class:`ODESolution` with the samples and the NFE.
+      A :class:`Solution`.
     """
-    check_signature("velocity_fn", velocity_fn, 3)
+    x0 = _check_inputs(field, x0)
     solver = diffrax.Dopri5() if solver is None else solver
-    init_evals, step_evals = evaluations_per_step(solver)
-    check_array("x0", x0)
-    check_finite("x0", x0)
-    check_number("t0", t0)
-    check_number("t1", t1)
-    if not (0.0 <= t0 <= 1.0 and 0.0 <= t1 <= 1.0) or t0 == t1:
-        raise ValueError(f"`t0` and `t1` must be distinct times in [0, 1], got {t0}, {t1}.")
-    check_number("num_steps", num_steps, low=1, integer=True, allow_none=True)
-    check_number("rtol", rtol, low=0.0, low_open=True)
-    check_number("atol", atol, low=0.0, low_open=True)
+    ts, adaptive, t0, t1 = _ode_grid(x0, solver, num_steps, ts, adaptive, t0, t1, num_save)
+    return _solve(field, solver, x0, ts, adaptive, t0, t1, save_trajectory, num_save)
+
+
+def _ode_grid(x0, solver, num_steps, ts, adaptive, t0, t1, num_save):
+    """The solver and grid options of :func:`solve_ode`, checked."""
     check_number("num_save", num_save, low=2, integer=True)
-    check_number("max_steps", max_steps, low=1, integer=True)
-
-    if ts is None and num_steps is not None:
-        ts = jnp.linspace(t0, t1, num_steps + 1)
-    if ts is not None:
-        grid = check_grid("ts", ts, increasing=t1 > t0, start=t0, end=t1)
-        ts = jnp.asarray(ts, dtype=x0.dtype)
-        controller = diffrax.StepTo(ts=ts)
-        saveat = diffrax.SaveAt(ts=ts) if save_trajectory else diffrax.SaveAt(t1=True)
-        steps_cap = int(grid.size)
-    else:
-        check_adaptive(solver)
-        controller = diffrax.PIDController(rtol=rtol, atol=atol)
-        save_ts = jnp.linspace(t0, t1, num_save, dtype=x0.dtype)
-        saveat = diffrax.SaveAt(ts=save_ts) if save_trajectory else diffrax.SaveAt(t1=True)
-        steps_cap = max_steps
-
-    sol = _diffeqsolve(velocity_fn, solver, t0, t1, x0, args, saveat, controller, steps_cap)
-    nfe = init_evals + step_evals * sol.stats["num_steps"]
-    if save_trajectory:
-        return ODESolution(sol.ys[-1], nfe, sol.ts, sol.ys, sol.stats)
-    return ODESolution(sol.ys[-1], nfe, None, None, sol.stats)
-
-
-def model_velocity(apply_fn, *, path=None, prediction: Prediction = Prediction.VELOCITY):
-    """Wraps a model function into `velocity_fn(x, t, args)` for :func:`solve_ode`.
-
-    `args` is `(params, cond)`. A data- or noise-prediction model is turned
-    into a velocity with :func:`flowjax.paths.convert` (then `path` is needed).
-    """
-    check_signature("apply_fn", apply_fn, 4)
-    check_prediction("prediction", prediction)
-    if path is not None:
-        check_path("path", path)
-    if prediction != Prediction.VELOCITY and path is None:
-        raise ValueError("`path` is needed to convert a non-velocity prediction.")
-
-    def velocity_fn(x, t, args):
-        params, cond = args
-        out = apply_fn(params, x, t, cond)
-        if prediction == Prediction.VELOCITY:
-            return out
-        return convert(path, x, t, out, given=prediction, to=Prediction.VELOCITY)
-
-    return velocity_fn
+    own = isinstance(solver, GridSolver)
+    if not own:
+        evaluations_per_step(solver)  # a TypeError naming `solver` for what it cannot count
+    grid = _resolve_grid(x0, num_steps=num_steps, ts=ts, adaptive=adaptive, t0=t0, t1=t1,
+                         default_adaptive=not own, allow_adaptive=not own)
+    if grid[1] is not None:
+        _check_adaptive(solver)
+    return grid

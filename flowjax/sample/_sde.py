@@ -15,45 +15,74 @@ velocity through the path's exact conversion
 be sampled stochastically.
 
 The score grows like :math:`1/\bar\sigma` as t -> 1, so a diffusion that
-vanishes there (:func:`vanishing_diffusion`, :func:`sigma_diffusion`) keeps
+vanishes there (:class:`VanishingDiffusion`, :class:`SigmaDiffusion`) keeps
 the drift bounded; with a constant `g` the drift stays finite only through
 the floors of :func:`convert`, and the last steps are the least accurate.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import abc
+from typing import Callable
 
 import diffrax
-import jax
+import equinox as eqx
 import jax.numpy as jnp
 import lineax
 
-from flowjax._checks import (check_array, check_callable, check_finite, check_grid, check_key,
-                             check_number, check_output_shape, check_path,
-                             check_signature)
-from flowjax.paths import Prediction, convert, sde_diffusion
+from flowjax._checks import check_instance, check_key, check_number, check_path
+from flowjax._types import Array, Batch, Float, KeyArray, Scalar, TimeGrid
+from flowjax.paths import AffinePath, Prediction, convert, sde_diffusion
 from flowjax.paths._conversions import check_prediction
+from flowjax.sample._fields import _check_inputs
+from flowjax.sample._ode import vector_field
+from flowjax.sample._solution import Solution, _resolve_grid, make_stats
 
 
-def constant_diffusion(scale: float):
-    """`g(t) = scale`."""
-    _check_scale(scale)
-    return lambda t: scale * jnp.ones_like(t)
+def _factor(name, value):
+    """A non-negative number, kept as an array leaf (a new value reuses the compiled sampler)."""
+    check_number(name, value, low=0.0)
+    return jnp.asarray(value)
 
 
-def sigma_diffusion(path, scale: float):
-    """`g(t) = scale * sigma_total(t)`: proportional to the path's noise level (0 at t = 1)."""
-    check_path("path", path)
-    _check_scale(scale)
-    return lambda t: scale * path.sigma_total(t)
+class AbstractDiffusion(eqx.Module):
+    """A diffusion schedule `g(t)` for :func:`solve_sde`: times of any shape to an array of it."""
+
+    @abc.abstractmethod
+    def __call__(self, t):
+        """`g(t)`, shaped like `t`."""
 
 
-def reverse_diffusion(path, scale: float = 1.0):
-    r"""`g(t) = scale * sde_diffusion(path, t)`; scale 1 makes :func:`solve_sde` the reverse SDE.
+class ConstantDiffusion(AbstractDiffusion):
+    """`g(t) = g`."""
+
+    g: Float[Array, ""]
+
+    def __init__(self, g: Scalar):
+        self.g = _factor("g", g)
+
+    def __call__(self, t):
+        return self.g * jnp.ones_like(t)
+
+
+class SigmaDiffusion(AbstractDiffusion):
+    """`g(t) = factor * sigma_total(t)`: proportional to the path's noise level (0 at t = 1)."""
+
+    path: AffinePath
+    factor: Float[Array, ""]
+
+    def __init__(self, path: AffinePath, factor: Scalar):
+        self.path, self.factor = check_path("path", path), _factor("factor", factor)
+
+    def __call__(self, t):
+        return self.factor * self.path.sigma_total(t)
+
+
+class ReverseDiffusion(AbstractDiffusion):
+    r"""`g(t) = factor * sde_diffusion(path, t)`; factor 1 makes :func:`solve_sde` the reverse SDE.
 
     :func:`flowjax.paths.sde_diffusion` is the diffusion of the path's own
-    forward (noising) SDE, so with `scale = 1` the sampler integrates the
+    forward (noising) SDE, so with `factor = 1` the sampler integrates the
     reverse-time SDE of Anderson 1982 and Song et al. 2021 ("Score-based
     generative modeling through SDEs", Eq. 6),
 
@@ -65,112 +94,88 @@ def reverse_diffusion(path, scale: float = 1.0):
     :math:`v = \dot\alpha x/\alpha + \tfrac12 g^2\nabla\log p_t`. VP gives
     :math:`g^2 = \beta(1 - t)` (the
     VP-SDE's reverse, the continuous limit of DDPM's ancestral sampler), VE
-    :math:`g^2 = d\sigma^2/ds`. `scale = 0` is the probability-flow ODE; any
-    scale keeps the marginals. On rectified flow `g` is infinite at t = 0
+    :math:`g^2 = d\sigma^2/ds`. `factor = 0` is the probability-flow ODE; any
+    factor keeps the marginals. On rectified flow `g` is infinite at t = 0
     (it is floored there, see :func:`flowjax.paths.sde_diffusion`); VP and VE
     are finite everywhere.
 
-    Args:
+    Attributes:
       path: the affine path the model was trained on.
-      scale: a factor on `g`, >= 0.
-
-    Returns:
-      `g(t) -> ` an array shaped like `t`, for :func:`solve_sde`'s `diffusion`.
+      factor: a factor on `g`, >= 0 (an array leaf).
     """
-    check_path("path", path)
-    _check_scale(scale)
-    return lambda t: scale * sde_diffusion(path, t).reshape(jnp.shape(t))
+
+    path: AffinePath
+    factor: Float[Array, ""]
+
+    def __init__(self, path: AffinePath, factor: Scalar = 1.0):
+        self.path, self.factor = check_path("path", path), _factor("factor", factor)
+
+    def __call__(self, t):
+        return self.factor * sde_diffusion(self.path, t).reshape(jnp.shape(t))
 
 
-def vanishing_diffusion(scale: float, power: float = 1.0):
-    r"""`g(t) = scale * (1 - t)^power`: noise that switches off at the data end.
+class VanishingDiffusion(AbstractDiffusion):
+    r"""`g(t) = g * (1 - t)^power`: noise that switches off at the data end.
 
     The "guardrail" choice of rectified flow's SDE samplers: with
     :math:`\bar\sigma \sim 1 - t`, the extra drift :math:`g^2\nabla\log p/2` is
     :math:`O((1 - t)^{2p - 1})`, bounded for `power >= 1/2`.
     """
-    _check_scale(scale)
-    check_number("power", power, low=0.0, low_open=True)
-    return lambda t: scale * jnp.clip(1.0 - t, 0.0) ** power
 
+    g: Float[Array, ""]
+    power: float = eqx.field(static=True)
 
-def _check_scale(scale):
-    check_number("scale", scale, low=0.0)
+    def __init__(self, g: Scalar, power: float = 1.0):
+        self.g = _factor("g", g)
+        self.power = check_number("power", power, low=0.0, low_open=True)
+
+    def __call__(self, t):
+        return self.g * jnp.clip(1.0 - t, 0.0) ** self.power
 
 
 _DRIFT_EVALS = {diffrax.Euler: 1, diffrax.ShARK: 2, diffrax.SRA1: 2, diffrax.SEA: 1}
 
 
-class SDESolution(NamedTuple):
-    """Result of :func:`solve_sde`: samples `[B, *dims]`, NFE, optional `ts` and trajectory."""
-
-    samples: jax.Array
-    nfe: int
-    ts: jax.Array | None
-    trajectory: jax.Array | None
-
-
-def solve_sde(velocity_fn, x0, args=None, *, key, path, diffusion, num_steps: int | None = None,
-              ts=None, solver=None, prediction: Prediction = Prediction.VELOCITY,
-              save_trajectory: bool = False) -> SDESolution:
-    """Samples the marginal-preserving SDE from `ts[0]` (default 0) to `ts[-1]` (default 1).
-
-    Args:
-      velocity_fn: the model, `velocity_fn(x, t [B], args)`, predicting what
-        `prediction` says.
-      x0: source samples `[B, *dims]`.
-      args: a pytree passed to `velocity_fn`.
-      key: PRNG key of the Brownian motion.
-      path: the affine path (for the score conversion).
-      diffusion: `g(t)`, e.g. :func:`vanishing_diffusion`.
-      num_steps: number of uniform steps (or pass `ts`).
-      ts: an increasing time grid `[N + 1]` in [0, 1].
-      solver: `diffrax.Euler()` (Euler–Maruyama, the default), `diffrax.ShARK()`
-        or `diffrax.SRA1()` (strong order 1.5 for additive noise, two drift
-        evaluations a step), or `diffrax.SEA()`. The noise is additive (g
-        depends on t only), so Itô and Stratonovich solvers agree.
-      prediction: the kind of the model's output.
-      save_trajectory: also return the states at `ts`.
-
-    Returns:
-      An :class:`SDESolution`; `nfe` counts model evaluations.
-
-    The Brownian increments are drawn once per grid interval from `key` (the
-    same key and grid give the same samples). Differentiate through the
-    sampler in forward mode (`jax.jvp`, `jax.jacfwd`); reverse mode is not
-    supported.
-    """
-    check_signature("velocity_fn", velocity_fn, 3)
-    solver = diffrax.Euler() if solver is None else solver
+def _check_sde_options(solver, key, path, diffusion, prediction):
+    """The solver (one of `_DRIFT_EVALS`), key, path, schedule (an object, or any callable
+    `g(t)` that is not a class) and prediction of :func:`solve_sde`."""
     if type(solver) not in _DRIFT_EVALS:
         raise TypeError(f"`solver` must be one of {[c.__name__ for c in _DRIFT_EVALS]}, "
                         f"got {solver!r}.")
-    check_array("x0", x0)
-    check_finite("x0", x0)
     check_key("key", key)
     check_path("path", path)
-    check_callable("diffusion", diffusion)
+    if isinstance(diffusion, type) or not callable(diffusion):
+        check_instance("diffusion", diffusion, AbstractDiffusion,
+                       "a diffusion schedule (e.g. flowjax.sample.ConstantDiffusion(1.0))")
     check_prediction("prediction", prediction)
-    if ts is None:
-        if num_steps is None:
-            raise ValueError("pass `num_steps` or `ts`.")
-        check_number("num_steps", num_steps, low=1, integer=True)
-        ts = jnp.linspace(0.0, 1.0, num_steps + 1)
-    grid = check_grid("ts", ts)
-    ts = jnp.asarray(ts, x0.dtype)
+
+
+class _Drift(eqx.Module):
+    """The SDE drift `v + g^2 score / 2` of a field's prediction, flattened."""
+
+    field: Callable
+    path: AffinePath
+    diffusion: Callable
+    prediction: Prediction = eqx.field(static=True)
+    shape: tuple = eqx.field(static=True)
+
+    def __call__(self, t, y, args):
+        x = y.reshape(self.shape)
+        tb = jnp.full((self.shape[0],), t, x.dtype)
+        out = vector_field(t, x, self.field)
+        v = convert(self.path, x, tb, out, given=self.prediction, to=Prediction.VELOCITY)
+        score = convert(self.path, x, tb, out, given=self.prediction, to=Prediction.SCORE)
+        return (v + 0.5 * self.diffusion(t) ** 2 * score).reshape(-1)
+
+
+def _noise(t, y, diffusion):
+    return lineax.DiagonalLinearOperator(diffusion(t) * jnp.ones_like(y))
+
+
+@eqx.filter_jit
+def _solve(field, x0, key, ts, path, diffusion, solver, prediction, save_trajectory):
+    """The compiled SDE solve: one program per field structure, schedule, solver and shapes."""
     shape = x0.shape
-
-    def drift(t, y, args):
-        x = y.reshape(shape)
-        tb = jnp.full((shape[0],), t, x.dtype)
-        out = check_output_shape("velocity_fn", velocity_fn(x, tb, args), x)
-        v = convert(path, x, tb, out, given=prediction, to=Prediction.VELOCITY)
-        score = convert(path, x, tb, out, given=prediction, to=Prediction.SCORE)
-        return (v + 0.5 * diffusion(t) ** 2 * score).reshape(-1)
-
-    def noise(t, y, args):
-        return lineax.DiagonalLinearOperator(diffusion(t) * jnp.ones_like(y))
-
     levy = diffrax.SpaceTimeLevyArea if isinstance(solver, (diffrax.ShARK, diffrax.SRA1,
                                                             diffrax.SEA)) else None
     bm_kwargs = {"levy_area": levy} if levy is not None else {}
@@ -178,14 +183,56 @@ def solve_sde(velocity_fn, x0, args=None, *, key, path, diffusion, num_steps: in
     # grid, and 2x faster than a VirtualBrownianTree resolving to dt/8 (measured: 200 Euler
     # steps of 20,000 2-D points, 7.1 -> 3.1 s). It needs the forward-mode adjoint.
     brownian = diffrax.UnsafeBrownianPath(shape=(x0.size,), key=key, **bm_kwargs)
-    terms = diffrax.MultiTerm(diffrax.ODETerm(drift), diffrax.ControlTerm(noise, brownian))
+    terms = diffrax.MultiTerm(diffrax.ODETerm(_Drift(field, path, diffusion, prediction, shape)),
+                              diffrax.ControlTerm(_noise, brownian))
     saveat = diffrax.SaveAt(ts=ts) if save_trajectory else diffrax.SaveAt(t1=True)
-    sol = diffrax.diffeqsolve(terms, solver, t0=float(grid[0]), t1=float(grid[-1]), dt0=None,
-                              y0=x0.reshape(-1), args=args, saveat=saveat,
-                              stepsize_controller=diffrax.StepTo(ts=ts), max_steps=grid.size,
-                              adjoint=diffrax.ForwardMode())
+    sol = diffrax.diffeqsolve(terms, solver, t0=ts[0], t1=ts[-1], dt0=None,
+                              y0=x0.reshape(-1), args=diffusion, saveat=saveat,
+                              stepsize_controller=diffrax.StepTo(ts=ts),
+                              max_steps=ts.shape[0] - 1, adjoint=diffrax.ForwardMode())
     ys = sol.ys.reshape((-1,) + shape)
-    nfe = _DRIFT_EVALS[type(solver)] * (grid.size - 1)
-    if save_trajectory:
-        return SDESolution(ys[-1], nfe, sol.ts, ys)
-    return SDESolution(ys[-1], nfe, None, None)
+    n = ts.shape[0] - 1
+    stats = make_stats(_DRIFT_EVALS[type(solver)] * n, n)
+    return Solution(ys[-1], ts, ys if save_trajectory else None, None, stats)
+
+
+def solve_sde(field: Callable, x0: Batch, *, key: KeyArray, path: AffinePath,
+              diffusion: AbstractDiffusion, solver=None, num_steps: int | None = None,
+              ts: TimeGrid | None = None, t0: float | None = None, t1: float | None = None,
+              prediction: Prediction = Prediction.VELOCITY,
+              save_trajectory: bool = False) -> Solution:
+    """Samples the marginal-preserving SDE `dx = [v + g^2 score / 2] dt + g dW`.
+
+    Compiled with :func:`equinox.filter_jit` over the field and the schedule
+    (their arrays are leaves), so new parameters or a new diffusion factor
+    reuse the program.
+
+    Args:
+      field: the model, `field(x [B, *dims], t [B])`, predicting what
+        `prediction` says (e.g. :class:`ModelVelocity`).
+      x0: source samples `[B, *dims]` at the grid's first time.
+      key: PRNG key of the Brownian motion.
+      path: the affine path (for the score conversion).
+      diffusion: the schedule `g(t)`, e.g. :class:`VanishingDiffusion`.
+      solver: `diffrax.Euler()` (Euler–Maruyama, the default), `diffrax.ShARK()`
+        or `diffrax.SRA1()` (strong order 1.5 for additive noise, two drift
+        evaluations a step), or `diffrax.SEA()`. The noise is additive (g
+        depends on t only), so Itô and Stratonovich solvers agree.
+      num_steps: a uniform grid of this many steps from `t0` to `t1`.
+      ts: any strictly monotone grid `[N + 1]` in [0, 1] instead.
+      t0, t1: start and end times with `num_steps` (default 0 and 1).
+      prediction: the kind of the field's output.
+      save_trajectory: also return the states at `ts`.
+
+    Returns:
+      A :class:`Solution`; `nfe` counts field evaluations. The Brownian
+      increments are drawn once per grid interval from `key` (the same key
+      and grid give the same samples). Differentiate through the sampler in
+      forward mode (`jax.jvp`, `jax.jacfwd`); reverse mode is not supported.
+    """
+    x0 = _check_inputs(field, x0)
+    solver = diffrax.Euler() if solver is None else solver
+    _check_sde_options(solver, key, path, diffusion, prediction)
+    ts, _, _, _ = _resolve_grid(x0, num_steps=num_steps, ts=ts, adaptive=None, t0=t0, t1=t1,
+                                default_adaptive=False)
+    return _solve(field, x0, key, ts, path, diffusion, solver, prediction, save_trajectory)

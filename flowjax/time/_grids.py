@@ -1,7 +1,7 @@
 r"""Time grids `[N + 1]` from t = 0 to t = 1 for fixed-step solvers.
 
 Pass any of them, or your own monotone grid, as `ts=` to
-:func:`flowjax.sample.solve_ode` or :func:`flowjax.sample.dpm_solver_2m`.
+:func:`flowjax.sample.solve_ode` (any solver, :class:`flowjax.sample.DPMSolver2M` included).
 """
 
 from __future__ import annotations
@@ -114,7 +114,7 @@ def edm_grid(num_steps: int, path, *, sigma_min: Scalar = 0.002, sigma_max: Scal
     moved to t = 0 (a source sample is the state at :math:`\sigma = \infty`,
     and :math:`\sigma_{max} = 80` is t = 0.012 on rectified flow) and t = 1
     is appended (:math:`\sigma_N = 0`). Steps are dense near the data.
-    (:func:`flowjax.sample.edm_heun` instead starts at :math:`\sigma_{max}`, as EDM does.)
+    (:class:`flowjax.sample.EDMHeun` caps the first level at :math:`\sigma_{max}`, as EDM does.)
 
     Args:
       num_steps: N, the number of steps (N + 1 times).
