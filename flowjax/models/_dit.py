@@ -66,7 +66,7 @@ class DiT(nn.Module):
       mlp_ratio: MLP width over `hidden`.
       num_classes: class-conditional with a "no label" index `num_classes`.
       two_times: also embed the jump duration `h` (MeanFlow's `(r, t)` input).
-      time_scale: factor applied to t before the sinusoidal embedding.
+      time_scale: factor applied to t before the sinusoidal embedding (1: smooth in t).
       dtype: computation dtype; the output has the input's dtype.
     """
 
@@ -77,7 +77,7 @@ class DiT(nn.Module):
     mlp_ratio: float = 4.0
     num_classes: int | None = None
     two_times: bool = False
-    time_scale: float = 1000.0
+    time_scale: float = 1.0
     dtype: object = jnp.float32
 
     @nn.compact

@@ -1,11 +1,50 @@
-"""The conditioning vector shared by the image models: time, jump duration and class."""
+"""Time and class embeddings shared by the models: sinusoids of t, checked labels, and the
+conditioning vector of the image models."""
 
 from __future__ import annotations
+
+import math
 
 import flax.linen as nn
 import jax.numpy as jnp
 
-from flowjax.models._mlp import sinusoidal_embedding
+from flowjax._checks import error_if
+
+
+def sinusoidal_embedding(t, dim: int, *, max_period: float = 10_000.0, scale: float = 1.0):
+    r"""Transformer-style embedding of times `t: [B]` into `[B, dim]`.
+
+    :math:`[\cos(s t \omega_i), \sin(s t \omega_i)]` with
+    :math:`\omega_i = P^{-i/(dim/2)}` (Vaswani et al. 2017). With the default
+    `scale=1` every frequency is at most 1 rad per unit time, so the features
+    are smooth on t in [0, 1] and so is a network of them: fixed-step solvers
+    reach their order on trained fields. DDPM's `scale=1000` (Ho et al. 2020;
+    t stretched to its integer steps) gives periods down to 0.006 in t.
+    """
+    if dim % 2:
+        raise ValueError(f"`dim` must be even, got {dim}.")
+    half = dim // 2
+    freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
+    args = scale * jnp.asarray(t, jnp.float32)[:, None] * freqs[None, :]
+    return jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
+
+
+def class_labels(cond, num_classes: int, batch: int):
+    """Integer labels `[B]` for an embedding of `num_classes + 1` rows, with a compiled range check.
+
+    `None` is the "no label" index `num_classes` (classifier-free guidance's
+    null label) for every sample; any label outside `[0, num_classes]` is an
+    error (inside `jit` too, see :func:`flowjax._checks.error_if`), where an
+    embedding lookup would wrap a negative index or return NaN.
+    """
+    if cond is None:
+        return jnp.full((batch,), num_classes, jnp.int32)
+    cond = jnp.asarray(cond)
+    if not jnp.issubdtype(cond.dtype, jnp.integer):
+        raise TypeError(f"`cond` must hold integer class labels, got dtype {cond.dtype}.")
+    return error_if(cond, jnp.any((cond < 0) | (cond > num_classes)),
+                    f"`cond` must hold class labels in [0, num_classes) = [0, {num_classes}), "
+                    f"or {num_classes} (num_classes) for no label.")
 
 
 class Conditioning(nn.Module):
@@ -14,15 +53,17 @@ class Conditioning(nn.Module):
     Attributes:
       dim: output width.
       freq_dim: width of the sinusoidal features.
-      time_scale: factor applied to t (and h) before the sinusoids.
-      num_classes: if set, `cond` is an int label; index `num_classes` is "no label".
+      time_scale: factor applied to t (and h) before the sinusoids (1: smooth
+        in t on [0, 1]; see :func:`sinusoidal_embedding`).
+      num_classes: if set, `cond` is an int label in `[0, num_classes)`; index
+        `num_classes` is "no label".
       two_times: also embed the jump duration `h` of a flow map (MeanFlow's `t - r`).
       dtype: computation dtype.
     """
 
     dim: int
     freq_dim: int = 128
-    time_scale: float = 1000.0
+    time_scale: float = 1.0
     num_classes: int | None = None
     two_times: bool = False
     dtype: object = jnp.float32
@@ -40,7 +81,6 @@ class Conditioning(nn.Module):
         elif h is not None:
             raise ValueError("`h` is only accepted by a model with two_times=True.")
         if self.num_classes is not None:
-            if cond is None:
-                cond = jnp.full(t.shape, self.num_classes, jnp.int32)
-            emb = emb + nn.Embed(self.num_classes + 1, self.dim, dtype=self.dtype)(cond)
+            labels = class_labels(cond, self.num_classes, t.shape[0])
+            emb = emb + nn.Embed(self.num_classes + 1, self.dim, dtype=self.dtype)(labels)
         return emb
