@@ -41,13 +41,16 @@ class _Adapter(eqx.Module):
 
     def __call__(self, params: Params, x: Batch, *args, cond: Cond = None,
                  key: KeyArray | None = None) -> Batch:
-        """`self(params, x, t, cond=None, key=None)`, or `(params, x, r, t, ...)` for a flow map."""
+        """`self(params, x, t, cond=None, key=None)`, or `(params, x, r, t, cond=None, key=None)`."""
         n = 2 if self.flow_map else 1
-        if not n <= len(args) <= n + 1 or (len(args) > n and cond is not None):
-            want = "x, r, t[, cond]" if self.flow_map else "x, t[, cond]"
+        extra = args[n:]
+        if len(args) < n or len(extra) > 2 or (extra and cond is not None) \
+                or (len(extra) == 2 and key is not None):
+            want = "x, r, t, cond=None, key=None" if self.flow_map else "x, t, cond=None, key=None"
             raise TypeError(f"a {type(self).__name__} takes (params, {want}), got "
-                            f"{1 + len(args)} arguments after `params`.")
-        cond = args[n] if len(args) > n else cond
+                            f"{1 + len(args)} positional arguments after `params`.")
+        cond = extra[0] if extra else cond
+        key = extra[1] if len(extra) == 2 else key
         inputs = (x, *args[:n]) + (() if cond is None else (cond,))
         return self._forward(params, inputs, key)
 
