@@ -11,6 +11,6 @@ from flowjax.models._adapters import from_nnx as from_nnx
 from flowjax.models._adapters import model_fn as model_fn
 from flowjax.models._dit import DiT as DiT
 from flowjax.models._embed import Conditioning as Conditioning
+from flowjax.models._embed import sinusoidal_embedding as sinusoidal_embedding
 from flowjax.models._mlp import MLP as MLP
-from flowjax.models._mlp import sinusoidal_embedding as sinusoidal_embedding
 from flowjax.models._unet import UNet as UNet

@@ -36,23 +36,26 @@ __all__ = ["EquinoxModel", "LinenModel", "NNXModel", "from_equinox", "from_linen
            "model_fn", "average_model_fn"]
 
 
+def _call_args(adapter, args, cond, key):
+    """`(times, cond, key)` from the positional arguments after `x` and the keywords."""
+    n = 2 if adapter.flow_map else 1
+    extra = args[n:]
+    if len(args) < n or len(extra) > 2 or (extra and cond is not None) \
+            or (len(extra) == 2 and key is not None):
+        want = "x, r, t, cond=None, key=None" if adapter.flow_map else "x, t, cond=None, key=None"
+        raise TypeError(f"a {type(adapter).__name__} takes (params, {want}), got "
+                        f"{1 + len(args)} positional arguments after `params`.")
+    return args[:n], (extra[0] if extra else cond), (extra[1] if len(extra) == 2 else key)
+
+
 class _Adapter(eqx.Module):
     """The shared call convention; subclasses define `flow_map` and `_forward(params, inputs, key)`."""
 
     def __call__(self, params: Params, x: Batch, *args, cond: Cond = None,
                  key: KeyArray | None = None) -> Batch:
         """`self(params, x, t, cond=None, key=None)`, or `(params, x, r, t, cond=None, key=None)`."""
-        n = 2 if self.flow_map else 1
-        extra = args[n:]
-        if len(args) < n or len(extra) > 2 or (extra and cond is not None) \
-                or (len(extra) == 2 and key is not None):
-            want = "x, r, t, cond=None, key=None" if self.flow_map else "x, t, cond=None, key=None"
-            raise TypeError(f"a {type(self).__name__} takes (params, {want}), got "
-                            f"{1 + len(args)} positional arguments after `params`.")
-        cond = extra[0] if extra else cond
-        key = extra[1] if len(extra) == 2 else key
-        inputs = (x, *args[:n]) + (() if cond is None else (cond,))
-        return self._forward(params, inputs, key)
+        times, cond, key = _call_args(self, args, cond, key)
+        return self._forward(params, (x, *times) + (() if cond is None else (cond,)), key)
 
 
 class LinenModel(_Adapter):
@@ -137,8 +140,7 @@ def model_fn(module: nn.Module) -> LinenModel:
     a key. Two calls with equal modules give equal (and equally hashed)
     functions.
     """
-    check_instance("module", module, nn.Module, "a flax.linen.Module instance")
-    return LinenModel(module)
+    return LinenModel(_linen_module(module))
 
 
 def average_model_fn(module: nn.Module) -> LinenModel:
@@ -150,10 +152,14 @@ def average_model_fn(module: nn.Module) -> LinenModel:
     time `r` and the duration `t - r`. A `key` turns on training mode, as
     for :func:`model_fn`.
     """
+    return LinenModel(_linen_module(module, two_times=True), flow_map=True, duration=True)
+
+
+def _linen_module(module, two_times=False):
     check_instance("module", module, nn.Module, "a flax.linen.Module instance")
-    if not getattr(module, "two_times", False):
+    if two_times and not getattr(module, "two_times", False):
         raise ValueError("`module` must take two times (e.g. MLP(two_times=True)).")
-    return LinenModel(module, flow_map=True, duration=True)
+    return module
 
 
 def _linen_params(variables):
@@ -184,8 +190,20 @@ def from_linen(module: nn.Module, params: Params, *,
       `apply_fn(params, x, t, cond=None, key=None)` (a :class:`LinenModel`)
       and the params.
     """
-    check_instance("module", module, nn.Module, "a flax.linen.Module instance")
-    return LinenModel(module, flow_map=bool(flow_map)), _linen_params(params)
+    return LinenModel(_linen_module(module), flow_map=bool(flow_map)), _linen_params(params)
+
+
+def _split_nnx(model):
+    """`nnx.split(model, nnx.Param, ...)`, refusing a model with state other than parameters."""
+    from flax import nnx
+
+    check_instance("model", model, nnx.Module, "a flax.nnx.Module instance")
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    others = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(rest)[0]]
+    if others:
+        raise ValueError(f"`model` holds state other than nnx.Param (e.g. {others[:3]}); "
+                         "from_nnx supports models whose state is parameters only.")
+    return graphdef, params
 
 
 def from_nnx(model, *, flow_map: bool = False) -> tuple[NNXModel, Params]:
@@ -202,15 +220,21 @@ def from_nnx(model, *, flow_map: bool = False) -> tuple[NNXModel, Params]:
       `apply_fn` (an :class:`NNXModel`, equal for models of the same
       `GraphDef`) and the `nnx.State` of the parameters, a pytree of arrays.
     """
-    from flax import nnx
-
-    check_instance("model", model, nnx.Module, "a flax.nnx.Module instance")
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    others = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(rest)[0]]
-    if others:
-        raise ValueError(f"`model` holds state other than nnx.Param (e.g. {others[:3]}); "
-                         "from_nnx supports models whose state is parameters only.")
+    graphdef, params = _split_nnx(model)
     return NNXModel(graphdef, flow_map=bool(flow_map)), params
+
+
+def _partition_equinox(model):
+    """`eqx.partition(model, eqx.is_inexact_array)`, refusing other arrays (unhashable structure)."""
+    check_instance("model", model, eqx.Module, "an equinox.Module instance")
+    params, static = eqx.partition(model, eqx.is_inexact_array)
+    arrays = [jax.tree_util.keystr(p) for p, leaf in
+              jax.tree_util.tree_flatten_with_path(static)[0] if eqx.is_array(leaf)]
+    if arrays:
+        raise TypeError(f"`model` holds non-floating arrays (at {arrays[:3]}); they cannot be "
+                        "trained as params nor hashed as structure: keep them as Python values "
+                        "in a static field (eqx.field(static=True)).")
+    return params, static
 
 
 def from_equinox(model, *, batched: bool = False,
@@ -230,12 +254,5 @@ def from_equinox(model, *, batched: bool = False,
       static parts) and the floating arrays of `model` (the model itself
       with `None` elsewhere), the params to train and checkpoint.
     """
-    check_instance("model", model, eqx.Module, "an equinox.Module instance")
-    params, static = eqx.partition(model, eqx.is_inexact_array)
-    arrays = [jax.tree_util.keystr(p) for p, leaf in
-              jax.tree_util.tree_flatten_with_path(static)[0] if eqx.is_array(leaf)]
-    if arrays:
-        raise TypeError(f"`model` holds non-floating arrays (at {arrays[:3]}); they cannot be "
-                        "trained as params nor hashed as structure: keep them as Python values "
-                        "in a static field (eqx.field(static=True)).")
+    params, static = _partition_equinox(model)
     return EquinoxModel(static, batched=bool(batched), flow_map=bool(flow_map)), params

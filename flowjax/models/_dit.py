@@ -11,6 +11,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
+from flowjax._types import Batch, Cond, Times
 from flowjax.models._embed import Conditioning
 
 
@@ -81,7 +82,8 @@ class DiT(nn.Module):
     dtype: object = jnp.float32
 
     @nn.compact
-    def __call__(self, x, t, cond=None, h=None, train: bool = False):
+    def __call__(self, x: Batch, t: Times, cond: Cond = None, h: Times | None = None,
+                 train: bool = False) -> Batch:
         del train  # no dropout
         if x.ndim != 4 or x.shape[1] != x.shape[2] or x.shape[1] % self.patch_size:
             raise ValueError(f"`x` must be square NHWC images with a side divisible by "

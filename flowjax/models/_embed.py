@@ -9,9 +9,11 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from flowjax._checks import error_if
+from flowjax._types import Array, Cond, Float, Integer, Times
 
 
-def sinusoidal_embedding(t, dim: int, *, max_period: float = 10_000.0, scale: float = 1.0):
+def sinusoidal_embedding(t: Times, dim: int, *, max_period: float = 10_000.0,
+                         scale: float = 1.0) -> Float[Array, "B dim"]:
     r"""Transformer-style embedding of times `t: [B]` into `[B, dim]`.
 
     :math:`[\cos(s t \omega_i), \sin(s t \omega_i)]` with
@@ -29,7 +31,7 @@ def sinusoidal_embedding(t, dim: int, *, max_period: float = 10_000.0, scale: fl
     return jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
 
 
-def class_labels(cond, num_classes: int, batch: int):
+def class_labels(cond: Cond, num_classes: int, batch: int) -> Integer[Array, " B"]:
     """Integer labels `[B]` for an embedding of `num_classes + 1` rows, with a compiled range check.
 
     `None` is the "no label" index `num_classes` (classifier-free guidance's
@@ -74,7 +76,8 @@ class Conditioning(nn.Module):
         return nn.Dense(self.dim, dtype=self.dtype, name=f"{name}_1")(nn.silu(feats))
 
     @nn.compact
-    def __call__(self, t, cond=None, h=None):
+    def __call__(self, t: Float[Array, " B"], cond: Cond = None,
+                 h: Float[Array, " B"] | None = None) -> Float[Array, "B dim"]:
         emb = self._embed(t, "time")
         if self.two_times:
             emb = emb + self._embed(jnp.zeros_like(t) if h is None else h, "duration")

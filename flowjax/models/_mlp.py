@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from flowjax._types import Batch, Cond, Times
 from flowjax.models._embed import class_labels, sinusoidal_embedding
 
 
@@ -45,7 +46,7 @@ class MLP(nn.Module):
     two_times: bool = False
 
     @nn.compact
-    def __call__(self, x, t, cond=None, h=None):
+    def __call__(self, x: Batch, t: Times, cond: Cond = None, h: Times | None = None) -> Batch:
         shape = x.shape
         feats = x.reshape(shape[0], -1)
         t = jnp.broadcast_to(jnp.asarray(t, feats.dtype), shape[:1])

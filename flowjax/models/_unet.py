@@ -15,6 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from flowjax._types import Batch, Cond, Times
 from flowjax.models._embed import Conditioning
 
 
@@ -101,7 +102,8 @@ class UNet(nn.Module):
     dtype: object = jnp.float32
 
     @nn.compact
-    def __call__(self, x, t, cond=None, h=None, train: bool = False):
+    def __call__(self, x: Batch, t: Times, cond: Cond = None, h: Times | None = None,
+                 train: bool = False) -> Batch:
         if x.ndim != 4:
             raise ValueError(f"`x` must be NHWC images [B, H, W, C], got shape {x.shape}.")
         factor = 2 ** (len(self.channel_mult) - 1)

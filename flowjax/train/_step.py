@@ -33,17 +33,19 @@ class TrainState:
         applied update (int32 scalar).
     """
 
-    params: object
-    ema_params: object
-    opt_state: object
-    step: jax.Array
-    key: jax.Array
-    nonfinite_total: jax.Array
-    nonfinite_consecutive: jax.Array
+    params: Params
+    ema_params: Params
+    opt_state: PyTree
+    step: Array
+    key: KeyArray
+    nonfinite_total: Array
+    nonfinite_consecutive: Array
 
 
-def _check_params(params):
-    """Every leaf of `params` a floating array, else a TypeError naming the first bad leaf."""
+def _check_state_args(key, params, optimizer):
+    """The key, the optimizer, and every leaf of `params` a floating array (naming a bad leaf)."""
+    check_key("key", key)
+    check_instance("optimizer", optimizer, optax.GradientTransformation, _OPTIMIZER)
     for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
         if not (hasattr(leaf, "dtype") and hasattr(leaf, "shape")
                 and jnp.issubdtype(leaf.dtype, jnp.inexact)):
@@ -72,9 +74,7 @@ def create_train_state(key: KeyArray, params: Params,
     state then hit the same compiled step (an uncommitted state would make
     the first step after a restore compile again).
     """
-    check_key("key", key)
-    check_instance("optimizer", optimizer, optax.GradientTransformation, _OPTIMIZER)
-    _check_params(params)
+    _check_state_args(key, params, optimizer)
 
     def zero():  # distinct buffers: each leaf is donated on its own
         return jnp.zeros((), jnp.int32)

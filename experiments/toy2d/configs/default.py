@@ -26,7 +26,7 @@ def get_config():
     # Model: TorchCFM's 2D examples use a 3x64 MLP; we use 3x128 with SiLU.
     config.hidden = (128, 128, 128)
     config.time_dim = 32
-    config.time_scale = 1000.0  # t is multiplied by this before the sinusoidal embedding
+    config.time_scale = 1.0  # t is multiplied by this before the sinusoidal embedding (smooth in t)
 
     # Optimisation (same budget for every method).
     config.num_train_steps = 2000
