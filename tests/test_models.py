@@ -176,9 +176,10 @@ def test_image_model_labels_are_checked_under_jit(image_params):
 
 
 def test_default_time_embedding_is_smooth_in_t():
-    """Every default frequency is at most 1 rad per unit time (DDPM's scale had 1000)."""
+    """Every default frequency is at most pi rad per unit time (DDPM's scale had 1000)."""
     for model in (models.MLP(), models.UNet(), models.DiT(), models.Conditioning(8)):
-        assert model.time_scale == 1.0
+        assert model.time_scale == pytest.approx(np.pi)
     t = jnp.linspace(0.0, 1.0, 1001)
     emb = models.sinusoidal_embedding(t, 32)
-    assert float(jnp.max(jnp.abs(jnp.diff(emb, axis=0)))) <= 1.0 / 1000 + 1e-6
+    assert float(jnp.max(jnp.abs(jnp.diff(emb, axis=0)))) <= np.pi / 1000 + 1e-6
+    assert float(jnp.max(jnp.abs(emb[-1] - emb[0]))) > 1.5  # the fastest feature spans [-1, 1]

@@ -7,6 +7,8 @@ fresh block is the identity and a fresh model predicts 0.
 
 from __future__ import annotations
 
+import math
+
 import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
@@ -67,7 +69,8 @@ class DiT(nn.Module):
       mlp_ratio: MLP width over `hidden`.
       num_classes: class-conditional with a "no label" index `num_classes`.
       two_times: also embed the jump duration `h` (MeanFlow's `(r, t)` input).
-      time_scale: factor applied to t before the sinusoidal embedding (1: smooth in t).
+      time_scale: factor applied to t before the sinusoidal embedding (pi: smooth in t;
+        see :func:`flowjax.models.sinusoidal_embedding`).
       dtype: computation dtype; the output has the input's dtype.
     """
 
@@ -78,7 +81,7 @@ class DiT(nn.Module):
     mlp_ratio: float = 4.0
     num_classes: int | None = None
     two_times: bool = False
-    time_scale: float = 1.0
+    time_scale: float = math.pi
     dtype: object = jnp.float32
 
     @nn.compact

@@ -13,15 +13,17 @@ from flowjax._types import Array, Cond, Float, Integer, Times
 
 
 def sinusoidal_embedding(t: Times, dim: int, *, max_period: float = 10_000.0,
-                         scale: float = 1.0) -> Float[Array, "B dim"]:
+                         scale: float = math.pi) -> Float[Array, "B dim"]:
     r"""Transformer-style embedding of times `t: [B]` into `[B, dim]`.
 
     :math:`[\cos(s t \omega_i), \sin(s t \omega_i)]` with
     :math:`\omega_i = P^{-i/(dim/2)}` (Vaswani et al. 2017). With the default
-    `scale=1` every frequency is at most 1 rad per unit time, so the features
-    are smooth on t in [0, 1] and so is a network of them: fixed-step solvers
-    reach their order on trained fields. DDPM's `scale=1000` (Ho et al. 2020;
-    t stretched to its integer steps) gives periods down to 0.006 in t.
+    `scale=pi` the fastest sinusoid makes half a turn over t in [0, 1] (period
+    2): the features are smooth on [0, 1] and so is a network of them, so
+    fixed-step solvers reach their order on trained fields. (`scale=1` is as
+    smooth but leaves the features nearly linear in t, and a net learns the
+    t-dependence more slowly.) DDPM's `scale=1000` (Ho et al. 2020; t
+    stretched to its integer steps) gives periods down to 0.006 in t.
     """
     if dim % 2:
         raise ValueError(f"`dim` must be even, got {dim}.")
@@ -55,7 +57,7 @@ class Conditioning(nn.Module):
     Attributes:
       dim: output width.
       freq_dim: width of the sinusoidal features.
-      time_scale: factor applied to t (and h) before the sinusoids (1: smooth
+      time_scale: factor applied to t (and h) before the sinusoids (pi: smooth
         in t on [0, 1]; see :func:`sinusoidal_embedding`).
       num_classes: if set, `cond` is an int label in `[0, num_classes)`; index
         `num_classes` is "no label".
@@ -65,7 +67,7 @@ class Conditioning(nn.Module):
 
     dim: int
     freq_dim: int = 128
-    time_scale: float = 1.0
+    time_scale: float = math.pi
     num_classes: int | None = None
     two_times: bool = False
     dtype: object = jnp.float32

@@ -31,10 +31,10 @@ class MLP(nn.Module):
         guidance (a label outside both is an error, also under `jit`).
       activation: the nonlinearity.
       time_scale: the factor applied to t before the sinusoidal embedding.
-        The default 1 keeps every frequency at most 1 rad per unit time, so
-        the field is smooth in t on [0, 1]: fixed-step solvers converge at
-        their order and `jax.jvp` targets stay tame. DDPM's 1000 makes a
-        trained field oscillate in t with periods down to 0.006.
+        The default pi keeps every frequency at most pi rad per unit time
+        (period 2), so the field is smooth in t on [0, 1]: fixed-step solvers
+        converge at their order and `jax.jvp` targets stay tame. DDPM's 1000
+        makes a trained field oscillate in t with periods down to 0.006.
       two_times: also embed the jump duration `h`.
     """
 
@@ -42,7 +42,7 @@ class MLP(nn.Module):
     time_dim: int | None = 64
     num_classes: int | None = None
     activation: Callable = nn.silu
-    time_scale: float = 1.0
+    time_scale: float = math.pi
     two_times: bool = False
 
     @nn.compact
