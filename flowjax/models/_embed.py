@@ -33,7 +33,7 @@ def sinusoidal_embedding(t: Times, dim: int, *, max_period: float = 10_000.0,
     return jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
 
 
-def class_labels(cond: Cond, num_classes: int, batch: int) -> Integer[Array, " B"]:
+def check_labels(cond: Cond, num_classes: int, batch: int) -> Integer[Array, " B"]:
     """Integer labels `[B]` for an embedding of `num_classes + 1` rows, with a compiled range check.
 
     `None` is the "no label" index `num_classes` (classifier-free guidance's
@@ -86,6 +86,6 @@ class Conditioning(nn.Module):
         elif h is not None:
             raise ValueError("`h` is only accepted by a model with two_times=True.")
         if self.num_classes is not None:
-            labels = class_labels(cond, self.num_classes, t.shape[0])
+            labels = check_labels(cond, self.num_classes, t.shape[0])
             emb = emb + nn.Embed(self.num_classes + 1, self.dim, dtype=self.dtype)(labels)
         return emb

@@ -9,7 +9,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from flowjax._types import Batch, Cond, Times
-from flowjax.models._embed import class_labels, sinusoidal_embedding
+from flowjax.models._embed import check_labels, sinusoidal_embedding
 
 
 class MLP(nn.Module):
@@ -75,6 +75,6 @@ class MLP(nn.Module):
             emb = emb + nn.Dense(self.time_dim)(
                 sinusoidal_embedding(h, self.time_dim, scale=self.time_scale))
         if self.num_classes is not None:
-            labels = class_labels(cond, self.num_classes, t.shape[0])
+            labels = check_labels(cond, self.num_classes, t.shape[0])
             emb = emb + nn.Embed(self.num_classes + 1, self.time_dim)(labels)
         return self.activation(emb)

@@ -390,6 +390,16 @@ class Checkpointer:
             multihost_utils.sync_global_devices(f"flowjax_checkpoint_move_{step}")
         return target
 
+    def _unrestorable(self, failed, given=False) -> RuntimeError:
+        """The error when no checkpoint restores: `failed` lists `(step, error)`, newest first."""
+        s, e = failed[0]
+        if given:
+            return RuntimeError(f"checkpoint step {s} in {self.directory} is damaged: {e}")
+        return RuntimeError(
+            f"no checkpoint in {self.directory} restores (steps {[f for f, _ in failed]}); the "
+            f"newest, step {s}: {e}. Nothing was moved; if the files are damaged, move them "
+            "aside to start again from step 0")
+
     def restore(self, state: PyTree, step: int | None = None) -> Restored | None:
         """The checkpoint at `step` (default: the newest that restores), or None if there is none.
 
@@ -415,8 +425,7 @@ class Checkpointer:
             try:
                 return self._read(int(step), abstract)
             except _Damaged as e:
-                raise RuntimeError(f"checkpoint step {step} in {self.directory} is damaged: "
-                                   f"{e}") from e
+                raise self._unrestorable([(int(step), e)], given=True) from e
         steps = sorted(self._manager.all_steps(), reverse=True)
         failed = []
         for s in steps:
@@ -436,11 +445,7 @@ class Checkpointer:
             return restored
         if not failed:
             return None
-        s, e = failed[0]
-        raise RuntimeError(
-            f"no checkpoint in {self.directory} restores (steps {[f for f, _ in failed]}); the "
-            f"newest, step {s}: {e}. Nothing was moved; if the files are damaged, move them "
-            "aside to start again from step 0") from e
+        raise self._unrestorable(failed) from failed[0][1]
 
     def wait(self):
         """Blocks until every started save is complete on disk (OSError if one failed to write)."""
