@@ -14,13 +14,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from flowjax._types import Batch, Cond, Times
-from flowjax.models._embed import Conditioning
+from flowjax.models._embed import Conditioning, check_multiple
 
 
 def sincos_2d(grid: int, dim: int) -> np.ndarray:
     """Fixed 2-D sine-cosine position embedding `[grid * grid, dim]` (MAE / DiT)."""
-    if dim % 4:
-        raise ValueError(f"the DiT width must be divisible by 4, got {dim}.")
+    check_multiple("hidden", dim, 4)  # the DiT width
     omega = 1.0 / 10_000 ** (np.arange(dim // 4) / (dim // 4))
     ys, xs = np.meshgrid(np.arange(grid), np.arange(grid), indexing="ij")
 

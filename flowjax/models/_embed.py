@@ -12,6 +12,14 @@ from flowjax._checks import error_if
 from flowjax._types import Array, Cond, Float, Integer, Times
 
 
+def check_multiple(name: str, value: int, k: int) -> int:
+    """A ValueError naming `name` unless `value` is a multiple of `k`."""
+    if value % k:
+        raise ValueError(f"`{name}` must be {'even' if k == 2 else f'divisible by {k}'}, "
+                         f"got {value}.")
+    return value
+
+
 def sinusoidal_embedding(t: Times, dim: int, *, max_period: float = 10_000.0,
                          scale: float = math.pi) -> Float[Array, "B dim"]:
     r"""Transformer-style embedding of times `t: [B]` into `[B, dim]`.
@@ -25,8 +33,7 @@ def sinusoidal_embedding(t: Times, dim: int, *, max_period: float = 10_000.0,
     t-dependence more slowly.) DDPM's `scale=1000` (Ho et al. 2020; t
     stretched to its integer steps) gives periods down to 0.006 in t.
     """
-    if dim % 2:
-        raise ValueError(f"`dim` must be even, got {dim}.")
+    check_multiple("dim", dim, 2)
     half = dim // 2
     freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
     args = scale * jnp.asarray(t, jnp.float32)[:, None] * freqs[None, :]
