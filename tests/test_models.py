@@ -150,3 +150,36 @@ def test_unet_dropout_and_shape_errors(image_params):
         module.init(jax.random.PRNGKey(0), jnp.zeros((1, 7, 7, 1)), jnp.zeros(1))
     with pytest.raises(ValueError, match="patch_size"):
         IMAGE_MODELS["dit"]().init(jax.random.PRNGKey(0), jnp.zeros((1, 7, 7, 1)), jnp.zeros(1))
+
+
+@pytest.mark.parametrize("bad", [3 + 1, -1])
+def test_labels_outside_num_classes_are_an_error_under_jit(bad):
+    """Label num_classes + 1 would give NaN, -1 would wrap to the null class; both raise."""
+    module = models.MLP(hidden=(8,), time_dim=4, num_classes=3)
+    x, t = jnp.zeros((2, 2)), jnp.full((2,), 0.5)
+    params = module.init(jax.random.PRNGKey(0), x, t, jnp.zeros((2,), jnp.int32))["params"]
+    apply_fn = jax.jit(models.model_fn(module))
+    apply_fn(params, x, t, jnp.array([0, 3]))  # 3 = num_classes: the null label is valid
+    with pytest.raises(Exception, match=r"`cond` must hold class labels in \[0, num_classes\) "
+                                        r"= \[0, 3\), or 3 \(num_classes\) for no label"):
+        jax.block_until_ready(apply_fn(params, x, t, jnp.array([0, bad])))
+    with pytest.raises(TypeError, match="`cond` must hold integer class labels"):
+        apply_fn(params, x, t, jnp.array([0.0, 1.0]))
+
+
+@pytest.mark.xdist_group("image_params")  # one worker: the models are initialised once
+def test_image_model_labels_are_checked_under_jit(image_params):
+    apply_fn = jax.jit(models.average_model_fn(IMAGE_MODELS["dit"]()))
+    r, t = jnp.zeros(4), jnp.full(4, 0.5)
+    with pytest.raises(Exception, match=r"`cond` must hold class labels in \[0, num_classes\)"):
+        jax.block_until_ready(apply_fn(image_params["dit"], X, r, t, jnp.array([0, 1, 2, -1])))
+
+
+def test_default_time_embedding_is_smooth_in_t():
+    """Every default frequency is at most pi rad per unit time (DDPM's scale had 1000)."""
+    for model in (models.MLP(), models.UNet(), models.DiT(), models.Conditioning(8)):
+        assert model.time_scale == pytest.approx(np.pi)
+    t = jnp.linspace(0.0, 1.0, 1001)
+    emb = models.sinusoidal_embedding(t, 32)
+    assert float(jnp.max(jnp.abs(jnp.diff(emb, axis=0)))) <= np.pi / 1000 + 1e-6
+    assert float(jnp.max(jnp.abs(emb[-1] - emb[0]))) > 1.5  # the fastest feature spans [-1, 1]

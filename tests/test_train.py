@@ -103,6 +103,40 @@ def test_bad_ema_decay():
         train.make_train_step(loss, optax.sgd(0.1), ema_decay=1.0)
 
 
+@pytest.mark.parametrize("build", [train.make_train_step, train.make_multi_step])
+def test_optimizer_is_checked_when_the_step_is_built(build):
+    _, params, loss = _setup(hidden=(4,))
+    with pytest.raises(TypeError, match=r"`optimizer` must be an optax.GradientTransformation "
+                                        r"\(e.g. optax.adam\(1e-3\)\), got the string 'adam'"):
+        build(loss, "adam")
+    with pytest.raises(TypeError, match=r"`optimizer` .* got the function adam; .* adam\(...\)"):
+        build(loss, optax.adam)
+    with pytest.raises(TypeError, match="`loss_fn` must be callable"):
+        build(None, optax.adam(1e-3))
+    with pytest.raises(TypeError, match="`optimizer` must be an optax.GradientTransformation"):
+        train.create_train_state(jax.random.PRNGKey(0), params, "adam")
+
+
+def test_create_train_state_names_the_bad_leaf():
+    with pytest.raises(TypeError, match=r"the leaf at params\['b'\] is dtype int32"):
+        train.create_train_state(jax.random.PRNGKey(0), {"w": jnp.ones(2), "b": jnp.arange(2)},
+                                 optax.sgd(0.1))
+    with pytest.raises(TypeError, match=r"the leaf at params\['f'\] is str"):
+        train.create_train_state(jax.random.PRNGKey(0), {"f": "relu"}, optax.sgd(0.1))
+
+
+def test_summarize_metrics_sums_counts_and_averages_floats_by_dtype():
+    """No aux key is known by name: ints and bools are per-step counts, floats are averaged."""
+    metrics = {"loss": jnp.array([1.0, jnp.nan, 3.0]), "fell_back": jnp.array([True, False, True]),
+               "my_events": jnp.array([2, 0, 5]), "skipped": jnp.array([0, 1, 0]),
+               "nonfinite_total": jnp.array([0, 1, 1]),
+               "nonfinite_consecutive": jnp.array([0, 1, 0])}
+    out = train.summarize_metrics(metrics)
+    assert float(out["loss"]) == 2.0
+    assert int(out["fell_back"]) == 2 and int(out["my_events"]) == 7 and int(out["skipped"]) == 1
+    assert int(out["nonfinite_total"]) == 1 and int(out["nonfinite_consecutive"]) == 0
+
+
 def test_nonfinite_steps_are_skipped_counted_and_use_fresh_keys():
     """A NaN batch leaves params, EMA, optimizer state and step as they were; counters grow."""
     _, params, loss = _setup(hidden=(16,))

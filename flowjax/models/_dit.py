@@ -7,17 +7,19 @@ fresh block is the identity and a fresh model predicts 0.
 
 from __future__ import annotations
 
+import math
+
 import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from flowjax.models._embed import Conditioning
+from flowjax._types import Batch, Cond, Times
+from flowjax.models._embed import Conditioning, check_multiple
 
 
 def sincos_2d(grid: int, dim: int) -> np.ndarray:
     """Fixed 2-D sine-cosine position embedding `[grid * grid, dim]` (MAE / DiT)."""
-    if dim % 4:
-        raise ValueError(f"the DiT width must be divisible by 4, got {dim}.")
+    check_multiple("hidden", dim, 4)  # the DiT width
     omega = 1.0 / 10_000 ** (np.arange(dim // 4) / (dim // 4))
     ys, xs = np.meshgrid(np.arange(grid), np.arange(grid), indexing="ij")
 
@@ -66,7 +68,8 @@ class DiT(nn.Module):
       mlp_ratio: MLP width over `hidden`.
       num_classes: class-conditional with a "no label" index `num_classes`.
       two_times: also embed the jump duration `h` (MeanFlow's `(r, t)` input).
-      time_scale: factor applied to t before the sinusoidal embedding.
+      time_scale: factor applied to t before the sinusoidal embedding (pi: smooth in t;
+        see :func:`flowjax.models.sinusoidal_embedding`).
       dtype: computation dtype; the output has the input's dtype.
     """
 
@@ -77,11 +80,12 @@ class DiT(nn.Module):
     mlp_ratio: float = 4.0
     num_classes: int | None = None
     two_times: bool = False
-    time_scale: float = 1000.0
+    time_scale: float = math.pi
     dtype: object = jnp.float32
 
     @nn.compact
-    def __call__(self, x, t, cond=None, h=None, train: bool = False):
+    def __call__(self, x: Batch, t: Times, cond: Cond = None, h: Times | None = None,
+                 train: bool = False) -> Batch:
         del train  # no dropout
         if x.ndim != 4 or x.shape[1] != x.shape[2] or x.shape[1] % self.patch_size:
             raise ValueError(f"`x` must be square NHWC images with a side divisible by "

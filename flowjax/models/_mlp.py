@@ -8,20 +8,8 @@ from collections.abc import Callable, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-
-def sinusoidal_embedding(t, dim: int, *, max_period: float = 10_000.0, scale: float = 1000.0):
-    r"""Transformer-style embedding of times `t: [B]` into `[B, dim]`.
-
-    :math:`[\cos(s t \omega_i), \sin(s t \omega_i)]` with
-    :math:`\omega_i = P^{-i/(dim/2)}`; `scale` stretches t in [0, 1] to the
-    range DDPM's integer steps had (Vaswani et al. 2017; Ho et al. 2020).
-    """
-    if dim % 2:
-        raise ValueError(f"`dim` must be even, got {dim}.")
-    half = dim // 2
-    freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
-    args = scale * jnp.asarray(t, jnp.float32)[:, None] * freqs[None, :]
-    return jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
+from flowjax._types import Batch, Cond, Times
+from flowjax.models._embed import check_labels, sinusoidal_embedding
 
 
 class MLP(nn.Module):
@@ -30,20 +18,23 @@ class MLP(nn.Module):
     With `two_times=True` it is an average-velocity (flow-map) model: the call
     takes the duration `h` of the jump as well, `f(x, t, cond, h=h)`, and
     embeds `(t, h)` as MeanFlow does with `(t, t - r)` (Geng et al. 2025);
-    :func:`average_model_fn` exposes it as `apply_fn(params, x, r, t, cond)`.
+    :func:`flowjax.models.average_model_fn` exposes it as
+    `apply_fn(params, x, r, t, cond)`.
 
     Attributes:
       hidden: widths of the hidden layers.
       time_dim: size of the sinusoidal time embedding; `None` appends the raw
         time (and `h`) to the input instead, the plain `[x, t]` MLP of
         TorchCFM's `MLP(time_varying=True)` and Meta flow_matching's 2D example.
-      num_classes: if set, `cond` is an int label in `[0, num_classes]`; the
+      num_classes: if set, `cond` is an int label in `[0, num_classes)`; the
         extra index `num_classes` is the "no label" token for classifier-free
-        guidance.
+        guidance (a label outside both is an error, also under `jit`).
       activation: the nonlinearity.
-      time_scale: the factor applied to t before the sinusoidal embedding
-        (DDPM's 1000 by default; lower values give a field that varies more
-        slowly in t, which fixed-step solvers and `jax.jvp` targets prefer).
+      time_scale: the factor applied to t before the sinusoidal embedding.
+        The default pi keeps every frequency at most pi rad per unit time
+        (period 2), so the field is smooth in t on [0, 1]: fixed-step solvers
+        converge at their order and `jax.jvp` targets stay tame. DDPM's 1000
+        makes a trained field oscillate in t with periods down to 0.006.
       two_times: also embed the jump duration `h`.
     """
 
@@ -51,11 +42,11 @@ class MLP(nn.Module):
     time_dim: int | None = 64
     num_classes: int | None = None
     activation: Callable = nn.silu
-    time_scale: float = 1000.0
+    time_scale: float = math.pi
     two_times: bool = False
 
     @nn.compact
-    def __call__(self, x, t, cond=None, h=None):
+    def __call__(self, x: Batch, t: Times, cond: Cond = None, h: Times | None = None) -> Batch:
         shape = x.shape
         feats = x.reshape(shape[0], -1)
         t = jnp.broadcast_to(jnp.asarray(t, feats.dtype), shape[:1])
@@ -84,46 +75,6 @@ class MLP(nn.Module):
             emb = emb + nn.Dense(self.time_dim)(
                 sinusoidal_embedding(h, self.time_dim, scale=self.time_scale))
         if self.num_classes is not None:
-            if cond is None:
-                cond = jnp.full(t.shape, self.num_classes, jnp.int32)
-            emb = emb + nn.Embed(self.num_classes + 1, self.time_dim)(cond)
+            labels = check_labels(cond, self.num_classes, t.shape[0])
+            emb = emb + nn.Embed(self.num_classes + 1, self.time_dim)(labels)
         return self.activation(emb)
-
-
-def _apply(module, params, key, *args):
-    if key is None:
-        return module.apply({"params": params}, *args)
-    return module.apply({"params": params}, *args, train=True, rngs={"dropout": key})
-
-
-def model_fn(module: nn.Module):
-    """Turns a linen module into `apply_fn(params, x, t, cond, key=None)`, the library's model function.
-
-    Given a `key`, the module runs in training mode (`train=True`, dropout on,
-    with `key` as its `dropout` rng): what the losses do with `model_key=True`.
-    Without one it is deterministic, as samplers want it. Only modules with
-    a `train` argument (:class:`UNet`, :class:`DiT`) accept a key.
-    """
-
-    def apply_fn(params, x, t, cond=None, key=None):
-        return _apply(module, params, key, x, t, cond)
-
-    return apply_fn
-
-
-def average_model_fn(module: nn.Module):
-    """Turns a two-time module into `apply_fn(params, x, r, t, cond)`, an average-velocity model.
-
-    `x` is the state at time `r` and the output the average velocity to time
-    `t >= r`, so that `x_t = x + (t - r) * apply_fn(params, x, r, t, cond)`
-    (see :func:`flowjax.losses.meanflow_loss`). The module sees the state
-    time `r` and the duration `t - r`. A `key` turns on training mode, as
-    for :func:`model_fn`.
-    """
-    if not getattr(module, "two_times", False):
-        raise ValueError("`module` must take two times (e.g. MLP(two_times=True)).")
-
-    def apply_fn(params, x, r, t, cond=None, key=None):
-        return _apply(module, params, key, x, r, cond, t - r)
-
-    return apply_fn

@@ -9,12 +9,15 @@ divisible by `2 ** (len(channel_mult) - 1)`.
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from flowjax._types import Batch, Cond, Times
 from flowjax.models._embed import Conditioning
 
 
@@ -82,7 +85,8 @@ class UNet(nn.Module):
         which needs a `dropout` rng).
       num_classes: class-conditional with a "no label" index `num_classes`.
       two_times: also embed the jump duration `h` (MeanFlow's `(r, t)` input).
-      time_scale: factor applied to t before the sinusoidal embedding.
+      time_scale: factor applied to t before the sinusoidal embedding (pi: smooth in t;
+        see :func:`flowjax.models.sinusoidal_embedding`).
       num_groups: group-norm groups (fewer if the width is not divisible).
       dtype: computation dtype (`jnp.bfloat16` on accelerators); parameters
         stay float32 and the output has the input's dtype.
@@ -96,12 +100,13 @@ class UNet(nn.Module):
     dropout: float = 0.1
     num_classes: int | None = None
     two_times: bool = False
-    time_scale: float = 1000.0
+    time_scale: float = math.pi
     num_groups: int = 32
     dtype: object = jnp.float32
 
     @nn.compact
-    def __call__(self, x, t, cond=None, h=None, train: bool = False):
+    def __call__(self, x: Batch, t: Times, cond: Cond = None, h: Times | None = None,
+                 train: bool = False) -> Batch:
         if x.ndim != 4:
             raise ValueError(f"`x` must be NHWC images [B, H, W, C], got shape {x.shape}.")
         factor = 2 ** (len(self.channel_mult) - 1)

@@ -63,6 +63,8 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from flowjax._types import PyTree
+
 
 @dataclasses.dataclass
 class Restored:
@@ -73,7 +75,7 @@ class Restored:
     """
 
     step: int
-    state: object
+    state: PyTree
     pipeline: dict
     config: dict
     damaged: tuple = ()
@@ -126,7 +128,7 @@ def _checksum_leaves(leaves):
     return [_leaf_checksum(x) for x in leaves]
 
 
-def state_checksums(state) -> dict:
+def state_checksums(state: PyTree) -> dict[str, int]:
     r"""A 32-bit checksum of each leaf of `state`, `{leaf path: int}`, computed on its devices.
 
     The weighted sum :math:`\sum_i (2 i \varphi + 1)\, w_i \bmod 2^{32}` of
@@ -281,8 +283,8 @@ class Checkpointer:
             raise err from (None if err is e else e)
         self._saving = None
 
-    def save(self, step: int, state, *, pipeline: dict | None = None, config=None,
-             force: bool = False) -> bool:
+    def save(self, step: int, state: PyTree, *, pipeline: dict | None = None,
+             config: dict | None = None, force: bool = False) -> bool:
         """Saves `state` (and the pipeline position and config) at `step` if it is due.
 
         Returns whether a save was started. A save at a step that is already
@@ -388,7 +390,17 @@ class Checkpointer:
             multihost_utils.sync_global_devices(f"flowjax_checkpoint_move_{step}")
         return target
 
-    def restore(self, state, step: int | None = None) -> Restored | None:
+    def _unrestorable(self, failed, given=False) -> RuntimeError:
+        """The error when no checkpoint restores: `failed` lists `(step, error)`, newest first."""
+        s, e = failed[0]
+        if given:
+            return RuntimeError(f"checkpoint step {s} in {self.directory} is damaged: {e}")
+        return RuntimeError(
+            f"no checkpoint in {self.directory} restores (steps {[f for f, _ in failed]}); the "
+            f"newest, step {s}: {e}. Nothing was moved; if the files are damaged, move them "
+            "aside to start again from step 0")
+
+    def restore(self, state: PyTree, step: int | None = None) -> Restored | None:
         """The checkpoint at `step` (default: the newest that restores), or None if there is none.
 
         Args:
@@ -413,8 +425,7 @@ class Checkpointer:
             try:
                 return self._read(int(step), abstract)
             except _Damaged as e:
-                raise RuntimeError(f"checkpoint step {step} in {self.directory} is damaged: "
-                                   f"{e}") from e
+                raise self._unrestorable([(int(step), e)], given=True) from e
         steps = sorted(self._manager.all_steps(), reverse=True)
         failed = []
         for s in steps:
@@ -434,11 +445,7 @@ class Checkpointer:
             return restored
         if not failed:
             return None
-        s, e = failed[0]
-        raise RuntimeError(
-            f"no checkpoint in {self.directory} restores (steps {[f for f, _ in failed]}); the "
-            f"newest, step {s}: {e}. Nothing was moved; if the files are damaged, move them "
-            "aside to start again from step 0") from e
+        raise self._unrestorable(failed) from failed[0][1]
 
     def wait(self):
         """Blocks until every started save is complete on disk (OSError if one failed to write)."""

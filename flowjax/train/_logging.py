@@ -36,7 +36,7 @@ class MetricsWriter:
         os.makedirs(workdir, exist_ok=True)
         self.path = os.path.join(workdir, filename)
 
-    def write(self, step: int, metrics: dict, **tags):
+    def write(self, step: int, metrics: dict, **tags) -> None:
         if jax.process_index() != 0:
             return
         record = {"step": int(step), **_plain(tags), **_plain(metrics)}

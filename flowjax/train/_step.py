@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import jax
 import jax.numpy as jnp
 import optax
 from flax import struct
 from jax.sharding import NamedSharding, PartitionSpec
+
+from flowjax._checks import check_callable, check_instance, check_key, check_number
+from flowjax._types import Array, KeyArray, Params, PyTree
+
+_OPTIMIZER = "an optax.GradientTransformation (e.g. optax.adam(1e-3))"
 
 
 @struct.dataclass
@@ -26,17 +33,40 @@ class TrainState:
         applied update (int32 scalar).
     """
 
-    params: object
-    ema_params: object
-    opt_state: object
-    step: jax.Array
-    key: jax.Array
-    nonfinite_total: jax.Array
-    nonfinite_consecutive: jax.Array
+    params: Params
+    ema_params: Params
+    opt_state: PyTree
+    step: Array
+    key: KeyArray
+    nonfinite_total: Array
+    nonfinite_consecutive: Array
 
 
-def create_train_state(key, params, optimizer: optax.GradientTransformation) -> TrainState:
+def _check_state_args(key, params, optimizer):
+    """The key, the optimizer, and every leaf of `params` a floating array (naming a bad leaf)."""
+    check_key("key", key)
+    check_instance("optimizer", optimizer, optax.GradientTransformation, _OPTIMIZER)
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        if not (hasattr(leaf, "dtype") and hasattr(leaf, "shape")
+                and jnp.issubdtype(leaf.dtype, jnp.inexact)):
+            what = f"dtype {leaf.dtype}" if hasattr(leaf, "dtype") else type(leaf).__name__
+            raise TypeError(
+                f"`params` must be a pytree of floating arrays, but the leaf at "
+                f"params{jax.tree_util.keystr(path)} is {what}. For a whole model pass its "
+                "parameters: `apply_fn, params = flowjax.models.from_equinox(model)` (or "
+                "from_nnx, from_linen).")
+
+
+def create_train_state(key: KeyArray, params: Params,
+                       optimizer: optax.GradientTransformation) -> TrainState:
     """A fresh state: EMA starts at `params`, step 0.
+
+    Args:
+      key: the run's base PRNG key.
+      params: any pytree of floating arrays (e.g. the params of
+        :func:`flowjax.models.from_equinox`); another leaf is a `TypeError`
+        naming its path.
+      optimizer: an optax `GradientTransformation`.
 
     The state holds copies, so the caller's `params` and `key` survive the steps
     (which donate the state's buffers). Its arrays are committed to the
@@ -44,6 +74,8 @@ def create_train_state(key, params, optimizer: optax.GradientTransformation) -> 
     state then hit the same compiled step (an uncommitted state would make
     the first step after a restore compile again).
     """
+    _check_state_args(key, params, optimizer)
+
     def zero():  # distinct buffers: each leaf is donated on its own
         return jnp.zeros((), jnp.int32)
 
@@ -55,9 +87,11 @@ def create_train_state(key, params, optimizer: optax.GradientTransformation) -> 
     return jax.device_put(state, device)
 
 
-def _check_decay(ema_decay):
-    if not 0.0 <= ema_decay < 1.0:
-        raise ValueError(f"`ema_decay` must lie in [0, 1), got {ema_decay!r}.")
+def _check_step_args(loss_fn, optimizer, ema_decay):
+    """The arguments of the step builders, checked when the step is built."""
+    check_callable("loss_fn", loss_fn)
+    check_instance("optimizer", optimizer, optax.GradientTransformation, _OPTIMIZER)
+    check_number("ema_decay", ema_decay, low=0.0, high=1.0, high_open=True)
 
 
 def _grad_norm(grads):
@@ -117,14 +151,16 @@ def _jit(fn, state_sharding, batch_sharding):
                    out_shardings=(state_sharding, metrics), donate_argnums=0)
 
 
-def make_train_step(loss_fn, optimizer: optax.GradientTransformation, *,
-                    ema_decay: float = 0.999, state_sharding=None, batch_sharding=None):
+def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation, *,
+                    ema_decay: float = 0.999, state_sharding: PyTree | None = None,
+                    batch_sharding: PyTree | None = None) -> Callable:
     """A jitted `step(state, batch) -> (state, metrics)`.
 
     Args:
       loss_fn: `loss_fn(params, key, batch) -> (loss, aux)` (e.g. a bound
         :func:`flowjax.losses.cfm_loss`).
-      optimizer: any optax transformation.
+      optimizer: an optax `GradientTransformation` (e.g. `optax.adam(1e-3)`);
+        anything else is a `TypeError` when the step is built.
       ema_decay: EMA decay; `ema = decay * ema + (1 - decay) * params`.
       state_sharding: the state's layout, a pytree of NamedSharding from
         :func:`state_shardings` (data parallel or FSDP), or None for one
@@ -153,7 +189,7 @@ def make_train_step(loss_fn, optimizer: optax.GradientTransformation, *,
     `skipped` (1 if this step was skipped, else 0), `nonfinite_total`,
     `nonfinite_consecutive` and the loss's `aux` entries.
     """
-    _check_decay(ema_decay)
+    _check_step_args(loss_fn, optimizer, ema_decay)
 
     def step(state, batch):
         return _update(loss_fn, optimizer, ema_decay, state, batch)
@@ -161,8 +197,9 @@ def make_train_step(loss_fn, optimizer: optax.GradientTransformation, *,
     return _jit(step, state_sharding, batch_sharding)
 
 
-def make_multi_step(loss_fn, optimizer: optax.GradientTransformation, *,
-                    ema_decay: float = 0.999, state_sharding=None, batch_sharding=None):
+def make_multi_step(loss_fn: Callable, optimizer: optax.GradientTransformation, *,
+                    ema_decay: float = 0.999, state_sharding: PyTree | None = None,
+                    batch_sharding: PyTree | None = None) -> Callable:
     """A jitted `steps(state, batches) -> (state, metrics)` running K steps in one `lax.scan`.
 
     `batches` is the per-step batch stacked on a leading axis of size K; the
@@ -172,7 +209,7 @@ def make_multi_step(loss_fn, optimizer: optax.GradientTransformation, *,
     :func:`make_train_step`; the batch axis of stacked batches is axis 1
     (`batch_sharding(mesh, leading=1)`).
     """
-    _check_decay(ema_decay)
+    _check_step_args(loss_fn, optimizer, ema_decay)
 
     def steps(state, batches):
         return jax.lax.scan(lambda s, b: _update(loss_fn, optimizer, ema_decay, s, b),
@@ -181,20 +218,19 @@ def make_multi_step(loss_fn, optimizer: optax.GradientTransformation, *,
     return _jit(steps, state_sharding, batch_sharding)
 
 
-_COUNTERS = ("nonfinite_total", "nonfinite_consecutive")
-_COUNTS = ("skipped", "coupling_fallback")  # events per step: summed over a call
+_COUNTERS = ("nonfinite_total", "nonfinite_consecutive")  # the step's running totals
 
 
-def summarize_metrics(metrics: dict) -> dict:
+def summarize_metrics(metrics: dict[str, Array]) -> dict[str, Array]:
     """One record of scalars from the metrics of a step or a :func:`make_multi_step` call.
 
-    Device operations only (no host sync). The skip counters
+    Device operations only (no host sync). The step's running totals
     (`nonfinite_total`, `nonfinite_consecutive`) take their value after the
-    last step; the per-step event counts `skipped` and `coupling_fallback`
-    (a Sinkhorn batch paired independently, when the loss reports it) are
-    summed over the call; every other entry is averaged over its finite
-    values (NaN if it has none): the NaN loss of one skipped step would
-    otherwise hide the others'.
+    last step. Every other integer or bool entry is a count of events per
+    step (`skipped`, a loss's fallback flags, ...) and is summed over the
+    call; floating entries are averaged over their finite values (NaN if
+    none): the NaN loss of one skipped step would otherwise hide the
+    others'. No entry of a loss's `aux` is known by name.
 
     Args:
       metrics: the metrics of :func:`make_train_step` (scalars) or of
@@ -207,12 +243,10 @@ def summarize_metrics(metrics: dict) -> dict:
         value = jnp.asarray(value)
         if name in _COUNTERS:
             return value.reshape(-1)[-1]
-        if name in _COUNTS:
-            return jnp.sum(value)
         if jnp.issubdtype(value.dtype, jnp.inexact):
             finite = jnp.isfinite(value)
             return jnp.sum(jnp.where(finite, value, 0)) / jnp.sum(finite)  # NaN if none
-        return jnp.mean(value)
+        return jnp.sum(value.astype(jnp.int32))
 
     return {name: jax.tree.map(lambda v, n=name: reduce(n, v), value)
             for name, value in metrics.items()}
