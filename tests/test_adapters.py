@@ -76,7 +76,7 @@ def _assert_bit_identical(a, b):
 def test_otcfm_train_sample_checkpoint_restore(framework, tmp_path):
     apply_fn, params = BUILDERS[framework]()
     loss = functools.partial(losses.cfm_loss, apply_fn=apply_fn, path=paths.RectifiedFlow(),
-                             coupling=couplings.exact_ot())
+                             coupling=couplings.ExactOT())
     opt = optax.adam(3e-3)
     state = train.create_train_state(jax.random.PRNGKey(1), params, opt)
     step = train.make_train_step(loss, opt, ema_decay=0.9)
@@ -88,9 +88,8 @@ def test_otcfm_train_sample_checkpoint_restore(framework, tmp_path):
     assert int(state.step) == 20 and float(m["loss"]) < first  # it trains
 
     x0 = jax.random.normal(jax.random.PRNGKey(5), (32, 2))
-    velocity = sample.model_velocity(apply_fn)
-    out = sample.solve_ode(velocity, x0, (state.ema_params, None), solver=sample.RK4(),
-                           num_steps=4)
+    out = sample.solve_ode(sample.ModelVelocity(apply_fn, state.ema_params), x0,
+                           solver=sample.RK4(), num_steps=4)
     assert out.samples.shape == x0.shape and np.all(np.isfinite(out.samples))
     # The same field straight from the model: apply_fn is the library's model function.
     direct = apply_fn(state.ema_params, x0, jnp.full((32,), 0.5))
@@ -104,7 +103,7 @@ def test_otcfm_train_sample_checkpoint_restore(framework, tmp_path):
     assert restored.step == 20
     _assert_bit_identical(restored.state, state)
     # The restored params plug into the same apply_fn, and sample the same.
-    again = sample.solve_ode(velocity, x0, (restored.state.ema_params, None),
+    again = sample.solve_ode(sample.ModelVelocity(apply_fn, restored.state.ema_params), x0,
                              solver=sample.RK4(), num_steps=4)
     np.testing.assert_array_equal(again.samples, out.samples)
 
