@@ -1,6 +1,6 @@
 """CNF maximum likelihood against flow matching on 2-D targets: held-out NLL against wall-clock.
 
-The seeds' question (issue 9): how does flow matching compare with training the
+How does flow matching compare with training the
 same continuous normalizing flow by maximum likelihood? Both train the same
 velocity field with the same optimizer on fresh batches of the same target:
 

@@ -7,7 +7,7 @@ sources x0 ~ N(0, I) in both frameworks (time runs 0 -> 1, noise -> data):
           `torchcfm.models.MLP(dim=2, time_varying=True, w=64)` on the torch side,
           `flowjax.models.MLP(hidden=(64, 64, 64), time_dim=None, activation=selu)` here,
           trained here with I-CFM on two moons (2,000 Adam steps of batch 256);
-          10,000 samples (the acceptance figure) and 1,000.
+          10,000 samples (the headline figure) and 1,000.
   digits  an MLP [x, t] -> 256 -> 256 -> 256 -> 64 with SiLU (a torch.nn.Sequential on
           the torch side) on the flattened 8x8 scikit-learn digits scaled to [-1, 1],
           trained here with I-CFM (1,000 steps; 2,000 without --quick); 1,000 images
@@ -49,7 +49,7 @@ is retimed after waiting for an idle CPU, within `--wait-idle` seconds in all; a
 stops after 4 s and a sampler's turns after 6 s in all (--quick; 30 s and 60 s
 otherwise), so a busy machine cannot stretch the run much. torch, with one OpenMP
 thread per core, slows down 10-30x when another process holds a core (its barriers
-wait for a descheduled thread), XLA about 2x: the acceptance line says UNRELIABLE when
+wait for a descheduled thread), XLA about 2x: the verdict line says UNRELIABLE when
 its rows were disturbed.
 """
 
@@ -659,7 +659,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=None,
                         help="timed calls per round (2 with --quick, else 3)")
     parser.add_argument("--n2d", type=int, nargs="+", default=[10_000, 1000],
-                        help="2-D samples per solve (the acceptance ratio is at 10,000)")
+                        help="2-D samples per solve (the headline ratio is at 10,000)")
     parser.add_argument("--digits-n", type=int, nargs="+", default=None,
                         help="digits images per solve (1,000 with --quick, else 1,000 10,000; "
                              "0: skip)")
@@ -800,7 +800,7 @@ def main():
                    "load_average": {"start": load_start, "end": _load()},
                    "busy_rows": len(busy), "waited_s": WAIT["waited_s"], "rows": rows,
                    "ratios": rat, "profile": profiles, "ops_ms": ops,
-                   "acceptance": {"target_ratio": TARGET_RATIO,
+                   "headline": {"target_ratio": TARGET_RATIO,
                                   "ratio": target[0]["ratio"] if target else None,
                                   "verdict": verdict, "disturbed": disturbed},
                    "seconds": seconds}, f, indent=1)

@@ -143,6 +143,16 @@ def as_real_array(name: str, t):
     return t
 
 
+def check_finite_eager(name: str, x):
+    """:func:`check_finite` on a concrete `x`; a traced `x` passes through unchecked.
+
+    For data that a training step consumes: inside a jitted step a NaN batch
+    becomes a non-finite loss, which :mod:`flowjax.train` skips and counts,
+    rather than an error that stops the run.
+    """
+    return check_finite(name, x) if is_concrete(x) else x
+
+
 def check_unit_interval(name: str, t):
     """`t` (any shape) with a compiled check that it lies in [0, 1] (NaN fails)."""
     return error_if(t, ~jnp.all((t >= 0) & (t <= 1)),

@@ -982,7 +982,10 @@ SAMPLE_SPECS = [
          lambda: dict(field=field, x1=X), (Mutation("adaptive", "adaptive", BAD_ADAPTIVE),)),
     _field_spec("solve_flow_map", lambda kw: sample.solve_flow_map(**kw),
                 lambda: dict(flow_map=flow_map, x0=X, num_steps=2), field_arg="flow_map",
-                extra=(Mutation("num_steps", "num_steps", BAD_STEPS),), bad=BAD_FLOW_MAP),
+                # num_steps=None with no ts is the default single jump, not an error
+                extra=(Mutation("num_steps", "num_steps",
+                                bad_number(low=1, integer=True, none_ok=True)),),
+                bad=BAD_FLOW_MAP),
     _grid_spec("solve_flow_map", lambda kw: sample.solve_flow_map(**kw),
                lambda: dict(flow_map=flow_map, x0=X)),
     _field_spec("reflow_pairs", lambda kw: sample.reflow_pairs(**kw),

@@ -147,7 +147,7 @@ def test_diffusion_runs_have_their_losses_and_samplers():
         loss, ahead = toy2d.make_loss(run, config, apply_fn)
         value, _ = jax.jit(loss)(params, key, batch)
         assert ahead is None and np.isfinite(float(value)) and float(value) > 0
-        runs = toy2d.evaluate_diffusion(config, run, apply_fn, (params, None), x0, key)
+        runs = toy2d.evaluate_diffusion(config, run, apply_fn, params, x0, key)
         for solver, (xs, nfe) in runs.items():
             assert np.all(np.isfinite(xs)), (run, solver)
             rows.append({"method": run, "source": "normal", "solver": solver, "nfe": nfe,

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from flowjax._checks import (check_array, check_finite, check_key, check_same_shape,
+from flowjax._checks import (check_array, check_finite_eager, check_key, check_same_shape,
                              is_concrete)
 from flowjax._types import Array, Batch, Float
 
@@ -33,7 +33,7 @@ def _check_call(coupling, key, x0, x1, cond, *, key_used: bool):
     if coupling.needs_cond and cond is None:
         raise ValueError(f"`cond` is required: {type(coupling).__name__} pairs within "
                          "conditions; pass cond=batch['cond'].")
-    return check_finite("x0", x0), check_finite("x1", x1)
+    return check_finite_eager("x0", x0), check_finite_eager("x1", x1)
 
 
 def sq_distances(x0: Batch, x1: Batch) -> Float[Array, "B0 B1"]:
@@ -43,7 +43,7 @@ def sq_distances(x0: Batch, x1: Batch) -> Float[Array, "B0 B1"]:
     if x0.shape[1:] != x1.shape[1:]:
         raise ValueError(f"`x0` and `x1` must have the same dimensions after the batch axis, "
                          f"got {tuple(x0.shape)} and {tuple(x1.shape)}.")
-    a, b = flat(check_finite("x0", x0)), flat(check_finite("x1", x1))
+    a, b = flat(check_finite_eager("x0", x0)), flat(check_finite_eager("x1", x1))
     d = jnp.sum(a ** 2, -1)[:, None] + jnp.sum(b ** 2, -1)[None, :] - 2.0 * a @ b.T
     return jnp.maximum(d, 0.0)
 

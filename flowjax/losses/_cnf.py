@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import diffrax
 
-from flowjax._checks import check_array, check_finite, check_instance, check_key
+from flowjax._checks import check_array, check_finite_eager, check_instance, check_key
 from flowjax._divergence import (Probe, _check_likelihood_options, _reverse_grid,
                                  divergence_solve, draw_probes, standard_normal_log_prob)
 from flowjax.losses._cfm import check_cond
@@ -40,7 +40,7 @@ def _check_batch(key, batch):
                          "through `source_log_prob`; drop it from the batch.")
     check_array("batch['x1']", batch["x1"])
     check_cond("batch['cond']", batch.get("cond"), batch["x1"].shape[0])
-    return check_finite("batch['x1']", batch["x1"])
+    return check_finite_eager("batch['x1']", batch["x1"])
 
 
 def cnf_mle_loss(params, key, batch, *, apply_fn, num_probes: int | None = None,

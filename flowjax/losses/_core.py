@@ -22,10 +22,9 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from flowjax._checks import (check_array, check_callable, check_finite, check_instance,
+from flowjax._checks import (check_array, check_callable, check_finite_eager, check_instance,
                              check_key, check_number, check_output_shape, check_path,
-                             check_same_shape, check_signature, check_unit_interval, error_if,
-                             is_concrete)
+                             check_same_shape, check_signature, check_unit_interval, error_if)
 from flowjax._types import Array, Batch, BatchTimes, Float
 from flowjax.couplings._base import AbstractCoupling, CouplingResult
 from flowjax.paths import Prediction
@@ -215,15 +214,8 @@ def _check_pairing(batch, coupling, keys, allow_cond_blind_coupling):
     if x0 is not None:
         check_same_shape("batch['x0']", x0, "batch['x1']", x1)
         check_array("batch['x0']", x0)
-        x0 = _check_finite_eager("batch['x0']", x0)
-    return x0, _check_finite_eager("batch['x1']", x1), cond, coupling
-
-
-def _check_finite_eager(name, x):
-    """`x` checked finite when it holds values (an eager call); a traced batch is left alone:
-    inside a jitted train step a non-finite batch gives a non-finite loss, which
-    :mod:`flowjax.train` skips and counts instead of stopping the run."""
-    return check_finite(name, x) if is_concrete(x) else x
+        x0 = check_finite_eager("batch['x0']", x0)
+    return x0, check_finite_eager("batch['x1']", x1), cond, coupling
 
 
 def _check_result(result, x0, x1) -> CouplingResult:

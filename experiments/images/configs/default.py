@@ -104,7 +104,7 @@ def get_config():
     config.eval.bpd_probes = 4  # Hutchinson probes (0 = exact trace)
     config.eval.bpd_bins = 16  # digits have 17 levels, 2/16 apart on [-1, 1]; 256 for 8-bit
     config.eval.classifier_steps = 1500
-    # Classifier guidance (issue 9; see digits_guidance.py): the unconditional field (null
+    # Classifier guidance (see digits_guidance.py): the unconditional field (null
     # label) steered by a time-dependent classifier on noisy images, Euler steps.
     config.eval.classifier_guidance_scales = ()  # e.g. (0.0, 1.0, 2.0, 4.0); () = off
     config.eval.classifier_guidance_steps = 20

@@ -1,4 +1,4 @@
-"""Classifier guidance beside classifier-free guidance on the 8x8 digits (issue 9).
+"""Classifier guidance beside classifier-free guidance on the 8x8 digits.
 
 One class-conditional model with 20% label dropout (so its null label is the
 unconditional field) on the independent coupling, whose marginals are the

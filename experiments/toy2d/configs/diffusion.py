@@ -1,4 +1,4 @@
-"""Diffusion in the flow view (issue 9): DDPM's noise prediction and EDM beside flow matching.
+"""Diffusion in the flow view: DDPM's noise prediction and EDM beside flow matching.
 
 N(0, I) -> moons, the default budget for every method (2,000 steps of 256, a
 3x128 MLP, EMA 0.995). `vp_eps` is DDPM's L_simple on the VP path, sampled by

@@ -1,4 +1,4 @@
-"""One- and few-step generation (issue 4): MeanFlow, reflow and shortcut models beside I-CFM.
+"""One- and few-step generation: MeanFlow, reflow and shortcut models beside I-CFM.
 
 N(0, I) -> moons and 8gaussians -> moons, every method with the same step
 budget as the default config (2,000 steps of 256). `reflow` trains 2-RF and
