@@ -123,9 +123,8 @@ def _exact_velocity(points, x, t):
     return empirical_velocity(points, x, t)
 
 
-@functools.lru_cache(maxsize=None)
 def _network_fns(hidden, time_dim, time_scale):
-    """One model function per architecture, so that train steps compile once."""
+    """The model function of an architecture (equal for equal architectures)."""
     module = models.MLP(hidden=hidden, time_dim=time_dim, time_scale=time_scale)
     return models.model_fn(module)
 

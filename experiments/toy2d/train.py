@@ -483,9 +483,8 @@ class _Runs:
         return self.states[run]
 
 
-@functools.lru_cache(maxsize=None)
 def _apply_fns(config_json: str, run: str):
-    """One model function per (config, run), so that compiled steps are shared."""
+    """The model function of a run (equal for equal configs, so compiled programs are shared)."""
     import ml_collections
 
     config = ml_collections.ConfigDict(json.loads(config_json))
@@ -494,14 +493,8 @@ def _apply_fns(config_json: str, run: str):
         path, _, _ = make_method(run, config)
         return paths.edm_precondition(models.model_fn(module), path,
                                       sigma_data=config.edm.sigma_data)
-    return _module_fn(module, run in FLOW_MAP_METHODS)
-
-
-@functools.lru_cache(maxsize=None)
-def _module_fn(module, average: bool):
-    """One model function per module (modules compare by their fields): runs with the same
-    MLP share it, and with it their compiled samplers (each solve compiles once per function)."""
-    return models.average_model_fn(module) if average else models.model_fn(module)
+    return (models.average_model_fn(module) if run in FLOW_MAP_METHODS
+            else models.model_fn(module))
 
 
 def _init_params(config, run, source):

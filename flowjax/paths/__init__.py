@@ -6,6 +6,7 @@ from flowjax.paths._conversions import Prediction as Prediction
 from flowjax.paths._conversions import convert as convert
 from flowjax.paths._conversions import noise_ratio as noise_ratio
 from flowjax.paths._conversions import sde_diffusion as sde_diffusion
+from flowjax.paths._edm import EDMPreconditioned as EDMPreconditioned
 from flowjax.paths._edm import edm_precondition as edm_precondition
 from flowjax.paths._edm import edm_scalings as edm_scalings
 from flowjax.paths._paths import EDGE as EDGE

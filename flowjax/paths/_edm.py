@@ -24,12 +24,14 @@ model is then a data predictor (`Prediction.DATA`) on any path. EDM's own
 path is VE-like (:math:`\alpha = 1`, :math:`\bar\sigma = \sigma`); the training
 distribution depends on the path only through :math:`\sigma`, so EDM's loss
 is the same on every path (see :func:`flowjax.losses.edm_weighting` and
-:func:`flowjax.time.edm_lognormal`).
+:class:`flowjax.time.EDMLogNormal`).
 """
 
 from __future__ import annotations
 
 from typing import Callable
+
+import equinox as eqx
 
 import jax.numpy as jnp
 
@@ -97,7 +99,7 @@ def edm_precondition(apply_fn: Callable, path: AffinePath, *, sigma_data: float 
 
     which is EDM's :math:`D(x_t/\alpha; \sigma)` (Karras et al. 2022, Eq. 7
     and Table 1). Train it with `prediction=Prediction.DATA`,
-    :func:`flowjax.losses.edm_weighting` and :func:`flowjax.time.edm_lognormal`;
+    :func:`flowjax.losses.edm_weighting` and :class:`flowjax.time.EDMLogNormal`;
     sample it with :class:`flowjax.sample.EDMHeun` or any flowjax sampler
     (through :func:`flowjax.paths.convert`).
 
@@ -114,14 +116,27 @@ def edm_precondition(apply_fn: Callable, path: AffinePath, *, sigma_data: float 
       prediction; extra keyword arguments (e.g. `key=` for dropout) reach `apply_fn`.
     """
     _check_options(apply_fn, path, sigma_data, t_clip)
+    return EDMPreconditioned(apply_fn, path, float(sigma_data), float(t_clip))
 
-    def model(params, x, t, cond=None, **kwargs):
+
+class EDMPreconditioned(eqx.Module):
+    """The denoiser of :func:`edm_precondition`: a model function that is a pytree.
+
+    `apply_fn` and the options are static, the path's parameters are leaves,
+    so two wrappers built from the same pieces compare equal and a sampler or
+    train step compiled for one serves the other.
+    """
+
+    apply_fn: Callable = eqx.field(static=True)
+    path: AffinePath
+    sigma_data: float = eqx.field(static=True)
+    t_clip: float = eqx.field(static=True)
+
+    def __call__(self, params, x, t, cond=None, **kwargs):
         x, t = _check_state(x, t)
-        c = _coeffs(path, t, t_clip)
-        c_skip, c_out, c_in, c_noise = _scalings(c.s_div / c.a_div, sigma_data)
+        c = _coeffs(self.path, t, self.t_clip)
+        c_skip, c_out, c_in, c_noise = _scalings(c.s_div / c.a_div, self.sigma_data)
         x_edm = x / broadcast_time(c.a_div, x)
-        out = apply_fn(params, broadcast_time(c_in, x) * x_edm, c_noise, cond, **kwargs)
+        out = self.apply_fn(params, broadcast_time(c_in, x) * x_edm, c_noise, cond, **kwargs)
         out = check_output_shape("apply_fn", out, x)
         return broadcast_time(c_skip, x) * x_edm + broadcast_time(c_out, x) * out
-
-    return model
