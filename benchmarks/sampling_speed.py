@@ -785,11 +785,11 @@ def main():
         verdict = "MET" if r["ratio"] >= TARGET_RATIO else "MISSED"
         disturbed = any(b["problem"] == "2d" and b["solver"] == r["solver"] and b["n"] == r["n"]
                         and b["framework"] in ("flowjax", "torch") for b in busy)
-        print(f"\nACCEPTANCE (2-D Euler-100, {r['n']:,} samples): flowjax / torchdiffeq = "
+        print(f"\nHEADLINE (2-D Euler-100, {r['n']:,} samples): flowjax / torchdiffeq = "
               f"{r['ratio']:.2f}x samples/s (target >= {TARGET_RATIO:g}x): {verdict}"
               + (" [UNRELIABLE: the machine was busy, see the warning]" if disturbed else ""))
     else:
-        print("\nACCEPTANCE: not measured (no torch side)")
+        print("\nHEADLINE: not measured (no torch side)")
 
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:

@@ -54,7 +54,7 @@ def test_exact_average_velocity_is_the_flow_map(x64, path):
 
 @pytest.mark.parametrize("path", PATHS, ids=lambda p: type(p).__name__)
 def test_meanflow_target_equals_closed_form_average_velocity(x64, path):
-    """Acceptance 1: with the exact u and the marginal v, the target is u itself."""
+    """With the exact u and the marginal v, the target is u itself."""
     apply_fn = _exact_apply(path)
     x, r, t = _states(path)
     v = _exact_velocity(path)(x, r, None)
