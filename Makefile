@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 WORKDIR ?= workdir/toy2d_demo
 
-.PHONY: setup demo test check-share bench-setup bench clean
+.PHONY: setup demo test test-all check-share bench-setup bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,7 +18,13 @@ setup: $(VENV)/.installed
 demo: setup
 	$(PY) -m experiments.toy2d --config=experiments/toy2d/configs/default.py --workdir=$(WORKDIR)
 
+# The fast suite: identities, closed forms and behaviour at small sizes.
 test: setup
+	$(PY) -m pytest -q -n 2 --dist loadgroup -m "not slow" tests
+
+# Everything, with the tests marked slow (quality runs: trainings to a W2, convergence of
+# the few-step methods, the experiments at their full sizes). CI runs this one.
+test-all: setup
 	$(PY) -m pytest -q -n 2 --dist loadgroup tests
 
 # The share of argument-check lines in the bodies of public functions (tools/check_share.py).

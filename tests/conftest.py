@@ -46,6 +46,20 @@ def pytest_configure(config):
     _check_loadgroup(config)
 
 
+def pytest_collection_modifyitems(config, items):
+    """`@pytest.mark.fast_cases(n)`: the first n collected cases of a parametrized test stay
+    in the fast suite (`make test`), and its other cases are marked slow."""
+    seen = {}
+    for item in items:
+        marker = item.get_closest_marker("fast_cases")
+        if marker is None:
+            continue
+        key = (item.path, item.originalname)
+        seen[key] = seen.get(key, 0) + 1
+        if seen[key] > marker.args[0]:
+            item.add_marker(pytest.mark.slow)
+
+
 def pytest_unconfigure(config):
     if getattr(config, "flowjax_cache", None):
         shutil.rmtree(config.flowjax_cache, ignore_errors=True)

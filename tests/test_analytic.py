@@ -22,6 +22,7 @@ def _mixture():
         jnp.array([0.6, 0.4]))
 
 
+@pytest.mark.fast_cases(1)
 @pytest.mark.parametrize("path", PATHS, ids=lambda p: type(p).__name__)
 def test_score_is_gradient_of_log_prob_and_velocity_matches(x64, path):
     mix = _mixture()
@@ -50,6 +51,7 @@ def test_log_prob_matches_scipy(x64):
                                rtol=1e-10)
 
 
+@pytest.mark.slow
 def test_exact_velocity_transports_noise_to_the_mixture(x64):
     mix, path, n = _mixture(), paths.RectifiedFlow(), 1000
     x0 = jax.random.normal(jax.random.PRNGKey(2), (n, 2))
@@ -84,6 +86,7 @@ def test_bad_mixture():
         analytic.mixture_score(paths.Cosine, _mixture(), jnp.ones((3, 2)), 0.5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", [paths.RectifiedFlow(), paths.Cosine(),
                                   paths.LipmanPath(sigma_min=0.01)],
                          ids=lambda p: type(p).__name__)
@@ -120,6 +123,7 @@ def test_nonsingular_mixture_is_exact_at_the_data_end(x64, path):
         analytic.mixture_velocity(path, one, jnp.asarray(x), ones), rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", [paths.RectifiedFlow(), paths.VP()],
                          ids=lambda p: type(p).__name__)
 def test_exact_velocity_is_the_posterior_mean_of_the_conditional_velocity(x64, path):
@@ -138,6 +142,7 @@ def test_exact_velocity_is_the_posterior_mean_of_the_conditional_velocity(x64, p
         assert np.all(np.abs(mc - exact) < 4 * se + 1e-6), (mc, exact, se)
 
 
+@pytest.mark.slow
 def test_ode_samples_match_the_closed_form_gaussian_flow_map(x64):
     mean = jnp.array([1.0, -2.0, 0.5])
     b = jnp.array([[1.0, 0.3, 0.0], [0.0, 0.5, 0.2], [0.1, 0.0, 0.2]])
@@ -157,6 +162,7 @@ def test_ode_samples_match_the_closed_form_gaussian_flow_map(x64):
                                        rtol=0, atol=tol)
 
 
+@pytest.mark.slow
 def test_empirical_measure_is_finite_at_the_ends(x64):
     data = jax.random.normal(jax.random.PRNGKey(0), (50, 2))
     emp = analytic.GaussianMixture.empirical(data)

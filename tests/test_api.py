@@ -26,6 +26,7 @@ def _run(code: str) -> str:
     return out.stdout
 
 
+@pytest.mark.fast_cases(1)
 @pytest.mark.parametrize("module", ["flowjax", "flowjax.losses", "flowjax.sample",
                                     "flowjax.paths", "flowjax.couplings", "flowjax.time",
                                     "flowjax.analytic", "flowjax.metrics", "flowjax.data"])
@@ -73,6 +74,7 @@ def _typechecked(fn):
     return jaxtyping.jaxtyped(typechecker=beartype.beartype)(fn)
 
 
+@pytest.mark.slow
 def test_public_annotations_hold_at_run_time():
     """jaxtyping + beartype over a handful of public functions of several subpackages."""
     from flowjax import analytic, data, metrics, paths

@@ -90,6 +90,7 @@ def test_hutchinson_loss_and_gradient_are_unbiased(x64, mlp_problem):
     assert float(z.max()) < 4.5, z  # 4.5 s.e. over all parameters
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("adjoint", [None, diffrax.BacksolveAdjoint()],
                          ids=["recursive_checkpoint", "backsolve"])
 def test_loss_and_gradient_of_the_exact_gaussian_flow(x64, adjoint):
@@ -110,6 +111,7 @@ def test_loss_and_gradient_of_the_exact_gaussian_flow(x64, adjoint):
     assert float(aux["nll"]) == float(nll) and int(aux["nfe"]) > 10
 
 
+@pytest.mark.slow
 def test_loss_is_minus_mean_log_likelihood():
     """Same params and key: the loss is -mean sample.log_likelihood (same probes, same NFE)."""
     module_params = _mlp_params(jax.random.PRNGKey(0), width=16)

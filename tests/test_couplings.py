@@ -27,6 +27,7 @@ def _scipy_cost(x0, x1):
     return c[r, k].mean()
 
 
+@pytest.mark.fast_cases(1)
 @pytest.mark.parametrize("n, d", [(8, 2), (64, 2), (128, 5)])
 def test_exact_ot_equals_scipy(n, d):
     x0, x1 = _clouds(n, d)
@@ -41,6 +42,7 @@ def test_exact_ot_equals_scipy(n, d):
     assert float(res.cost) == pytest.approx(cost, rel=1e-5)
 
 
+@pytest.mark.slow
 def test_exact_ot_beats_every_permutation_small():
     x0, x1 = _clouds(6, 2, seed=3)
     res = couplings.ExactOT()(None, x0, x1)
@@ -49,6 +51,7 @@ def test_exact_ot_beats_every_permutation_small():
     assert float(res.cost) == pytest.approx(best, rel=1e-5)
 
 
+@pytest.mark.slow
 def test_exact_ot_works_on_images_and_under_vmap():
     k = jax.random.split(jax.random.PRNGKey(0), 3)
     x0 = jax.random.normal(k[0], (3, 16, 4, 4, 1))
@@ -59,6 +62,7 @@ def test_exact_ot_works_on_images_and_under_vmap():
             _scipy_cost(x0[i].reshape(16, -1), x1[i].reshape(16, -1)), rel=1e-5)
 
 
+@pytest.mark.slow
 def test_sinkhorn_cost_tends_to_exact():
     x0, x1 = _clouds(128, 2)
     exact = _scipy_cost(x0, x1)
@@ -72,6 +76,7 @@ def test_sinkhorn_cost_tends_to_exact():
     assert gaps[2] < 2e-3 * exact
 
 
+@pytest.mark.slow
 def test_sinkhorn_sampled_pairs_follow_the_plan():
     x0, x1 = _clouds(64, 2)
     c = couplings.Sinkhorn(0.05, threshold=1e-4)
@@ -84,6 +89,7 @@ def test_sinkhorn_sampled_pairs_follow_the_plan():
     np.testing.assert_array_equal(c(jax.random.PRNGKey(0), x0, x1).x1, x1)
 
 
+@pytest.mark.slow
 def test_sinkhorn_argmax_is_deterministic():
     x0, x1 = _clouds(32, 2)
     c = couplings.Sinkhorn(0.01, sample=False, threshold=1e-5, max_iterations=10_000)
@@ -93,6 +99,7 @@ def test_sinkhorn_argmax_is_deterministic():
     assert float(res.cost) < 1.05 * _scipy_cost(x0, x1)
 
 
+@pytest.mark.slow
 def test_schrodinger_bridge_uses_eps_two_sigma_squared():
     x0, x1 = _clouds(32, 2)
     sb = couplings.SchrodingerBridge(0.5, threshold=1e-5)
@@ -130,6 +137,7 @@ def test_bad_parameters():
         couplings.SchrodingerBridge(-1.0)
 
 
+@pytest.mark.slow
 def test_scale_free_epsilon_is_invariant_to_scaling():
     """With scale_free=True, scaling the data by c leaves the plan unchanged."""
     x0, x1 = _clouds(64, 2)
@@ -147,6 +155,7 @@ def _labelled(n=96, d=3, classes=4, seed=1):
     return x0, x1, cond
 
 
+@pytest.mark.slow
 def test_condition_aware_ot_is_exact_ot_within_each_class():
     x0, x1, cond = _labelled()
     res = couplings.ConditionAwareOT()(jax.random.PRNGKey(0), x0, x1, cond=cond)
@@ -195,6 +204,7 @@ def test_condition_weight_interpolates_between_ot_and_per_class_ot():
     assert len(traces) == 1
 
 
+@pytest.mark.slow
 def test_condition_aware_ot_jits_and_vmaps():
     x0, x1, cond = _labelled(n=32)
     coupling = couplings.ConditionAwareOT()
@@ -257,6 +267,7 @@ def test_renormalized_entropy_of_sinkhorn_plans_falls_with_epsilon():
     assert ents[0] > 0.99 and ents[-1] < 0.2, ents
 
 
+@pytest.mark.slow
 def test_warm_start_reaches_the_same_plan_in_fewer_iterations():
     """Potentials of one batch extrapolated to the next batch of the same distributions
     (Klein et al. 2025): the same plan, fewer iterations; from a batch's own potentials the
@@ -325,6 +336,7 @@ def _momentum(**kw):
     return Momentum(**kw)
 
 
+@pytest.mark.slow
 def test_annealing_and_momentum_reach_the_plain_plan_in_fewer_iterations():
     """Epsilon annealing and over-relaxation change the path, not the fixed point: the plan
     at the target epsilon (its cost), its marginals to the threshold, fewer iterations."""
@@ -362,6 +374,7 @@ def test_annealing_and_momentum_reach_the_plain_plan_in_fewer_iterations():
         float(ref["plan_cost"]), rel=1e-3)
 
 
+@pytest.mark.slow
 def test_precomputed_cost_gives_the_same_coupling():
     x0, x1 = _clouds(64, 3)
     sk = dict(epsilon=0.05, scale_free=True, threshold=1e-4, sample=False)
@@ -372,6 +385,7 @@ def test_precomputed_cost_gives_the_same_coupling():
         assert float(b.stats[name]) == pytest.approx(float(a.stats[name]), rel=1e-4), name
 
 
+@pytest.mark.slow
 def test_sampled_partners_are_drawn_from_the_plan_columns():
     x0, x1 = _clouds(8, 2)
     plan, _ = jax.jit(functools.partial(couplings.sinkhorn_plan, epsilon=0.5,
@@ -443,6 +457,7 @@ def test_coupling_passed_as_a_class_or_a_string_is_named():
         couplings.Sinkhorn(jax.random.PRNGKey(0))
 
 
+@pytest.mark.slow
 def test_failed_sinkhorn_falls_back_to_independent_pairs_per_batch():
     """A solve that does not converge, or overflows, pairs its batch independently and says so."""
     x0, x1 = _clouds(32, 2)
@@ -473,6 +488,7 @@ def test_failed_sinkhorn_falls_back_to_independent_pairs_per_batch():
         couplings.Sinkhorn(0.1, fallback_tolerance=0.0)
 
 
+@pytest.mark.slow
 def test_schrodinger_bridge_default_threshold_reaches_the_converged_plan():
     """512 standard-normal -> moons points at sigma = 0.25: the default threshold puts the
     plan cost within 1e-4 (relative) of a solve to 1e-7; Sinkhorn's 1e-3 leaves it 9e-4 away."""

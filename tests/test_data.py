@@ -12,6 +12,7 @@ SAMPLERS = [data.standard_normal, data.eight_gaussians, data.moons, data.circles
             data.swissroll, data.scurve, data.two_spirals, data.checkerboard]
 
 
+@pytest.mark.fast_cases(3)
 @pytest.mark.parametrize("sampler", SAMPLERS, ids=lambda f: f.__name__)
 def test_shape_finite_deterministic(sampler):
     a = jax.jit(sampler, static_argnums=1)(jax.random.PRNGKey(0), 1000)
@@ -23,6 +24,7 @@ def test_shape_finite_deterministic(sampler):
     assert np.abs(np.asarray(a)).max() < 10.0
 
 
+@pytest.mark.slow
 def test_moments():
     key = jax.random.PRNGKey(0)
     g = np.asarray(data.eight_gaussians(key, 20_000))

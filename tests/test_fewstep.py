@@ -39,6 +39,7 @@ def _states(path, n=64, seed=0):
     return path.interpolate(x0, x1, r), r, t
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", PATHS, ids=lambda p: type(p).__name__)
 def test_exact_average_velocity_is_the_flow_map(x64, path):
     """u(x, r, t) jumps exactly where the closed-form flow map goes, and u(x, t, t) = v."""
@@ -52,6 +53,7 @@ def test_exact_average_velocity_is_the_flow_map(x64, path):
     np.testing.assert_allclose(v, _exact_velocity(path)(x_r, jnp.full(16, r), None), atol=1e-10)
 
 
+@pytest.mark.fast_cases(1)
 @pytest.mark.parametrize("path", PATHS, ids=lambda p: type(p).__name__)
 def test_meanflow_target_equals_closed_form_average_velocity(x64, path):
     """With the exact u and the marginal v, the target is u itself."""
@@ -110,6 +112,7 @@ def test_conditional_meanflow_target_is_unbiased(x64):
     np.testing.assert_allclose(coef, coef_u, atol=0.02)
 
 
+@pytest.mark.slow
 def test_meanflow_guidance_fixed_point(x64):
     """With u(.|c) the CFG field of scale omega/(1-kappa) and u(.|null) the unconditional field,
     the guided target at r = t equals u(.|c): guidance folds into the target as the paper says."""
@@ -212,6 +215,7 @@ def test_flow_map_sampler_is_exact_for_the_exact_map(x64, steps):
                               ts=jnp.array([0.0, 0.5, 0.4]))
 
 
+@pytest.mark.slow
 def test_shortcut_consistency_is_zero_for_an_exact_flow_map(x64):
     """Two exact half jumps are one exact jump; a distorted map violates it."""
     path = paths.RectifiedFlow()
@@ -265,6 +269,7 @@ def test_shortcut_target_is_the_exact_jump_for_the_exact_map(x64):
     assert float(grad) == 0.0  # a bootstrap target: no gradient flows through it
 
 
+@pytest.mark.slow
 def test_shortcut_step_grid():
     """Self-consistency rows sit on the dyadic grid; flow-matching rows jump by 1/M."""
     seen = []
@@ -285,6 +290,7 @@ def test_shortcut_step_grid():
     np.testing.assert_allclose(t[100:] - r[100:], 1 / 8, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_reflow_pairs_and_losses(x64):
     path = paths.RectifiedFlow()
     mix = analytic.GaussianMixture.gaussian(MEAN, COV)
@@ -311,6 +317,7 @@ def test_reflow_pairs_and_losses(x64):
         losses.reflow_loss(None, jax.random.PRNGKey(0), {"x1": x1}, apply_fn=apply_fn)
 
 
+@pytest.mark.slow
 def test_two_time_mlp():
     module = models.MLP(hidden=(16,), time_dim=8, two_times=True, time_scale=1.0)
     x = jax.random.normal(jax.random.PRNGKey(0), (4, 2))
@@ -337,6 +344,7 @@ def _mlp_meanflow():
     return params, loss
 
 
+@pytest.mark.slow
 def test_meanflow_loss_under_vmap_equals_a_loop():
     params, loss = _mlp_meanflow()
     keys = jax.random.split(jax.random.PRNGKey(1), 3)
@@ -350,6 +358,7 @@ def test_meanflow_loss_under_vmap_equals_a_loop():
 
 
 
+@pytest.mark.slow
 def test_meanflow_model_key_gives_one_dropout_mask_per_step():
     """With `model_key`, the jvp differentiates one masked network, not two different ones."""
     module = models.MLP(hidden=(32, 32), time_dim=16, two_times=True, time_scale=1.0)
@@ -374,6 +383,7 @@ def test_meanflow_model_key_gives_one_dropout_mask_per_step():
     assert not all(np.allclose(a, c) for a, c in zip(jax.tree.leaves(with_key),
                                                      jax.tree.leaves(unmasked)))
 
+@pytest.mark.slow
 def test_meanflow_step_on_eight_devices_equals_one_device():
     """The loss and its gradient, data-parallel over 8 host devices, equal the 1-device ones."""
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P

@@ -23,6 +23,7 @@ def _apply(params, x, t, cond):
     return jnp.take_along_axis(options, cond[None, :, None], axis=0)[0]
 
 
+@pytest.mark.slow
 def test_guidance_is_the_linear_combination_inside_the_interval(x64):
     x = jax.random.normal(jax.random.PRNGKey(0), (6, 2))
     t = jnp.array([0.1, 0.3, 0.5, 0.6, 0.8, 0.95])
@@ -40,6 +41,7 @@ def test_guidance_is_the_linear_combination_inside_the_interval(x64):
     np.testing.assert_allclose(limited[inside], (vu + 3.0 * (vc - vu))[inside], rtol=1e-10)
 
 
+@pytest.mark.slow
 def test_guidance_pushes_class_samples_away_from_the_others(x64):
     """Class 0 sits at (2, 0), the others at (-2, 0) and (0, 2): w > 1 pushes right and down."""
     x0 = jax.random.normal(jax.random.PRNGKey(1), (500, 2))
@@ -84,6 +86,7 @@ TWO = [analytic.GaussianMixture.gaussian(m, c) for m, c in (
 WEIGHTS = jnp.array([0.3, 0.7])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", [paths.RectifiedFlow(), paths.VP()], ids=["rf", "vp"])
 def test_classifier_guidance_with_the_exact_posterior_is_the_conditional_field(x64, path):
     """Two Gaussian classes: log p_t(y | x) is exact, so w = 1 gives v(x, t | y) and any w

@@ -35,6 +35,7 @@ def _mixture2d():
                    [[0.1, 0.0], [0.0, 0.1]]]), jnp.array([0.5, 0.3, 0.2]))
 
 
+@pytest.mark.fast_cases(1)
 @pytest.mark.parametrize("name, target", [("gauss2", _gaussian(2, 2)),
                                           ("gauss16", _gaussian(16, 16)),
                                           ("mixture2", _mixture2d())])
@@ -49,6 +50,7 @@ def test_exact_trace_matches_closed_form(x64, name, target):
     assert int(nfe) > 0
 
 
+@pytest.mark.slow
 def test_hutchinson_is_unbiased_within_three_standard_errors(x64):
     target = _gaussian(16, 16)
     x = target.sample(jax.random.PRNGKey(0), 4)
@@ -110,6 +112,7 @@ def test_bad_inputs():
         sample.log_likelihood(lambda x, t, args: x, x)
 
 
+@pytest.mark.slow
 def test_a_grid_in_either_order_is_walked_from_one_to_zero(x64):
     target = _gaussian(2, 3)
     x = target.sample(jax.random.PRNGKey(1), 8)

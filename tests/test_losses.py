@@ -77,6 +77,7 @@ def _marginal_fm_grad(path, data, field, params, n):
     return grad
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", [paths.RectifiedFlow(), paths.Cosine(),
                                   paths.RectifiedFlow(noise=paths.BridgeNoise(0.5))],
                          ids=["rf", "cosine", "rf+bridge"])
@@ -251,6 +252,7 @@ def test_model_key_reaches_the_model_and_dropout_follows_it():
 KINDS = (Prediction.NOISE, Prediction.DATA, Prediction.VELOCITY, Prediction.SCORE)
 
 
+@pytest.mark.fast_cases(1)
 @pytest.mark.parametrize("path", [paths.VP(), paths.VE(0.01, 50.0)], ids=["vp", "ve"])
 def test_prediction_losses_agree_up_to_the_documented_weighting(x64, path):
     """One model read as each of the four predictions: per sample, at random t, the loss on
@@ -376,6 +378,7 @@ def test_edm_loss_regresses_the_raw_network_on_its_unit_target(x64):
     assert abs(float(target_var) - 1.0) < 0.1  # the unit-variance target
 
 
+@pytest.mark.slow
 def test_classifier_loss_is_smallest_at_the_exact_posterior(x64):
     """Two Gaussian classes: the exact p_t(y | x_t) beats sharper and flatter versions of it."""
     path = paths.RectifiedFlow()
@@ -453,6 +456,7 @@ def _two_time_field(params, x, r, t, cond=None):
     return linear_field(params, x, t) + (t - r)[:, None]
 
 
+@pytest.mark.fast_cases(1)
 @pytest.mark.parametrize("name", ["cfm", "meanflow", "shortcut", "dsm"])
 def test_cond_blind_couplings_are_refused_on_a_conditional_batch(name):
     """An OT coupling that ignores `cond` would pair rows across classes: refused, with the
@@ -549,6 +553,7 @@ def test_classifier_labels_outside_the_classes_fail(x64):
             run(jnp.array(bad))
 
 
+@pytest.mark.slow
 def test_public_annotations_hold_at_run_time():
     """jaxtyping + beartype over the targets, the regression and a loss."""
     import beartype

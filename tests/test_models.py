@@ -95,6 +95,7 @@ def image_params():
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.xdist_group("image_params")  # one worker: the models are initialised once
 @pytest.mark.parametrize("name", list(IMAGE_MODELS))
 def test_fresh_image_models_output_zero(name, image_params):
@@ -119,6 +120,7 @@ def test_image_models_condition_on_time_class_and_duration(name, image_params):
                                          LABELS))  # time
 
 
+@pytest.mark.slow
 @pytest.mark.xdist_group("image_params")  # one worker: the models are initialised once
 @pytest.mark.parametrize("name", list(IMAGE_MODELS))
 def test_image_models_in_bfloat16_match_float32(name, image_params):
@@ -131,6 +133,7 @@ def test_image_models_in_bfloat16_match_float32(name, image_params):
     assert 0 < err < 0.1
 
 
+@pytest.mark.slow
 @pytest.mark.xdist_group("image_params")  # one worker: the models are initialised once
 def test_unet_dropout_and_shape_errors(image_params):
     module = IMAGE_MODELS["unet"](dropout=0.5)  # dropout adds no parameters
@@ -152,6 +155,7 @@ def test_unet_dropout_and_shape_errors(image_params):
         IMAGE_MODELS["dit"]().init(jax.random.PRNGKey(0), jnp.zeros((1, 7, 7, 1)), jnp.zeros(1))
 
 
+@pytest.mark.fast_cases(1)
 @pytest.mark.parametrize("bad", [3 + 1, -1])
 def test_labels_outside_num_classes_are_an_error_under_jit(bad):
     """Label num_classes + 1 would give NaN, -1 would wrap to the null class; both raise."""

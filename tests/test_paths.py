@@ -35,6 +35,7 @@ def _batch(key, shape=(16, 3)):
     return x0, x1, z, t
 
 
+@pytest.mark.fast_cases(4)
 @pytest.mark.parametrize("path", ALL_PATHS, ids=IDS)
 def test_velocity_is_time_derivative_of_interpolant(x64, path):
     x0, x1, z, t = _batch(jax.random.PRNGKey(0))
@@ -48,6 +49,7 @@ def test_velocity_is_time_derivative_of_interpolant(x64, path):
     np.testing.assert_allclose(v, jvp, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.fast_cases(4)
 @pytest.mark.parametrize("path", ALL_PATHS, ids=IDS)
 def test_schedule_derivatives_match_autodiff(x64, path):
     t = jnp.linspace(0.05, 0.95, 19)
@@ -57,6 +59,7 @@ def test_schedule_derivatives_match_autodiff(x64, path):
         np.testing.assert_allclose(df(t), auto, rtol=1e-6, atol=1e-8)
 
 
+@pytest.mark.fast_cases(2)
 @pytest.mark.parametrize("path", ALL_PATHS, ids=IDS)
 def test_conversions_round_trip(x64, path):
     x0, x1, _, t = _batch(jax.random.PRNGKey(1))
@@ -270,6 +273,7 @@ def test_time_checks_are_compiled_and_switchable():
     assert out.shape == (3,)
 
 
+@pytest.mark.fast_cases(3)
 @pytest.mark.parametrize("path", ALL_PATHS, ids=IDS)
 def test_eager_convert_and_schedules_make_no_host_transfer(path):
     """An eager `convert` and every schedule method on device arrays never copy to the host."""

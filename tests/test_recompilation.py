@@ -38,6 +38,7 @@ def _counting_loss():
     return params, counted, traces
 
 
+@pytest.mark.fast_cases(1)
 @pytest.mark.parametrize("fused", [False, True], ids=["step", "multi_step"])
 @pytest.mark.parametrize("sharded", [False, True], ids=["one_device", "fsdp_8"])
 def test_train_step_traces_once_across_calls_and_a_restore(tmp_path, fused, sharded):
@@ -156,6 +157,7 @@ SAMPLERS = ["solve_ode_fixed", "solve_ode_adaptive", "solve_sde", "log_likelihoo
             "reflow_pairs", "classifier_free_guidance", "classifier_guidance"]
 
 
+@pytest.mark.fast_cases(4)
 @pytest.mark.parametrize("name", SAMPLERS)
 def test_every_sampler_traces_the_model_once_over_ten_calls(name):
     model = Counted()
@@ -207,6 +209,7 @@ print(float(step(jnp.ones((32, 32))).sum()), len(hits))
 """
 
 
+@pytest.mark.slow
 def test_experiments_reuse_compiled_programs_across_processes(tmp_path):
     """The CLI's persistent compilation cache: a second process loads instead of compiling."""
     cache = tmp_path / "xla"

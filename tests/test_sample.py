@@ -18,6 +18,7 @@ def decay(x, t):
 FIXED = [(diffrax.Euler(), 1), (diffrax.Midpoint(), 2), (diffrax.Heun(), 2), (sample.RK4(), 4)]
 
 
+@pytest.mark.fast_cases(3)
 @pytest.mark.parametrize("solver, per_step", FIXED + [(diffrax.Dopri5(), None),
                                                       (diffrax.Tsit5(), None)])
 def test_nfe_equals_counted_evaluations(solver, per_step):
@@ -35,6 +36,7 @@ def test_nfe_equals_counted_evaluations(solver, per_step):
         assert int(sol.nfe) == per_step * 7
 
 
+@pytest.mark.fast_cases(2)
 @pytest.mark.parametrize("solver, order", [(s, o) for (s, _), o in zip(FIXED, (1, 2, 2, 4))])
 def test_convergence_order(x64, solver, order):
     """The slope of log(error) against log(step) is the solver's order."""
@@ -201,6 +203,7 @@ def _mixture2d():
                    [[0.1, 0.0], [0.0, 0.1]]]), jnp.array([0.5, 0.3, 0.2]))
 
 
+@pytest.mark.fast_cases(3)
 @pytest.mark.parametrize("path", [paths.RectifiedFlow(), paths.Cosine(), paths.VP()],
                          ids=lambda p: type(p).__name__)
 @pytest.mark.parametrize("num_steps", [1, 3])
@@ -227,6 +230,7 @@ def test_dpm_solver_depends_on_the_path_only_through_its_snr(x64):
     np.testing.assert_allclose(outs[0], outs[1], rtol=1e-9, atol=1e-9)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("corrector", [False, True])
 def test_dpm_solver_converges_at_second_order(x64, corrector):
     mix, path = _mixture2d(), paths.RectifiedFlow()
@@ -255,6 +259,7 @@ def test_dpm_solver_bad_grid():
         sample.DPMSolver2M(paths.RectifiedFlow)
 
 
+@pytest.mark.fast_cases(1)
 @pytest.mark.parametrize("solver, order, steps", [
     (diffrax.Euler(), 1, [512, 1024, 2048, 4096]),  # pre-asymptotic below ~500 steps
     (diffrax.Midpoint(), 2, [64, 128, 256, 512]),
@@ -275,6 +280,7 @@ def test_convergence_order_on_the_exact_mixture_flow(x64, solver, order, steps):
     assert abs(slope - order) < 0.3, (slope, errs)
 
 
+@pytest.mark.slow
 def test_edm_heun_converges_at_second_order_to_the_exact_gaussian_map(x64):
     """EDM's Algorithm 1 on a Gaussian target, where the flow in sigma is known in closed form.
 

@@ -20,6 +20,7 @@ def _field(target):
     return jax.tree_util.Partial(_exact, target)
 
 
+@pytest.mark.fast_cases(1)
 @pytest.mark.parametrize("name, diffusion", [
     ("constant", sample.ConstantDiffusion(1.0)),
     ("sigma", sample.SigmaDiffusion(PATH, 1.5)),
@@ -42,6 +43,7 @@ def test_marginals_match_the_closed_form(x64, name, diffusion):
         np.testing.assert_allclose(jnp.cov(xs.T), a ** 2 * cov + s ** 2 * jnp.eye(2), atol=0.03)
 
 
+@pytest.mark.slow
 def test_w2_to_a_mixture_within_one_and_a_half_floors(x64):
     mix = analytic.GaussianMixture.create(
         jnp.array([[2.0, 0.0], [-1.0, 1.5], [0.0, -2.0]]),

@@ -75,6 +75,7 @@ def test_local_coupling_folds_the_device_index_into_the_key(mesh):
     np.testing.assert_allclose(res.cost, np.mean([r.cost for r in ref]), rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_local_sinkhorn_is_sinkhorn_of_each_shard_and_warm_starts(mesh):
     a0, a1, x0, x1 = _batch(mesh, N, seed=1)
     sk = couplings.Sinkhorn(0.05, scale_free=True, threshold=1e-4, sample=False, warm_start=True)

@@ -76,6 +76,7 @@ def _assert_close(a, b, tol):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=tol, atol=tol)
 
 
+@pytest.mark.fast_cases(1)
 @pytest.mark.parametrize("strategy", ["data", "fsdp"])
 @pytest.mark.parametrize("multi", [False, True])
 def test_mlp_steps_on_eight_devices_equal_one_device(strategy, multi):
@@ -97,6 +98,7 @@ def test_mlp_steps_on_eight_devices_equal_one_device(strategy, multi):
                      {(), ("data", None), (None, "data"), ("data",)})
 
 
+@pytest.mark.slow
 def test_unet_step_on_eight_devices_equals_one_device():
     params, loss, opt, batches = unet_problem()
     ref, ref_loss = _train(params, loss, opt, batches)
@@ -126,6 +128,7 @@ def test_fsdp_splits_the_state_memory():
     assert fsdp == expected < 0.5 * data
 
 
+@pytest.mark.slow
 def test_restore_across_meshes_8_to_1_to_8(tmp_path):
     params, loss, opt = mlp_problem()
     state8, _ = _train(params, loss, opt, global_batches(2), train.make_mesh(), "fsdp")
@@ -218,6 +221,7 @@ def _free_port():
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_train_save_and_restore(tmp_path):
     """2 processes x 4 CPU devices (jax.distributed, per-host input) equal 8 local devices."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

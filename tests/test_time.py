@@ -30,6 +30,7 @@ def _mode_cdf(scale):
     return cdf
 
 
+@pytest.mark.fast_cases(3)
 @pytest.mark.parametrize("name, sampler, cdf", [
     ("uniform", ftime.Uniform(), stats.uniform().cdf),
     ("logit_normal(0,1)", ftime.LogitNormal(0.0, 1.0),
@@ -123,6 +124,7 @@ def test_edm_sigmas_endpoints_and_rho_spacing(x64):
         ftime.edm_sigmas(4, rho=0.0)
 
 
+@pytest.mark.slow
 def test_edm_lognormal_gives_edms_noise_levels():
     """ln(sigma_bar(t) / alpha(t)) ~ N(-1.2, 1.2^2) on any path (KS test, and its power)."""
     from flowjax import paths

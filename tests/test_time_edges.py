@@ -65,6 +65,7 @@ def _at_the_edges(path, x0, x1, eps, value, t):
     return jax.jvp(everything, (t,), (jnp.ones_like(t),))
 
 
+@pytest.mark.fast_cases(2)
 @pytest.mark.parametrize("path", PATHS, ids=IDS)
 def test_conversions_and_paths_at_the_edges(path):
     x0, x1, eps, value = _batch()
@@ -121,6 +122,7 @@ def _finite(*outs):
     return all(bool(np.all(np.isfinite(np.asarray(leaf)))) for leaf in jax.tree.leaves(outs))
 
 
+@pytest.mark.slow
 def test_ode_sampler_at_the_edges():
     # Heun evaluates the field at both ends of every step: at 0, 1e-7, 0.5, 1 - 1e-7 and 1.
     path = paths.RectifiedFlow(noise=paths.BridgeNoise(0.7))  # alpha(0) = 0, sigma_total(1) = 0
@@ -159,6 +161,7 @@ def test_edm_heun_at_the_edges():
     np.testing.assert_allclose([sol.ts[0], sol.ts[-1]], [0.0, 1.0], atol=1e-6)
 
 
+@pytest.mark.fast_cases(1)
 @pytest.mark.parametrize("path", [paths.RectifiedFlow(), paths.VP()], ids=["RF", "VP"])
 def test_diffusion_and_guidance_fields_at_the_edges(path):
     """EDM's sigma, the forward SDE's g, the EDM-preconditioned model and classifier guidance."""
