@@ -22,7 +22,8 @@ def w2(x: ArrayLike, y: ArrayLike) -> float:
     float64 on the host. Exact for up to `MAX_W2_POINTS` points a side.
 
     Args:
-      x, y: `[n, *dims]` arrays (flattened per point).
+      x: `[n, *dims]` array (flattened per point).
+      y: `[n, *dims]` array, the other cloud.
 
     Returns:
       The distance, a Python float.
@@ -88,7 +89,8 @@ def normalized_path_energy(velocities: ArrayLike, ts: ArrayLike, w2_squared: flo
     models with minibatch optimal transport", Sec. 5: zero for the OT map.
 
     Args:
-      velocities, ts: as :func:`path_energy`.
+      velocities: as for :func:`path_energy`.
+      ts: as for :func:`path_energy`.
       w2_squared: :math:`W_2^2(p_0, p_1)`, positive.
 
     Returns:

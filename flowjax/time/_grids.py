@@ -88,7 +88,9 @@ def edm_sigmas(num_steps: int, *, sigma_min: Scalar = 0.002, sigma_max: Scalar =
 
     Args:
       num_steps: N, the number of steps (N + 1 levels).
-      sigma_min, sigma_max, rho: EDM's parameters.
+      sigma_min: the smallest nonzero noise level (EDM: 0.002).
+      sigma_max: the largest noise level (EDM: 80).
+      rho: the schedule's exponent (EDM: 7).
 
     Returns:
       `[N + 1]`, decreasing, ending at 0.
@@ -119,7 +121,9 @@ def edm_grid(num_steps: int, path, *, sigma_min: Scalar = 0.002, sigma_max: Scal
     Args:
       num_steps: N, the number of steps (N + 1 times).
       path: the affine path that gives the time mapping.
-      sigma_min, sigma_max, rho: EDM's parameters (defaults from the paper).
+      sigma_min: the smallest nonzero noise level, as for :func:`edm_sigmas`.
+      sigma_max: the largest noise level.
+      rho: the schedule's exponent (defaults from the paper).
     """
     _check_steps(num_steps)
     check_path("path", path)
