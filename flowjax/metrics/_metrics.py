@@ -27,6 +27,15 @@ def w2(x: ArrayLike, y: ArrayLike) -> float:
 
     Returns:
       The distance, a Python float.
+
+    Examples:
+      The distance ignores the order of the points:
+
+      >>> import numpy as np
+      >>> from flowjax.metrics import w2
+      >>> x = np.array([[0.0, 0.0], [1.0, 1.0], [2.0, 0.0]])
+      >>> w2(x, x[::-1]), w2(x, x + np.array([3.0, 4.0]))
+      (0.0, 5.0)
     """
     x, y = _check_clouds(x, y)
     cost = host_sq_cost(x, y)

@@ -19,7 +19,13 @@ def _check_steps(num_steps):
 
 
 def uniform_grid(num_steps: int) -> TimeGrid:
-    """`num_steps + 1` equally spaced times from 0 to 1."""
+    """`num_steps + 1` equally spaced times from 0 to 1.
+
+    Examples:
+      >>> from flowjax.time import uniform_grid
+      >>> uniform_grid(4)
+      Array([0.  , 0.25, 0.5 , 0.75, 1.  ], dtype=float32)
+    """
     _check_steps(num_steps)
     return jnp.linspace(0.0, 1.0, num_steps + 1)
 
