@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 WORKDIR ?= workdir/toy2d_demo
 
-.PHONY: setup demo test check-share bench-setup bench clean
+.PHONY: setup demo test docs check-share bench-setup bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,11 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q -n 2 --dist loadgroup tests
+
+# The documentation site, built into workdir/site (fails on any warning: --strict).
+docs: setup
+	$(PY) -m pip install -q -e '.[docs]'
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict -d workdir/site
 
 # The share of argument-check lines in the bodies of public functions (tools/check_share.py).
 check-share:

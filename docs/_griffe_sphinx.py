@@ -80,8 +80,9 @@ def _fields(cls: griffe.Class) -> list[griffe.Parameter]:
     for member in cls.members.values():
         if member.is_alias or not member.is_attribute or member.annotation is None:
             continue
-        if "class-attribute" in member.labels and "instance-attribute" not in member.labels:
-            continue  # a ClassVar
+        if "property" in member.labels or (
+                "class-attribute" in member.labels and "instance-attribute" not in member.labels):
+            continue  # a property or a ClassVar
         default = member.value
         value = default
         if isinstance(value, griffe.ExprCall) and str(value.function).split(".")[-1] == "field":
