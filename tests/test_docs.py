@@ -94,7 +94,7 @@ def test_nav_follows_the_files_that_exist(tmp_path):
     (tmp_path / "tutorials" / "index.md").write_text("# T\n")
     (tmp_path / "tutorials" / "02_b.py").write_text("# %%\n")
     (tmp_path / "tutorials" / "05_extra.py").write_text("# %%\n")
-    (tmp_path / "tutorials" / "helper.py").write_text("")  # not NN_name.py: not a tutorial
+    (tmp_path / "tutorials" / "utils.py").write_text("")  # not NN_name.py: not a tutorial
     (tmp_path / "index.md").write_text("# H\n")
     config = {"docs_dir": str(tmp_path), "nav": [
         {"Home": "index.md"},
