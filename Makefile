@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 WORKDIR ?= workdir/toy2d_demo
 
-.PHONY: setup demo test test-all check-share bench-setup bench clean
+.PHONY: setup demo test test-all docs check-share bench-setup bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,10 @@ test: setup
 # the few-step methods, the experiments at their full sizes). CI runs this one.
 test-all: setup
 	$(PY) -m pytest -q -n 2 --dist loadgroup tests
+
+# The documentation site, built into workdir/site (fails on any warning: --strict).
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict -d workdir/site
 
 # The share of argument-check lines in the bodies of public functions (tools/check_share.py).
 check-share:

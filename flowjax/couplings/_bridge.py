@@ -26,8 +26,14 @@ class SchrodingerBridge(_AbstractEntropicOT):
 
     Args:
       sigma: the bridge's noise scale, > 0.
-      threshold, max_iterations, epsilon_schedule, momentum, sample,
-        warm_start, precompute_cost, fallback_tolerance: as for :class:`Sinkhorn`.
+      threshold: as for :class:`Sinkhorn` (tighter by default, see above).
+      max_iterations: as for :class:`Sinkhorn`.
+      epsilon_schedule: as for :class:`Sinkhorn`.
+      momentum: as for :class:`Sinkhorn`.
+      sample: as for :class:`Sinkhorn`.
+      warm_start: as for :class:`Sinkhorn`.
+      precompute_cost: as for :class:`Sinkhorn`.
+      fallback_tolerance: as for :class:`Sinkhorn`.
     """
 
     sigma: Scalar

@@ -53,5 +53,11 @@ def renormalized_entropy(plan: Float[Array, "n m"]) -> Float[Array, ""]:
 
     Returns:
       A scalar in [0, 1].
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from flowjax.couplings import renormalized_entropy
+      >>> renormalized_entropy(jnp.eye(4)), renormalized_entropy(jnp.ones((4, 4)))
+      (Array(0., dtype=float32), Array(1., dtype=float32))
     """
     return plan_entropy(_checked_plan(plan))

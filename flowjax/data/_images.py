@@ -114,11 +114,12 @@ class ImagePipeline:
       source: a random-access source (:func:`tfds_source`, :func:`digits_source`).
       batch_size: the global batch size (divisible by `process_count`).
       seed: the shuffling and flipping seed.
-      process_index, process_count: this host and the number of hosts
-        (`jax.process_index()`, `jax.process_count()` by default).
+      process_index: this host (`jax.process_index()` by default).
+      process_count: the number of hosts (`jax.process_count()` by default).
       shuffle: reshuffle each epoch (else the source order).
       flip: random horizontal flips.
-      image_key, label_key: field names in the source's examples.
+      image_key: the image's field name in the source's examples.
+      label_key: the label's field name in the source's examples.
     """
 
     def __init__(self, source, batch_size: int, *, seed: int = 0, process_index=None,

@@ -41,7 +41,8 @@ def frechet_distance(feats_a: ArrayLike, feats_b: ArrayLike) -> float:
     The estimate is biased upwards at finite `n`: compare figures at equal `n`.
 
     Args:
-      feats_a, feats_b: `[n_a, F]` and `[n_b, F]` features.
+      feats_a: `[n_a, F]` features.
+      feats_b: `[n_b, F]` features.
 
     Returns:
       :math:`d^2` (what FID reports), a Python float.
@@ -67,7 +68,8 @@ def kernel_distance(feats_a: ArrayLike, feats_b: ArrayLike, *, key: KeyArray,
     so a single estimate can be negative.
 
     Args:
-      feats_a, feats_b: `[n_a, F]` and `[n_b, F]` features.
+      feats_a: `[n_a, F]` features.
+      feats_b: `[n_b, F]` features.
       key: a PRNG key (`jax.random.key(0)`) for the subset draws, made on the host
         with NumPy; the same key gives the same figure.
       num_subsets: number of subsets averaged.

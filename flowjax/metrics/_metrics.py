@@ -22,10 +22,20 @@ def w2(x: ArrayLike, y: ArrayLike) -> float:
     float64 on the host. Exact for up to `MAX_W2_POINTS` points a side.
 
     Args:
-      x, y: `[n, *dims]` arrays (flattened per point).
+      x: `[n, *dims]` array (flattened per point).
+      y: `[n, *dims]` array, the other cloud.
 
     Returns:
       The distance, a Python float.
+
+    Examples:
+      The distance ignores the order of the points:
+
+      >>> import numpy as np
+      >>> from flowjax.metrics import w2
+      >>> x = np.array([[0.0, 0.0], [1.0, 1.0], [2.0, 0.0]])
+      >>> w2(x, x[::-1]), w2(x, x + np.array([3.0, 4.0]))
+      (0.0, 5.0)
     """
     x, y = _check_clouds(x, y)
     cost = host_sq_cost(x, y)
@@ -88,7 +98,8 @@ def normalized_path_energy(velocities: ArrayLike, ts: ArrayLike, w2_squared: flo
     models with minibatch optimal transport", Sec. 5: zero for the OT map.
 
     Args:
-      velocities, ts: as :func:`path_energy`.
+      velocities: as for :func:`path_energy`.
+      ts: as for :func:`path_energy`.
       w2_squared: :math:`W_2^2(p_0, p_1)`, positive.
 
     Returns:

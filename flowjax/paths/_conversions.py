@@ -146,8 +146,15 @@ def convert(path: AffinePath, x_t: Batch, t: Times, value: Batch, *, given: Pred
     Returns:
       The prediction of kind `to`, shaped like `x_t`.
 
-    Example: a data-prediction model used as a velocity field,
-    `v = convert(path, x, t, x1_hat, given=Prediction.DATA, to=Prediction.VELOCITY)`.
+    Examples:
+      A data prediction read as a velocity: on rectified flow the velocity
+      is `x1 - x0`, with `x0 = (x_t - t x1) / (1 - t)`.
+
+      >>> import jax.numpy as jnp
+      >>> from flowjax.paths import Prediction, RectifiedFlow, convert
+      >>> x_t, t, x1_hat = jnp.array([[1.0, 2.0]]), jnp.array([0.5]), jnp.array([[3.0, 2.0]])
+      >>> convert(RectifiedFlow(), x_t, t, x1_hat, given=Prediction.DATA, to=Prediction.VELOCITY)
+      Array([[4., 0.]], dtype=float32)
     """
     given, to = check_prediction("given", given), check_prediction("to", to)
     x_t, value, t = _check_points(path, x_t, t, value, t_clip)

@@ -54,7 +54,8 @@ def solve_flow_map(flow_map: Callable, x0: Batch, *, num_steps: int | None = Non
       num_steps: a uniform grid of this many jumps from `t0` to `t1` (one
         jump from 0 to 1 when no grid is given).
       ts: any strictly monotone grid `[N + 1]` in [0, 1] instead.
-      t0, t1: start and end times with `num_steps` (default 0 and 1).
+      t0: start time with `num_steps` (default 0).
+      t1: end time with `num_steps` (default 1).
       save_trajectory: also return the states at the grid times.
 
     Returns:

@@ -86,7 +86,8 @@ class ClassifierFreeGuidance(eqx.Module):
       guidance_scale: the guidance weight w (an array leaf: a new value
         reuses the compiled sampler).
       interval: the times `(lo, hi)` where guidance applies.
-      path, prediction: as for :class:`flowjax.sample.ModelVelocity`.
+      path: as for :class:`flowjax.sample.ModelVelocity`.
+      prediction: as for :class:`flowjax.sample.ModelVelocity`.
     """
 
     apply_fn: Callable = eqx.field(static=True)

@@ -103,8 +103,8 @@ def solve_ode(field: Callable, x0: Batch, *, solver=None, num_steps: int | None 
         gives the direction).
       adaptive: adaptive step sizes (:class:`Adaptive`); the default when
         neither `num_steps` nor `ts` is given.
-      t0, t1: start and end times (default 0 and 1; `t0=1, t1=0` integrates
-        data to noise).
+      t0: start time (default 0; `t0=1, t1=0` integrates data to noise).
+      t1: end time (default 1).
       save_trajectory: also return the states at the grid times (an adaptive
         solve saves them at `num_save` uniform times).
       num_save: number of saved times of an adaptive solve.

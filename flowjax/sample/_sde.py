@@ -180,8 +180,8 @@ def _solve(field, x0, key, ts, path, diffusion, solver, prediction, save_traject
                                                             diffrax.SEA)) else None
     bm_kwargs = {"levy_area": levy} if levy is not None else {}
     # One draw per grid interval, keyed by the interval's ends: deterministic for a key and
-    # grid, and 2x faster than a VirtualBrownianTree resolving to dt/8 (measured: 200 Euler
-    # steps of 20,000 2-D points, 7.1 -> 3.1 s). It needs the forward-mode adjoint.
+    # grid, and no bisection down a VirtualBrownianTree to reach each step's increment. It
+    # needs the forward-mode adjoint.
     brownian = diffrax.UnsafeBrownianPath(shape=(x0.size,), key=key, **bm_kwargs)
     terms = diffrax.MultiTerm(diffrax.ODETerm(_Drift(field, path, diffusion, prediction, shape)),
                               diffrax.ControlTerm(_noise, brownian))
@@ -220,7 +220,8 @@ def solve_sde(field: Callable, x0: Batch, *, key: KeyArray, path: AffinePath,
         depends on t only), so Itô and Stratonovich solvers agree.
       num_steps: a uniform grid of this many steps from `t0` to `t1`.
       ts: any strictly monotone grid `[N + 1]` in [0, 1] instead.
-      t0, t1: start and end times with `num_steps` (default 0 and 1).
+      t0: start time with `num_steps` (default 0).
+      t1: end time with `num_steps` (default 1).
       prediction: the kind of the field's output.
       save_trajectory: also return the states at `ts`.
 

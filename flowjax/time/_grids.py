@@ -19,7 +19,13 @@ def _check_steps(num_steps):
 
 
 def uniform_grid(num_steps: int) -> TimeGrid:
-    """`num_steps + 1` equally spaced times from 0 to 1."""
+    """`num_steps + 1` equally spaced times from 0 to 1.
+
+    Examples:
+      >>> from flowjax.time import uniform_grid
+      >>> uniform_grid(4)
+      Array([0.  , 0.25, 0.5 , 0.75, 1.  ], dtype=float32)
+    """
     _check_steps(num_steps)
     return jnp.linspace(0.0, 1.0, num_steps + 1)
 
@@ -88,7 +94,9 @@ def edm_sigmas(num_steps: int, *, sigma_min: Scalar = 0.002, sigma_max: Scalar =
 
     Args:
       num_steps: N, the number of steps (N + 1 levels).
-      sigma_min, sigma_max, rho: EDM's parameters.
+      sigma_min: the smallest nonzero noise level (EDM: 0.002).
+      sigma_max: the largest noise level (EDM: 80).
+      rho: the schedule's exponent (EDM: 7).
 
     Returns:
       `[N + 1]`, decreasing, ending at 0.
@@ -119,7 +127,9 @@ def edm_grid(num_steps: int, path, *, sigma_min: Scalar = 0.002, sigma_max: Scal
     Args:
       num_steps: N, the number of steps (N + 1 times).
       path: the affine path that gives the time mapping.
-      sigma_min, sigma_max, rho: EDM's parameters (defaults from the paper).
+      sigma_min: the smallest nonzero noise level, as for :func:`edm_sigmas`.
+      sigma_max: the largest noise level.
+      rho: the schedule's exponent (defaults from the paper).
     """
     _check_steps(num_steps)
     check_path("path", path)

@@ -120,6 +120,14 @@ def shift_time(t: ArrayLike, shift: Scalar) -> Float[Array, "..."]:
     Args:
       t: times in [0, 1], any shape.
       shift: the factor s > 0.
+
+    Examples:
+      A shift above 1 moves the times towards the noise end (t = 0):
+
+      >>> import jax.numpy as jnp
+      >>> from flowjax.time import shift_time
+      >>> shift_time(jnp.array([0.25, 0.5, 0.75]), 3.0)
+      Array([0.1 , 0.25, 0.5 ], dtype=float32)
     """
     _positive("shift", shift)
     return _shift(check_unit_interval("t", as_real_array("t", t)), shift)
