@@ -49,17 +49,40 @@ def test_straightness_and_energy_of_a_quarter_circle():
     assert metrics.path_energy(vel, ts) == pytest.approx(np.pi ** 2 / 4, rel=1e-6)
     assert metrics.normalized_path_energy(vel, ts, 2.0) == pytest.approx(
         (np.pi ** 2 / 4 - 2) / 2, rel=1e-4)
+    # Against a cost above the energy the excess is negative, with the same magnitude formula.
+    assert metrics.normalized_path_energy(vel, ts, 4.0) == pytest.approx(
+        (np.pi ** 2 / 4 - 4) / 4, rel=1e-4)
 
 
-def test_straight_lines_have_zero_straightness_and_npe():
+def _straight_lines(speed=1.0, num=21):
+    """Straight paths x0 -> x0 + speed (x1 - x0) at constant speed, with the exact OT pairs."""
     rng = np.random.default_rng(3)
-    x0, x1 = rng.normal(size=(64, 2)), rng.normal(size=(64, 2)) + 3.0
-    ts = np.linspace(0.0, 1.0, 21)
-    traj = jnp.asarray(x0[None] + ts[:, None, None] * (x1 - x0)[None])
-    vel = jnp.broadcast_to(jnp.asarray(x1 - x0), traj.shape)
-    assert metrics.straightness(traj, vel, jnp.asarray(ts)) < 1e-10
-    w2sq = float(np.mean(np.sum((x1 - x0) ** 2, -1)))
-    assert metrics.normalized_path_energy(vel, jnp.asarray(ts), w2sq) < 1e-6
+    x0 = rng.normal(size=(64, 2))
+    x1 = 3.0 * x0 + np.array([1.0, -2.0])  # a monotone affine map: (x0, x1) is the OT coupling
+    ts = np.linspace(0.0, 1.0, num)
+    step = speed * (x1 - x0)
+    traj = jnp.asarray(x0[None] + ts[:, None, None] * step[None])
+    vel = jnp.broadcast_to(jnp.asarray(step), traj.shape)
+    return x0, x1, traj, vel, jnp.asarray(ts)
+
+
+def test_straight_ot_lines_have_path_energy_w2_squared_and_zero_npe():
+    """On the straight OT path PE = W2^2 exactly (Benamou-Brenier), so NPE = 0 and S = 0."""
+    x0, x1, traj, vel, ts = _straight_lines()
+    w2sq = metrics.w2(x0, x1) ** 2
+    np.testing.assert_allclose(w2sq, np.mean(np.sum((x1 - x0) ** 2, -1)), rtol=1e-9)
+    assert metrics.path_energy(vel, ts) == pytest.approx(w2sq, rel=1e-6)
+    assert abs(metrics.normalized_path_energy(vel, ts, w2sq)) < 1e-6
+    assert metrics.straightness(traj, vel, ts) < 1e-10
+
+
+@pytest.mark.parametrize("speed, expected", [(0.5, -0.75), (2.0, 3.0)])
+def test_npe_is_signed(speed, expected):
+    """A flow run at `speed` times the OT displacement has PE = speed^2 W2^2, NPE = speed^2 - 1:
+    negative when it stops short of the target (speed 1/2 reaches half way), positive past it."""
+    x0, x1, _, vel, ts = _straight_lines(speed)
+    w2sq = metrics.w2(x0, x1) ** 2
+    assert metrics.normalized_path_energy(vel, ts, w2sq) == pytest.approx(expected, rel=1e-6)
 
 
 def test_bad_inputs():

@@ -92,10 +92,19 @@ def path_energy(velocities: ArrayLike, ts: ArrayLike) -> float:
 
 
 def normalized_path_energy(velocities: ArrayLike, ts: ArrayLike, w2_squared: float) -> float:
-    r"""Normalized path energy :math:`|PE - W_2^2(p_0, p_1)| / W_2^2(p_0, p_1)`.
+    r"""Signed normalized path energy :math:`(PE - W_2^2(p_0, p_1)) / W_2^2(p_0, p_1)`.
 
-    Tong et al. 2023, "Improving and generalizing flow-based generative
-    models with minibatch optimal transport", Sec. 5: zero for the OT map.
+    The excess of the path energy :math:`PE = E\int_0^1 \|v(x_t, t)\|^2 dt`
+    (:func:`path_energy`) over the optimal-transport cost, relative to that
+    cost (Tong et al. 2023, "Improving and generalizing flow-based generative
+    models with minibatch optimal transport", Sec. 5, report its absolute
+    value). For a flow that carries :math:`p_0` to :math:`p_1`, :math:`PE
+    \geq W_2^2` (Benamou-Brenier), so the value is :math:`\geq 0`, and 0
+    exactly for the OT map run at constant speed (straight lines). A
+    **negative** value means the flow moved mass less than the OT cost
+    requires: it did not carry the samples all the way to the target (e.g.
+    an undertrained field), or the two are measured on different sample
+    sets and their W2 differ.
 
     Args:
       velocities: as for :func:`path_energy`.
@@ -103,10 +112,10 @@ def normalized_path_energy(velocities: ArrayLike, ts: ArrayLike, w2_squared: flo
       w2_squared: :math:`W_2^2(p_0, p_1)`, positive.
 
     Returns:
-      The normalized energy, a Python float.
+      The signed normalized energy, a Python float.
     """
     check_number("w2_squared", w2_squared, low=0.0, low_open=True)
-    return abs(path_energy(velocities, ts) - w2_squared) / w2_squared
+    return (path_energy(velocities, ts) - w2_squared) / w2_squared
 
 
 def straightness(trajectory: ArrayLike, velocities: ArrayLike, ts: ArrayLike) -> float:
