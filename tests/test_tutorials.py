@@ -15,6 +15,9 @@ def test_there_are_tutorials():
 
 @pytest.mark.parametrize("script", TUTORIALS, ids=lambda p: p.stem)
 def test_tutorial_runs_in_small_mode(script, monkeypatch, tmp_path):
+    source = script.read_text()
+    assert "\nassert " in source, f"{script.name} ends without a checked number"
     monkeypatch.setenv("FLOWJAX_TUTORIAL_SMALL", "1")
     monkeypatch.chdir(tmp_path)
-    runpy.run_path(str(script), run_name="__main__")
+    namespace = runpy.run_path(str(script), run_name="__main__")
+    assert namespace["SMALL"] is True
