@@ -23,6 +23,7 @@ def digits_run(tmp_path_factory):
     return config, workdir, images.train_and_evaluate(config, workdir)
 
 
+@pytest.mark.slow
 @pytest.mark.xdist_group("digits_run")  # one worker: the run is made once
 def test_digits_run_writes_its_files_and_rows(digits_run):
     config, workdir, rows = digits_run
@@ -44,6 +45,7 @@ def test_digits_run_writes_its_files_and_rows(digits_run):
     assert rows[0]["classifier_accuracy"] > 0.1
 
 
+@pytest.mark.slow
 @pytest.mark.xdist_group("digits_run")  # one worker: the run is made once
 def test_digits_rerun_resumes_instead_of_training(digits_run):
     config, workdir, _ = digits_run
@@ -58,6 +60,7 @@ def test_digits_rerun_resumes_instead_of_training(digits_run):
         assert f.read() == before  # restored from the checkpoints: no step was taken
 
 
+@pytest.mark.slow
 def test_interrupted_training_resumes_exactly(tmp_path):
     """10 steps, stop, 10 more (checkpoint + pipeline position) = 20 steps straight.
 
@@ -81,6 +84,7 @@ def test_interrupted_training_resumes_exactly(tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
 def test_classifier_guidance_rows_and_the_cached_noisy_classifier(tmp_path):
     """The rows of classifier guidance (null-label field + noisy classifier), and its cache.
 
@@ -114,6 +118,7 @@ def test_classifier_guidance_rows_and_the_cached_noisy_classifier(tmp_path):
         images.validate_config(config)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("module", [cifar10_otcfm, cifar10_meanflow], ids=["otcfm", "meanflow"])
 def test_tiny_cifar10_configs_train_checkpoint_and_sample(module, tmp_path):
     config = module.get_config("tiny")

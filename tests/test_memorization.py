@@ -20,6 +20,7 @@ def tiny_run(tmp_path_factory):
     return config, workdir, memorization.train_and_evaluate(config, workdir)
 
 
+@pytest.mark.slow
 @pytest.mark.xdist_group("memorization_run")  # one worker: the run is made once
 def test_exact_velocity_copies_and_network_generalizes(tiny_run):
     config, _, rows = tiny_run
@@ -39,6 +40,7 @@ def test_exact_velocity_copies_and_network_generalizes(tiny_run):
     assert len(rows) == 4 * len(config.train_sizes)
 
 
+@pytest.mark.slow
 @pytest.mark.xdist_group("memorization_run")  # one worker: the run is made once
 def test_run_files_and_resume(tiny_run):
     config, workdir, rows = tiny_run

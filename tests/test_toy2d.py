@@ -78,6 +78,7 @@ def test_each_run_compiles_its_train_step_once(tiny_run):
         assert multi_step._cache_size() == 1, run
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("methods", [toy2d.CFM_METHODS, toy2d.FLOW_MAP_METHODS + ("reflow",)],
                          ids=["cfm", "fewstep"])  # two halves: they run on both workers
 def test_every_method_trains_and_samples(tmp_path, methods):
@@ -130,6 +131,7 @@ def test_config_errors_name_the_field(field, value, expected):
         toy2d.validate_config(config)
 
 
+@pytest.mark.slow
 def test_diffusion_runs_have_their_losses_and_samplers():
     """vp_eps and edm: their losses, their models' predictions and their extra samplers.
 
