@@ -330,3 +330,17 @@ def test_float32_velocity_conversions_on_high_powers_are_exact_near_t0(n, t_max)
     zero = paths.convert(path, args32[0], jnp.zeros(9), args32[2], given=Prediction.VELOCITY,
                          to=Prediction.DATA)
     assert np.all(np.isfinite(np.asarray(zero)))
+
+
+def test_paths_of_different_classes_have_different_tree_structures():
+    """Two path (or noise) classes with the same fields must never share a compiled program."""
+    structure = jax.tree_util.tree_structure
+    classes = [paths.RectifiedFlow(), paths.Cosine(), paths.VP(), paths.VE(), paths.LipmanPath(),
+               paths.Polynomial()]
+    for i, a in enumerate(classes):
+        for b in classes[i + 1:]:
+            assert structure(a) != structure(b), (a, b)
+    assert structure(paths.ConstantNoise(0.1)) != structure(paths.BridgeNoise(0.1))
+    assert structure(paths.Polynomial(n=2.0)) != structure(paths.Polynomial(n=3.0))
+    assert structure(paths.Cosine()) == structure(paths.Cosine())
+

@@ -40,7 +40,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
-from flax import struct
+from flowjax import _pytree as struct
 
 from flowjax._checks import (as_real_array, check_array, check_finite, check_instance,
                              check_key, check_number, check_path, check_time, error_if)

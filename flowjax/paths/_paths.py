@@ -56,7 +56,7 @@ import threading
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import struct
+from flowjax import _pytree as struct
 
 from flowjax._checks import (as_real_array, broadcast_time, check_array, check_instance,
                              check_number, check_same_shape, check_time,
@@ -231,7 +231,7 @@ class BridgeNoise:
 class AffinePath:
     """Base class: `alpha`, `sigma` and their derivatives, plus optional noise.
 
-    Subclasses are immutable pytrees (`flax.struct.dataclass`) that define
+    Subclasses are immutable pytrees (`flowjax._pytree.dataclass`) that define
     `alpha`, `sigma`, `d_alpha` and `d_sigma` for scalar or `[B]` times; all
     other methods are shared. `noise` is `None`, :class:`ConstantNoise` or
     :class:`BridgeNoise` (or anything with `gamma(t)` and `d_gamma(t)`).
