@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
-from flax import serialization
 
+from experiments.images import evaluate, methods
 from experiments.images import train as images
 from experiments.images.configs import cifar10_meanflow, cifar10_otcfm, digits_tiny
 from flowjax import train
@@ -27,8 +27,8 @@ def digits_run(tmp_path_factory):
 @pytest.mark.xdist_group("digits_run")  # one worker: the run is made once
 def test_digits_run_writes_its_files_and_rows(digits_run):
     config, workdir, rows = digits_run
-    for name in ("config.json", "metrics.jsonl", "results.json", "classifier.msgpack",
-                 "metrics_vs_nfe.png", "samples_data.png", "samples_otcfm_euler2_w2.png",
+    for name in ("config.json", "metrics.jsonl", "results.json", "loss.png",
+                 "checkpoints/classifier/50", "metrics_vs_nfe.png", "samples_data.png", "samples_otcfm_euler2_w2.png",
                  "samples_meanflow_meanflow1_w4.png"):
         assert os.path.getsize(os.path.join(workdir, name)) > 0, name
     with open(os.path.join(workdir, "results.json")) as f:
@@ -52,10 +52,15 @@ def test_digits_rerun_resumes_instead_of_training(digits_run):
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         before = f.read()
     source = images.make_source(config, "train")
-    for method in config.methods:
-        state, _ = images.train_method(config, workdir, method, train.MetricsWriter(workdir),
-                                       source)
-        assert int(state.step) == config.num_train_steps
+    shape = images.image_shape(source)
+    for method in methods.generators(config, shape).values():
+        state, seconds = images.train_method(config, workdir, method, source,
+                                             train.MetricsWriter(workdir))
+        assert int(state.step) == config.num_train_steps and seconds is None
+    train_images, train_labels = images.load_images(source, config.eval.num_reference,
+                                                    config.seed)
+    images.train_classifier(config, workdir, methods.classifier(config, shape), train_images,
+                            train_labels, config.eval.classifier_steps, 128)
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         assert f.read() == before  # restored from the checkpoints: no step was taken
 
@@ -72,21 +77,25 @@ def test_interrupted_training_resumes_exactly(tmp_path):
     config.model.name = "mlp"  # what is tested is the loop, not the model: compiles fast
     config.model.mlp_hidden = (32,)
     source = images.make_source(config, "train")
+    shape = images.image_shape(source)
     writer = train.MetricsWriter(str(tmp_path))
-    config.num_train_steps = 20
-    straight, _ = images.train_method(config, str(tmp_path / "a"), "otcfm", writer, source)
-    config.num_train_steps = 10
-    images.train_method(config, str(tmp_path / "b"), "otcfm", writer, source)
-    config.num_train_steps = 20
-    resumed, _ = images.train_method(config, str(tmp_path / "b"), "otcfm", writer, source)
+
+    def run(steps, workdir):
+        config.num_train_steps = steps
+        method = methods.generator(config, "otcfm", shape)
+        return images.train_method(config, str(tmp_path / workdir), method, source, writer)[0]
+
+    straight = run(20, "a")
+    run(10, "b")
+    resumed = run(20, "b")
     assert int(resumed.step) == 20
     for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(resumed)):
         np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.slow
-def test_classifier_guidance_rows_and_the_cached_noisy_classifier(tmp_path):
-    """The rows of classifier guidance (null-label field + noisy classifier), and its cache.
+def test_classifier_guidance_rows_and_the_restored_noisy_classifier(tmp_path):
+    """The rows of classifier guidance (null-label field + noisy classifier), and its checkpoint.
 
     Small MLP generator, untrained: what is tested is the experiment's wiring; the guidance
     formula is tested on an exact mixture in tests/test_guidance.py.
@@ -98,19 +107,22 @@ def test_classifier_guidance_rows_and_the_cached_noisy_classifier(tmp_path):
     config.eval.classifier_guidance_scales, config.eval.classifier_guidance_steps = (2.0,), 2
     images.validate_config(config)
     key, shape = jax.random.PRNGKey(0), (8, 8, 1)
-    module = images.NoisyClassifier(config.num_classes)
-    saved = jax.jit(module.init)(key, jnp.zeros((1,) + shape), jnp.zeros(1))["params"]
-    with open(tmp_path / "noisy_classifier.msgpack", "wb") as f:
-        f.write(serialization.to_bytes(saved))
-    classifier, params = images.noisy_classifier(config, str(tmp_path), np.zeros((4,) + shape),
-                                                 np.zeros(4, np.int32))  # loaded, not trained
+    noisy = methods.noisy_classifier(config, shape)
+    data = (np.zeros((4,) + shape, np.float32), np.zeros(4, np.int32))
+    saved = images.train_classifier(config, str(tmp_path), noisy, *data, 2, 4)
+    with open(tmp_path / "metrics.jsonl") as f:
+        before = f.read()
+    assert len(before.splitlines()) == 1  # one record of the 2 steps
+    params = images.train_classifier(config, str(tmp_path), noisy, *data, 2, 4)
+    with open(tmp_path / "metrics.jsonl") as f:
+        assert f.read() == before  # restored from its checkpoint, not trained again
     for a, b in zip(jax.tree.leaves(saved), jax.tree.leaves(params)):
         np.testing.assert_array_equal(a, b)
     labels = jnp.arange(20, dtype=jnp.int32) % 10
     x0 = jax.random.normal(key, (20,) + shape)
-    out = images._solver_runs(config, "otcfm", images.apply_fn_of(config, "otcfm"),
-                              images.init_params(config, "otcfm", shape, key), x0, labels,
-                              (classifier, params))
+    out = evaluate.solver_runs(config, methods.generator(config, "otcfm", shape),
+                               methods.init_params(config, "otcfm", shape, key), x0, labels,
+                               (noisy.apply_fn, params))
     (((sampler, steps, scale), (xs, nfe)),) = out.items()
     assert (sampler, steps, scale, nfe) == ("cg-euler", 2, 2.0, 2) and np.all(np.isfinite(xs))
     config.otcfm.cond_drop_prob = 0.0  # no null label, no unconditional field to guide

@@ -106,3 +106,23 @@ def plot_guidance(filename, rows):
     fig.tight_layout()
     fig.savefig(filename, dpi=120)
     plt.close(fig)
+
+
+def plot_losses(filename, records, methods):
+    """The training loss of each method against the step, one panel per method.
+
+    `records` are the metrics records (`metrics.jsonl`, tagged with the
+    method's name); each panel's y axis is the method's `loss_name`.
+    """
+    fig, axes = plt.subplots(1, len(methods), squeeze=False, figsize=(3.6 * len(methods), 3.2))
+    for i, (ax, method) in enumerate(zip(axes[0], methods)):
+        rs = [r for r in records if r.get("method") == method.name and "phase" not in r
+              and "loss" in r]
+        ax.plot([r["step"] for r in rs], [r["loss"] for r in rs], color=f"C{i}",
+                label=method.name)
+        ax.set(xlabel="step", ylabel=method.loss_name, title=method.name)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(filename, dpi=110)
+    plt.close(fig)
