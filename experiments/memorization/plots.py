@@ -102,13 +102,13 @@ def plot_loss_vs_t(filename, plot_data):
     plt.close(fig)
 
 
-def plot_training(filename, records):
-    """Training loss against step, one curve per training-set size."""
+def plot_training(filename, records, loss_name="CFM loss"):
+    """Training loss (`loss_name` on the y axis) against step, one curve per training-set size."""
     fig, ax = plt.subplots(figsize=(5, 3.6))
-    for n in sorted({r["train_size"] for r in records}):
-        rs = [r for r in records if r["train_size"] == n]
+    for n in sorted({r["train_size"] for r in records if "train_size" in r}):
+        rs = [r for r in records if r.get("train_size") == n]
         ax.plot([r["step"] for r in rs], [r["loss"] for r in rs], label=f"N = {n}")
-    ax.set(xlabel="step", ylabel="training CFM loss (per call mean)", yscale="log")
+    ax.set(xlabel="step", ylabel=f"training {loss_name} (mean per log interval)", yscale="log")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
