@@ -253,10 +253,11 @@ def labelled_batches(images, labels, batch_size: int, key) -> KeyedBatches:
 
 
 def classifier_config(config, steps: int):
-    """The loop settings of a classifier: `steps` single steps, saved once at the end."""
+    """The loop settings of a classifier: `steps` single steps, saved as often as the generators."""
     return ml_collections.ConfigDict({
         "seed": config.seed, "num_train_steps": int(steps), "steps_per_call": 1,
-        "log_every": min(int(config.log_every), int(steps)), "checkpoint_every": int(steps),
+        "log_every": min(int(config.log_every), int(steps)),
+        "checkpoint_every": min(int(config.checkpoint_every), int(steps)),
         "keep_checkpoints": 1, "max_consecutive_nonfinite": config.max_consecutive_nonfinite,
         "ema_decay": config.ema_decay})
 

@@ -4,7 +4,7 @@ One class-conditional model with 20% label dropout (so its null label is the
 unconditional field) on the independent coupling, whose marginals are the
 Gaussian path's, as classifier guidance assumes. A time-dependent classifier
 is trained on noisy images x_t of the same path (`losses.classifier_loss`,
-cached as `noisy_classifier.msgpack`); the unconditional field is sampled
+checkpoints in `checkpoints/noisy_classifier` of the workdir); the unconditional field is sampled
 with `sample.ClassifierGuidance` at w = 0, 1, 2, 4 and the conditional model
 with classifier-free guidance at w = 1, 2, all with 20 Euler steps, scored
 by the clean-image classifier's conditional accuracy (the default
