@@ -129,8 +129,25 @@ def batch(i, sharding):
 # `fold_in(state.key, step)`, and JAX's random bits do not depend on the
 # sharding, so the run is a pure function of its initial state and its
 # batches.
+#
+# On the host platform the loop blocks on every step. The eight CPU
+# "devices" are threads of one runtime; with several sharded programs
+# queued at once (JAX dispatches asynchronously) an all-reduce can wait for
+# a thread that is busy in the next program, and XLA aborts the process
+# after its rendezvous timeout. One program in flight at a time avoids it
+# (flowjax's own sharding tests block for the same reason). On GPUs and
+# TPUs the loop is left asynchronous, so the host prepares the next batch
+# while the devices compute.
+#
+# XLA may also print "Involuntary full rematerialization" while compiling
+# the sharded step. It concerns flowjax's compiled value checks (the loss
+# checks that the sampled times lie in [0, 1], through `equinox.error_if`,
+# which XLA places on one device); the values are unaffected, and
+# `fj.set_value_checks(False)` before the step is built (or
+# `FLOWJAX_VALUE_CHECKS=0`) leaves the checks, and the message, out.
 
 # %%
+BLOCK_EACH_STEP = jax.default_backend() == "cpu"
 step = fj.train.make_train_step(loss_fn, optimizer, state_sharding=state_sh,
                                 batch_sharding=batch_sh)
 
@@ -138,6 +155,8 @@ step = fj.train.make_train_step(loss_fn, optimizer, state_sharding=state_sh,
 def run(state, start, stop, train_step, sharding):
     for i in range(start, stop):
         state, metrics = train_step(state, batch(i, sharding))
+        if BLOCK_EACH_STEP:
+            jax.block_until_ready(state)
     print(f"  steps {start}-{stop - 1}: last loss {float(metrics['loss']):.4f}")
     return state
 
