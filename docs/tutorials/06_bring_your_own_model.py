@@ -3,11 +3,9 @@
 #
 # Nothing in flowjax's losses, samplers, train steps or checkpoints knows
 # which neural-network library made the model. They all take a *model
-# function* and its parameters:
-#
-# $$\texttt{apply\_fn(params, x, t, cond=None, key=None)} \to [B, *\text{dims}],$$
-#
-# with `params` any pytree of floating arrays. The library's own modules are
+# function* and its parameters,
+# `apply_fn(params, x, t, cond=None, key=None) -> [B, *dims]`, with `params`
+# any pytree of floating arrays. The library's own modules are
 # Flax linen (tutorial 01 used `fj.models.model_fn`); this tutorial trains a
 # Flax NNX model and an equinox model instead. You will learn
 #

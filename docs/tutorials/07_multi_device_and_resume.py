@@ -43,15 +43,16 @@ if "jax" not in sys.modules and \
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                                + " --xla_force_host_platform_device_count=8").strip()
 
-import functools  # noqa: E402  (after XLA_FLAGS)
-import tempfile  # noqa: E402
+import functools  # the imports come after XLA_FLAGS is set
+import shutil
+import tempfile
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import optax  # noqa: E402
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
 
-import flowjax as fj  # noqa: E402
+import flowjax as fj
 
 SMALL = os.environ.get("FLOWJAX_TUTORIAL_SMALL") == "1"
 STEPS = 40 if SMALL else 600  # an even number: the resumed run stops at STEPS // 2
@@ -248,3 +249,4 @@ print(f"{N_DEVICES} devices vs 1: max |params gap| {gap:.1e} (largest parameter 
 # bitwise in both sizes; 8 devices vs 1 differ by 2.2e-7 after 40 steps
 # (largest parameter 0.32) and by 4.3e-7 after 600 (largest 0.60).
 assert gap < 1e-4 * max(1.0, scale)
+shutil.rmtree(workdir)  # the checkpoints of this tutorial are not kept
