@@ -188,6 +188,9 @@ TINY = "--config=experiments/toy2d/configs/tiny.py"
 @pytest.mark.parametrize("args, expected", [
     ([TINY, "--config.no_such_key=1"], "unknown config key 'no_such_key'"),
     ([TINY, "--config.eval.nokey=1"], "unknown config key 'nokey'"),
+    ([TINY, "--config.num_train_step=1"],
+     "unknown config key 'num_train_step' in --config.num_train_step; "
+     "did you mean 'num_train_steps'?"),
     ([TINY, "--config.methods=('icfm','bogus')"], "config.methods"),
     ([TINY, "--config.num_train_steps=abc"], "num_train_steps"),
     (["--config=experiments/toy2d/configs/missing.py"], "--config: cannot load"),
