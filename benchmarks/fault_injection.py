@@ -164,7 +164,9 @@ def nan_one_step(rng, workdir):
 def nan_k_steps(rng, workdir):
     import jax
 
+    from experiments import _loop
     from experiments._workdir import NonFiniteStop
+    from experiments.toy2d import methods as toy_methods
     from experiments.toy2d import train as toy2d
     from experiments.toy2d.configs import tiny
     from flowjax import train
@@ -176,30 +178,30 @@ def nan_k_steps(rng, workdir):
     start = rng.randrange(12, 45)  # the first NaN step (mid-call in general)
     calls = []
 
-    def factory():
-        make = toy2d.sampled_batches(config, "normal")
+    make = toy2d.sampled_batches(config, "normal")
 
-        def batches(key):
-            b = make(key)
-            first = len(calls) * 10
-            calls.append(key)
-            if first + 10 <= start:
-                return b
-            return {**b, "x1": b["x1"].at[max(start - first, 0):].set(float("nan"))}
-        return batches
+    def batches(key):
+        b = make(key)
+        first = len(calls) * 10
+        calls.append(key)
+        if first + 10 <= start:
+            return b
+        return {**b, "x1": b["x1"].at[max(start - first, 0):].set(float("nan"))}
 
-    apply_fn = toy2d._apply_fns(config.to_json(), "icfm")
-    init = toy2d._init_params(config, "icfm", "normal")
+    method, _ = toy_methods.make_methods(config, ["icfm"])["icfm"]
+    init = method.init(jax.random.PRNGKey(0))
+    key = jax.random.PRNGKey(0)
+    stream = _loop.KeyedBatches(batches, _loop.named_key(key, "data"), steps_per_call=10)
     try:
-        toy2d.train_one(config, workdir, "normal", "icfm", train.MetricsWriter(workdir),
-                        apply_fn, init, factory)
+        _loop.train_loop(method, stream, key, config, workdir, name="normal/icfm",
+                         writer=train.MetricsWriter(workdir))
         return dict(ok=False, lost=None, outcome="did NOT stop", detail={})
     except NonFiniteStop as e:
         stop = e
     ckpt = train.Checkpointer(os.path.join(workdir, "checkpoints", "normal_icfm"),
                               save_every=SAVE_EVERY)
     abstract = jax.eval_shape(lambda: train.create_train_state(
-        jax.random.PRNGKey(0), init, toy2d._optimizer(config)))
+        jax.random.PRNGKey(0), init, method.optimizer))
     restored = ckpt.restore(abstract)
     ckpt.close()
     applied = int(restored.state.step)
@@ -494,9 +496,10 @@ def cli_workdir(rng, workdir):
 def diverge_cli(rng, workdir):
     import jax
 
-    from experiments.toy2d import train as toy2d
     from experiments.toy2d.configs import tiny
     from flowjax import train
+
+    from experiments.toy2d import methods as toy_methods
 
     lr = rng.choice(["1e30", "1e35"])
     args = [f"--config={TOY}", "--config.methods=('icfm',)", "--config.num_train_steps=200",
@@ -506,9 +509,9 @@ def diverge_cli(rng, workdir):
     code, err = _cli("experiments.toy2d", workdir, *args)
     ok, line = _one_error_line(code, err, 1, "consecutive non-finite steps", "latest checkpoint")
     config = tiny.get_config()
+    method, _ = toy_methods.make_methods(config, ["icfm"])["icfm"]
     abstract = jax.eval_shape(lambda: train.create_train_state(
-        jax.random.PRNGKey(0), toy2d._init_params(config, "icfm", "normal"),
-        toy2d._optimizer(config)))
+        jax.random.PRNGKey(0), method.init(jax.random.PRNGKey(0)), method.optimizer))
     ckpt = train.Checkpointer(os.path.join(workdir, "checkpoints", "normal_icfm"),
                               save_every=SAVE_EVERY)
     restored = ckpt.restore(abstract)

@@ -40,8 +40,8 @@ evaluation; the op rows time one hidden layer of the 2-D network and its parts.
     python benchmarks/sampling_speed.py --quick --out workdir/sampling_speed.json   # ~2 min idle
     python benchmarks/sampling_speed.py --out workdir/sampling_speed_full.json       # ~6 min idle
 
-writes the JSON rows, prints Markdown tables and the 2-D Euler ratio against the
-target (flowjax >= 3x torchdiffeq's samples/s), and draws a plot next to the JSON
+writes the JSON rows, prints Markdown tables and the headline 2-D Euler ratio
+(flowjax's samples/s over torchdiffeq's), and draws a plot next to the JSON
 file. A missing peer (torch, torchdiffeq, flow_matching) skips the torch side and
 says so. Timings on a shared 2-core CPU are noisy: `other cores` is the CPU time other
 processes took during each row's timed calls (0 on an idle machine). A disturbed block
@@ -49,7 +49,7 @@ is retimed after waiting for an idle CPU, within `--wait-idle` seconds in all; a
 stops after 4 s and a sampler's turns after 6 s in all (--quick; 30 s and 60 s
 otherwise), so a busy machine cannot stretch the run much. torch, with one OpenMP
 thread per core, slows down 10-30x when another process holds a core (its barriers
-wait for a descheduled thread), XLA about 2x: the verdict line says UNRELIABLE when
+wait for a descheduled thread), XLA about 2x: the headline line says UNRELIABLE when
 its rows were disturbed.
 """
 
@@ -80,7 +80,6 @@ PATH = paths.RectifiedFlow()
 TOL = 1e-5
 REF_TOL = 1e-7  # the reference solve (float32: about the smallest tolerance that means anything)
 EULER_STEPS = 100
-TARGET_RATIO = 3.0
 ACTIVATIONS = {"selu": jax.nn.selu, "silu": jax.nn.silu}
 SOLVER_NAMES = {"euler": f"euler-{EULER_STEPS}", "dopri5": f"dopri5-{TOL:g}"}
 
@@ -777,16 +776,15 @@ def main():
               f"{max(r['other_cores'] for r in busy):.2f} cores busy during {len(busy)} of the "
               f"timed rows: these timings (torch's above all) are not reliable; rerun on an "
               f"idle machine (--wait-idle SECONDS waits longer for one).")
-    target = sorted((r for r in rat if r["problem"] == "2d" and r["solver"].startswith("euler")),
-                    key=lambda r: (r["n"] != 10_000, -r["n"]))  # 10,000 points, else the most
-    verdict, disturbed = None, None
-    if target:
-        r = target[0]
-        verdict = "MET" if r["ratio"] >= TARGET_RATIO else "MISSED"
+    headline = sorted((r for r in rat if r["problem"] == "2d" and r["solver"].startswith("euler")),
+                      key=lambda r: (r["n"] != 10_000, -r["n"]))  # 10,000 points, else the most
+    disturbed = None
+    if headline:
+        r = headline[0]
         disturbed = any(b["problem"] == "2d" and b["solver"] == r["solver"] and b["n"] == r["n"]
                         and b["framework"] in ("flowjax", "torch") for b in busy)
         print(f"\nHEADLINE (2-D Euler-100, {r['n']:,} samples): flowjax / torchdiffeq = "
-              f"{r['ratio']:.2f}x samples/s (target >= {TARGET_RATIO:g}x): {verdict}"
+              f"{r['ratio']:.2f}x samples/s"
               + (" [UNRELIABLE: the machine was busy, see the warning]" if disturbed else ""))
     else:
         print("\nHEADLINE: not measured (no torch side)")
@@ -800,9 +798,8 @@ def main():
                    "load_average": {"start": load_start, "end": _load()},
                    "busy_rows": len(busy), "waited_s": WAIT["waited_s"], "rows": rows,
                    "ratios": rat, "profile": profiles, "ops_ms": ops,
-                   "headline": {"target_ratio": TARGET_RATIO,
-                                  "ratio": target[0]["ratio"] if target else None,
-                                  "verdict": verdict, "disturbed": disturbed},
+                   "headline": {"ratio": headline[0]["ratio"] if headline else None,
+                                "disturbed": disturbed},
                    "seconds": seconds}, f, indent=1)
     png = os.path.splitext(args.out)[0] + ".png"
     plot(rows, profiles, png)

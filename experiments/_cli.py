@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import importlib
 import os
+import re
 import sys
 
 from absl import app, flags, logging
@@ -114,10 +115,14 @@ def _flags_parser(argv):
         # ml_collections reports an override of a missing field as an
         # AttributeError raised while handling a KeyError naming the field.
         if isinstance(e, KeyError) or isinstance(e.__context__, KeyError):
-            key = str((e if isinstance(e, KeyError) else e.__context__).args[0]).strip("'\"")
+            text = str((e if isinstance(e, KeyError) else e.__context__).args[0])
+            key, _, hint = text.partition("\n")  # ml_collections appends "Did you mean ..."
+            key = key.strip("'\"\\")
             bad = [a for a in argv if a.startswith("--config.") and key in a.split("=")[0]]
-            _fail(f"unknown config key {key!r} in {bad[0] if bad else '--config'}; "
-                  "the config has no such field")
+            guess = re.search(r'Did you mean "([^"]+)"', hint)
+            _fail(f"unknown config key {key!r} in {bad[0].split('=')[0] if bad else '--config'}; "
+                  + (f"did you mean {guess.group(1)!r}?" if guess else
+                     "the config has no such field"))
         _fail(_first_line(e))
 
 

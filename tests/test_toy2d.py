@@ -9,6 +9,9 @@ import jax
 import numpy as np
 import pytest
 
+from experiments import _loop
+from experiments.toy2d import evaluate
+from experiments.toy2d import methods as toy_methods
 from experiments.toy2d import train as toy2d
 from experiments.toy2d.configs import tiny
 from flowjax import data, paths
@@ -69,22 +72,30 @@ def test_rerun_resumes_from_checkpoints(tiny_run):
 
 
 @pytest.mark.xdist_group("toy2d_tiny_run")  # one worker: the run is made once
-def test_each_run_compiles_its_train_step_once(tiny_run):
-    """Both sources and every call of a run reuse one compiled K-step (no retrace)."""
-    config, _, _ = tiny_run
-    for run in config.methods:
-        apply_fn = toy2d._apply_fns(config.to_json(), run)
-        *_, multi_step = toy2d._compiled_steps(config.to_json(), run, apply_fn)
-        assert multi_step._cache_size() == 1, run
+def test_each_run_compiles_its_train_step_once(tmp_path):
+    """Every call of a run reuses one compiled K-step (no retrace), and the reflow rounds
+    k >= 2 share theirs."""
+    config = tiny.get_config()
+    config.methods, config.plot = ("icfm", "reflow"), False
+    config.reflow.num_pairs, config.reflow.distill = 256, False
+    config.num_train_steps, config.steps_per_call, config.checkpoint_every = 40, 10, 40
+    config.eval.num_samples = 100
+    before = set(_loop.STEPS)
+    toy2d.train_and_evaluate(config, str(tmp_path))
+    built = [fn for key, (fn, _) in _loop.STEPS.items() if key not in before]
+    assert len(built) == 2  # icfm's and the one of reflow-2 and reflow-3
+    assert [fn._cache_size() for fn in built] == [1, 1]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("methods", [toy2d.CFM_METHODS, toy2d.FLOW_MAP_METHODS + ("reflow",)],
+@pytest.mark.parametrize("methods", [toy_methods.CFM_METHODS,
+                                     toy_methods.FLOW_MAP_METHODS + ("reflow",)],
                          ids=["cfm", "fewstep"])  # two halves: they run on both workers
 def test_every_method_trains_and_samples(tmp_path, methods):
     """All methods of the config run end to end (a few steps each)."""
-    assert set(toy2d.CFM_METHODS + toy2d.DIFFUSION_METHODS + toy2d.FLOW_MAP_METHODS
-               + ("reflow",)) == set(toy2d.METHODS)
+    m = toy_methods
+    assert set(m.CFM_METHODS + m.DIFFUSION_METHODS + m.FLOW_MAP_METHODS + ("reflow",)) == set(
+        m.METHODS) == set(m.TABLE) - {"reflow-distill"}
     config = tiny.get_config()
     config.methods = methods
     config.num_train_steps = config.steps_per_call = config.checkpoint_every = 10
@@ -95,7 +106,7 @@ def test_every_method_trains_and_samples(tmp_path, methods):
     config.reflow.num_pairs = 256
     config.plot = False
     rows = toy2d.train_and_evaluate(config, str(tmp_path))
-    runs = [run for m in methods for run in toy2d.runs_of(m, config)]
+    runs = [run for m in methods for run in toy_methods.runs_of(m, config)]
     assert sorted({r["method"] for r in rows}) == sorted(runs)
     for r in rows:
         assert all(isinstance(r[f], (int, float)) and r[f] == r[f] for f in
@@ -143,21 +154,20 @@ def test_diffusion_runs_have_their_losses_and_samplers():
     key = jax.random.PRNGKey(0)
     x0, batch = jax.random.normal(key, (64, 2)), {"x1": data.moons(key, 64)}
     rows = []
-    for run in toy2d.DIFFUSION_METHODS:
-        apply_fn = toy2d._apply_fns(config.to_json(), run)
-        params = toy2d._init_params(config, run, "normal")
-        loss, ahead = toy2d.make_loss(run, config, apply_fn)
-        value, _ = jax.jit(loss)(params, key, batch)
-        assert ahead is None and np.isfinite(float(value)) and float(value) > 0
-        runs = toy2d.evaluate_diffusion(config, run, apply_fn, params, x0, key)
+    for run, (method, spec) in toy_methods.make_methods(config,
+                                                        toy_methods.DIFFUSION_METHODS).items():
+        params = method.init(key)
+        value, _ = jax.jit(method.loss)(params, key, batch)
+        assert method.coupling is None and np.isfinite(float(value)) and float(value) > 0
+        runs = evaluate.evaluate_diffusion(config, spec, method.apply_fn, params, x0, key)
         for solver, (xs, nfe) in runs.items():
             assert np.all(np.isfinite(xs)), (run, solver)
             rows.append({"method": run, "source": "normal", "solver": solver, "nfe": nfe,
                          "w2": 1.0, "w2_floor": 0.5})
     assert [(r["method"], r["solver"], r["nfe"]) for r in rows] == [
         ("vp_eps", "sde-4", 4), ("vp_eps", "heun-3", 5), ("edm", "heun-3", 5)]
-    assert toy2d.prediction_of("vp_eps") == paths.Prediction.NOISE
-    assert toy2d.prediction_of("edm") == paths.Prediction.DATA
+    assert toy_methods.spec("vp_eps", config).prediction == paths.Prediction.NOISE
+    assert toy_methods.spec("edm", config).prediction == paths.Prediction.DATA
     assert toy2d.format_sampler_table(rows, "normal").splitlines()[2:] == [
         "| vp_eps | reverse SDE Euler-Maruyama 4 | 4 | 1.000 | 2.00 |",
         "| vp_eps | EDM Heun 3 | 5 | 1.000 | 2.00 |", "| edm | EDM Heun 3 | 5 | 1.000 | 2.00 |"]
@@ -178,6 +188,9 @@ TINY = "--config=experiments/toy2d/configs/tiny.py"
 @pytest.mark.parametrize("args, expected", [
     ([TINY, "--config.no_such_key=1"], "unknown config key 'no_such_key'"),
     ([TINY, "--config.eval.nokey=1"], "unknown config key 'nokey'"),
+    ([TINY, "--config.num_train_step=1"],
+     "unknown config key 'num_train_step' in --config.num_train_step; "
+     "did you mean 'num_train_steps'?"),
     ([TINY, "--config.methods=('icfm','bogus')"], "config.methods"),
     ([TINY, "--config.num_train_steps=abc"], "num_train_steps"),
     (["--config=experiments/toy2d/configs/missing.py"], "--config: cannot load"),
@@ -233,27 +246,22 @@ def test_nonfinite_steps_stop_the_run_keeping_its_last_good_checkpoint(tmp_path)
         config.max_consecutive_nonfinite = 15
         return config
 
-    inits = {}
-
     def run(config, poison_from=None):
         calls = []
-        if config.hidden not in inits:
-            inits[config.hidden] = toy2d._init_params(config, "icfm", "normal")
+        method, _ = toy_methods.make_methods(config, ["icfm"])["icfm"]
+        make = toy2d.sampled_batches(config, "normal")
 
-        def factory():
-            make = toy2d.sampled_batches(config, "normal")
+        def batches(key):
+            calls.append(key)
+            b = make(key)
+            return b if poison_from is None or len(calls) < poison_from else \
+                {**b, "x1": b["x1"] * float("nan")}
 
-            def batches(key):
-                calls.append(key)
-                b = make(key)
-                return b if poison_from is None or len(calls) < poison_from else \
-                    {**b, "x1": b["x1"] * float("nan")}
-            return batches
-
-        apply_fn = toy2d._apply_fns(config.to_json(), "icfm")
-        return toy2d.train_one(config, str(tmp_path), "normal", "icfm",
-                               train.MetricsWriter(str(tmp_path)), apply_fn,
-                               inits[config.hidden], factory)
+        key = jax.random.PRNGKey(0)
+        stream = _loop.KeyedBatches(batches, _loop.named_key(key, "data"),
+                                    steps_per_call=config.steps_per_call)
+        return _loop.train_loop(method, stream, key, config, str(tmp_path), name="normal/icfm",
+                                writer=train.MetricsWriter(str(tmp_path))).state
 
     config = config_of((32, 32))
     with pytest.raises(NonFiniteStop, match="stopped at step 40: 20 consecutive non-finite "
@@ -262,8 +270,9 @@ def test_nonfinite_steps_stop_the_run_keeping_its_last_good_checkpoint(tmp_path)
     assert (stop.value.latest, stop.value.total) == (30, 20)
     ckpt = train.Checkpointer(str(tmp_path / "checkpoints" / "normal_icfm"), save_every=10)
     assert ckpt.all_steps() == [20, 30]  # nothing saved after the stop
+    method, _ = toy_methods.make_methods(config, ["icfm"])["icfm"]
     abstract = jax.eval_shape(lambda: train.create_train_state(
-        jax.random.PRNGKey(0), inits[config.hidden], toy2d._optimizer(config)))
+        jax.random.PRNGKey(0), method.init(jax.random.PRNGKey(0)), method.optimizer))
     good, during = (ckpt.restore(abstract, step=s).state for s in (20, 30))
     ckpt.close()
     for a, b in zip(jax.tree.leaves(good.params), jax.tree.leaves(during.params), strict=True):

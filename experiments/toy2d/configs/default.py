@@ -37,6 +37,8 @@ def get_config():
     config.warmup_steps = 100
     config.ema_decay = 0.995
     config.steps_per_call = 100  # optimizer steps fused in one lax.scan call
+    config.log_every = 20  # one metrics record (and loss-plot point) per this many steps
+    config.print_every = 500  # one console line per this many steps (and at the end)
     config.checkpoint_every = 1000  # orbax saves every this many steps
     config.keep_checkpoints = 2
     # False (the default): each save blocks until it is on disk, so a kill loses at most
