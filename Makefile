@@ -7,28 +7,31 @@ WORKDIR ?= workdir/toy2d_demo
 
 .PHONY: setup demo test test-all docs check-share bench-setup bench clean
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test,experiments]'
+
+# One stamp per extra: `make demo` installs what the experiments need, `make test` the
+# test tools and the docs on top (the test extra includes the experiments extra).
+$(VENV)/.installed-%: pyproject.toml | $(VENV)/bin/python
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[$*]'
 	touch $@
 
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed-test
 
-demo: setup
+demo: $(VENV)/.installed-experiments
 	$(PY) -m experiments.toy2d --config=experiments/toy2d/configs/default.py --workdir=$(WORKDIR)
 
 # The fast suite: identities, closed forms and behaviour at small sizes.
-test: setup
+test: $(VENV)/.installed-test
 	$(PY) -m pytest -q -n 2 --dist loadgroup -m "not slow" tests
 
 # Everything, with the tests marked slow (quality runs: trainings to a W2, convergence of
 # the few-step methods, the experiments at their full sizes). CI runs this one.
-test-all: setup
+test-all: $(VENV)/.installed-test
 	$(PY) -m pytest -q -n 2 --dist loadgroup tests
 
 # The documentation site, built into workdir/site (fails on any warning: --strict).
-docs: setup
+docs: $(VENV)/.installed-docs
 	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict -d workdir/site
 
 # The share of argument-check lines in the bodies of public functions (tools/check_share.py).

@@ -98,8 +98,11 @@ def _fields(cls: griffe.Class) -> list[griffe.Parameter]:
     return params
 
 
+_STRUCT_DATACLASS = {"flax.struct.dataclass", "flowjax._pytree.dataclass"}
+
+
 def _is_struct_dataclass(cls: griffe.Class) -> bool:
-    return any(str(getattr(d.value, "canonical_path", "")) == "flax.struct.dataclass"
+    return any(str(getattr(d.value, "canonical_path", "")) in _STRUCT_DATACLASS
                for d in cls.decorators)
 
 
