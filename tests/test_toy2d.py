@@ -19,11 +19,16 @@ from flowjax import data, paths
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+BUILT = {}  # the compiled steps each run of this module built
+
+
 @pytest.fixture(scope="session")  # not torn down when xdist interleaves modules
 def tiny_run(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("toy2d"))
     config = tiny.get_config()
+    before = set(_loop.STEPS)
     rows = toy2d.train_and_evaluate(config, workdir)
+    BUILT["tiny"] = [fn for key, (fn, _) in _loop.STEPS.items() if key not in before]
     return config, workdir, rows
 
 
@@ -72,19 +77,10 @@ def test_rerun_resumes_from_checkpoints(tiny_run):
 
 
 @pytest.mark.xdist_group("toy2d_tiny_run")  # one worker: the run is made once
-def test_each_run_compiles_its_train_step_once(tmp_path):
-    """Every call of a run reuses one compiled K-step (no retrace), and the reflow rounds
-    k >= 2 share theirs."""
-    config = tiny.get_config()
-    config.methods, config.plot = ("icfm", "reflow"), False
-    config.reflow.num_pairs, config.reflow.distill = 256, False
-    config.num_train_steps, config.steps_per_call, config.checkpoint_every = 40, 10, 40
-    config.eval.num_samples = 100
-    before = set(_loop.STEPS)
-    toy2d.train_and_evaluate(config, str(tmp_path))
-    built = [fn for key, (fn, _) in _loop.STEPS.items() if key not in before]
-    assert len(built) == 2  # icfm's and the one of reflow-2 and reflow-3
-    assert [fn._cache_size() for fn in built] == [1, 1]
+def test_each_run_compiles_its_train_step_once(tiny_run):
+    """Every call of a run reuses its one compiled K-step (no retrace)."""
+    config, _, _ = tiny_run
+    assert [fn._cache_size() for fn in BUILT["tiny"]] == [1] * len(config.methods)
 
 
 @pytest.mark.slow
@@ -105,8 +101,11 @@ def test_every_method_trains_and_samples(tmp_path, methods):
     config.shortcut.finest_steps = 4
     config.reflow.num_pairs = 256
     config.plot = False
+    before = set(_loop.STEPS)
     rows = toy2d.train_and_evaluate(config, str(tmp_path))
+    built = [fn for key, (fn, _) in _loop.STEPS.items() if key not in before]
     runs = [run for m in methods for run in toy_methods.runs_of(m, config)]
+    assert all(fn._cache_size() == 1 for fn in built)
     assert sorted({r["method"] for r in rows}) == sorted(runs)
     for r in rows:
         assert all(isinstance(r[f], (int, float)) and r[f] == r[f] for f in
@@ -117,6 +116,7 @@ def test_every_method_trains_and_samples(tmp_path, methods):
         assert table[0] == "| method | 2 NFE | Dopri5 (NFE) |"
         return
     assert runs[-3:] == ["reflow-2", "reflow-3", "reflow-2-distill"]
+    assert len(built) == len(runs)  # the teacher icfm is added; reflow-2 and -3 share a step
     solvers = {(r["method"], r["solver"]): r["nfe"] for r in rows}
     assert solvers[("meanflow", "meanflow-1")] == 1 and solvers[("meanflow", "meanflow-2")] == 2
     assert [s for m, s in solvers if m == "shortcut"] == [
@@ -185,13 +185,14 @@ def test_diffusion_methods_need_the_gaussian_source():
 TINY = "--config=experiments/toy2d/configs/tiny.py"
 
 
+@pytest.mark.fast_cases(3)
 @pytest.mark.parametrize("args, expected", [
     ([TINY, "--config.no_such_key=1"], "unknown config key 'no_such_key'"),
-    ([TINY, "--config.eval.nokey=1"], "unknown config key 'nokey'"),
     ([TINY, "--config.num_train_step=1"],
      "unknown config key 'num_train_step' in --config.num_train_step; "
      "did you mean 'num_train_steps'?"),
     ([TINY, "--config.methods=('icfm','bogus')"], "config.methods"),
+    ([TINY, "--config.eval.nokey=1"], "unknown config key 'nokey'"),
     ([TINY, "--config.num_train_steps=abc"], "num_train_steps"),
     (["--config=experiments/toy2d/configs/missing.py"], "--config: cannot load"),
     ([TINY, "--workdir=/proc/forbidden"], "--workdir: cannot write"),

@@ -61,6 +61,7 @@ def test_ema_formula_and_caller_params_survive_donation():
     jax.tree.map(np.asarray, params)  # still readable: create_train_state copied them
 
 
+@pytest.mark.slow
 def test_training_learns_the_marginal_velocity():
     """After training on a Gaussian target the net is close to the exact velocity field."""
     module, params, loss = _setup(hidden=(64, 64))
