@@ -324,6 +324,10 @@ def train_loop(method: Method, batches, key, config, workdir: str, *, name: str,
                         f"(skipped {int(host['nonfinite_total'])})")
         pending.clear()
 
+    # XLA:CPU runs each device of a multi-device program on its own thread; two such
+    # programs in flight at once (this call's step and the next call's batches) can
+    # deadlock in a collective. On a CPU mesh each call is waited for before the next.
+    wait = mesh is not None and mesh.devices.size > 1 and mesh.devices.flat[0].platform == "cpu"
     try:
         restored = restore(ckpt, state)
         if restored is not None:
@@ -335,6 +339,8 @@ def train_loop(method: Method, batches, key, config, workdir: str, *, name: str,
         for step in range(start, n, k):
             batch = next(batches)
             state, metrics = step_fn(state, batch)
+            if wait:
+                jax.block_until_ready(state)
             flush()
             done = step + k
             recs = _records(metrics, k, log, multi) if (log < k or done % log == 0

@@ -3,9 +3,7 @@
 A test run sees 8 CPU devices (`--xla_force_host_platform_device_count=8`,
 set before JAX starts) so that sharded and multi-device code is tested in
 process. Unsharded computations still run on device 0 alone. A collective
-that hangs fails after 60 s instead of stalling the suite. The test programs
-are small and compile-bound, so LLVM compiles them without optimisation
-(`--xla_backend_optimization_level=0`; XLA's own graph passes still run).
+that hangs fails after 60 s instead of stalling the suite.
 The run compiles each large XLA program once: a persistent compilation
 cache in a temporary directory, made at the start of the run, shared by the
 xdist workers and the experiment commands the tests start, and deleted at the
@@ -18,8 +16,7 @@ import shutil
 import tempfile
 
 _FLAGS = ("--xla_force_host_platform_device_count=8",
-          "--xla_cpu_collective_call_terminate_timeout_seconds=60",
-          "--xla_backend_optimization_level=0")
+          "--xla_cpu_collective_call_terminate_timeout_seconds=60")
 _xla = os.environ.get("XLA_FLAGS", "")
 os.environ["XLA_FLAGS"] = " ".join([_xla] + [f for f in _FLAGS if f.split("=")[0] not in _xla])
 
