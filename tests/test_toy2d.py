@@ -215,6 +215,7 @@ def test_sigterm_saves_the_current_step_and_exits_143(tmp_path):
 
     args = [sys.executable, "-m", "experiments.toy2d", TINY, f"--workdir={tmp_path}",
             "--config.methods=('icfm',)", "--config.num_train_steps=100000",
+            "--config.sharding.num_devices=1",
             "--config.steps_per_call=10", "--config.log_every=10",
             "--config.checkpoint_every=50000", "--config.plot=False"]
     proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
