@@ -7,7 +7,7 @@ that hangs fails after 60 s instead of stalling the suite.
 The run compiles each large XLA program once: a persistent compilation
 cache in a temporary directory, made at the start of the run, shared by the
 xdist workers and the experiment commands the tests start, and deleted at the
-end (programs that compile in under 0.1 s are not cached). A test that checks
+end (programs that compile in under 0.5 s are not cached). A test that checks
 the cache itself uses its own directory.
 """
 
@@ -42,7 +42,7 @@ def pytest_configure(config):
     if cache:
         from experiments._cli import enable_compilation_cache
 
-        enable_compilation_cache(cache, min_compile_secs=0.1)
+        enable_compilation_cache(cache, min_compile_secs=0.5)
     _check_loadgroup(config)
 
 

@@ -72,7 +72,7 @@ def _assert_bit_identical(a, b):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
-@pytest.mark.fast_cases(1)
+@pytest.mark.slow  # the NNX and equinox tutorial trains and samples both in the fast suite
 @pytest.mark.parametrize("framework", list(BUILDERS))
 def test_otcfm_train_sample_checkpoint_restore(framework, tmp_path):
     apply_fn, params = BUILDERS[framework]()

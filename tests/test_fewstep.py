@@ -76,6 +76,7 @@ def test_meanflow_target_equals_closed_form_average_velocity(x64, path):
     assert float(jnp.max(jnp.abs(v + (t - r)[:, None] * du_t - u))) > 0.1
 
 
+@pytest.mark.slow
 def test_meanflow_loss_is_zero_for_the_exact_u(x64):
     path = paths.RectifiedFlow()
     x1 = MEAN + jax.random.normal(jax.random.PRNGKey(3), (256, 2)) @ jnp.linalg.cholesky(COV).T
@@ -92,6 +93,7 @@ def test_meanflow_loss_is_zero_for_the_exact_u(x64):
     assert float(cond_loss) > 1e-3
 
 
+@pytest.mark.slow
 def test_conditional_meanflow_target_is_unbiased(x64):
     """E[target | x_r] over the posterior of (x0, x1) given x_r equals the exact u."""
     path = paths.RectifiedFlow()

@@ -77,6 +77,7 @@ def test_fixed_step_likelihood(x64):
     assert int(nfe) == 400
 
 
+@pytest.mark.slow
 def test_source_density_is_pluggable(x64):
     """VP starts from N(alpha(0) mu, ...), not N(0, I): pass the true source density."""
     target, path = _gaussian(2, 3), paths.VP()

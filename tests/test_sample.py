@@ -218,6 +218,7 @@ def test_dpm_solver_is_exact_for_a_point_target(x64, path, num_steps):
     assert int(sol.nfe) == num_steps
 
 
+@pytest.mark.slow
 def test_dpm_solver_depends_on_the_path_only_through_its_snr(x64):
     """On EDM grids (equal noise ratios), rectified flow and cosine give the same samples."""
     mix = _mixture2d()

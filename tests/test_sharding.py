@@ -109,6 +109,7 @@ def test_unet_step_on_eight_devices_equals_one_device():
     _assert_close(out, ref, 1e-6)
 
 
+@pytest.mark.slow
 def test_fsdp_splits_the_state_memory():
     """Each device holds 1/8 of every sharded leaf and all of the small ones."""
     params, _, opt, _ = unet_problem()
