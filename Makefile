@@ -12,9 +12,8 @@ $(VENV)/bin/python:
 
 # One stamp per extra: `make demo` installs what the experiments need, `make test` the
 # test tools and the docs on top (the test extra includes the experiments extra).
-# --no-compile: Python compiles the modules it imports on first use, not all of them now.
 $(VENV)/.installed-%: pyproject.toml | $(VENV)/bin/python
-	$(PY) -m pip install -q --disable-pip-version-check --no-compile -e '.[$*]'
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[$*]'
 	touch $@
 
 setup: $(VENV)/.installed-test
