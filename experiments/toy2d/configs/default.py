@@ -1,6 +1,6 @@
 """Default toy2d comparison: I-CFM, OT-CFM, SB-CFM on N(0, I) -> moons and 8gaussians -> moons.
 
-Launch (this is what `make demo` runs; about 2.5 minutes on a 2-core CPU):
+Launch (this is what `make demo` runs; about 2 minutes on a 2-core CPU):
 
     python -m experiments.toy2d --config=experiments/toy2d/configs/default.py \
         --workdir=workdir/toy2d_demo
