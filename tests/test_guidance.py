@@ -1,5 +1,7 @@
 """Classifier-free guidance: the linear combination, its interval, and the batched model form."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -80,10 +82,17 @@ def test_bad_arguments():
 
 # -- classifier guidance ---------------------------------------------------------------------
 
-TWO = [analytic.GaussianMixture.gaussian(m, c) for m, c in (
-    (jnp.array([1.5, 0.0]), jnp.array([[0.3, 0.1], [0.1, 0.2]])),
-    (jnp.array([-1.0, 1.0]), jnp.array([[0.2, 0.0], [0.0, 0.4]])))]
-WEIGHTS = jnp.array([0.3, 0.7])
+@functools.cache
+def _two():
+    """The two classes, built once on first use in float32 (not at import: collection
+    would compile their checks in every test process)."""
+    with jax.enable_x64(False):
+        return [analytic.GaussianMixture.gaussian(m, c) for m, c in (
+            (jnp.array([1.5, 0.0]), jnp.array([[0.3, 0.1], [0.1, 0.2]])),
+            (jnp.array([-1.0, 1.0]), jnp.array([[0.2, 0.0], [0.0, 0.4]])))]
+
+
+WEIGHTS = np.array([0.3, 0.7], np.float32)
 
 
 @pytest.mark.slow
@@ -91,13 +100,14 @@ WEIGHTS = jnp.array([0.3, 0.7])
 def test_classifier_guidance_with_the_exact_posterior_is_the_conditional_field(x64, path):
     """Two Gaussian classes: log p_t(y | x) is exact, so w = 1 gives v(x, t | y) and any w
     gives classifier-free guidance's v(x | 0) + w (v(x | y) - v(x | 0)) of the exact fields."""
-    full = analytic.GaussianMixture.create(jnp.stack([p.means[0] for p in TWO]),
-                                           jnp.stack([p.covs[0] for p in TWO]), WEIGHTS)
+    two = _two()
+    full = analytic.GaussianMixture.create(jnp.stack([p.means[0] for p in two]),
+                                           jnp.stack([p.covs[0] for p in two]), WEIGHTS)
 
     def classifier(params, x, t):  # log w_k + log N_k(x; alpha mu_k, C_k): the exact logits
         del params
         return jnp.log(WEIGHTS) + jnp.stack([analytic.mixture_log_prob(path, c, x, t)
-                                             for c in TWO], -1)
+                                             for c in two], -1)
 
     def unconditional(x, t):
         return analytic.mixture_velocity(path, full, x, t)
@@ -109,7 +119,7 @@ def test_classifier_guidance_with_the_exact_posterior_is_the_conditional_field(x
 
     @jax.jit  # one program for every field: compiles once
     def fields(x, t, labels):
-        per_class = jnp.stack([analytic.mixture_velocity(path, c, x, t) for c in TWO])
+        per_class = jnp.stack([analytic.mixture_velocity(path, c, x, t) for c in two])
         guided = [sample.ClassifierGuidance(unconditional, classifier, None, labels, path,
                                             guidance_scale=w)(x, t) for w in scales]
         late = sample.ClassifierGuidance(unconditional, classifier, None, labels, path,

@@ -36,10 +36,11 @@ def _mixture2d():
 
 
 @pytest.mark.fast_cases(1)
-@pytest.mark.parametrize("name, target", [("gauss2", _gaussian(2, 2)),
-                                          ("gauss16", _gaussian(16, 16)),
-                                          ("mixture2", _mixture2d())])
-def test_exact_trace_matches_closed_form(x64, name, target):
+@pytest.mark.parametrize("name", ["gauss2", "gauss16", "mixture2"])
+def test_exact_trace_matches_closed_form(x64, name):
+    with jax.enable_x64(False):  # the targets in float32, built when the case runs
+        target = {"gauss2": lambda: _gaussian(2, 2), "gauss16": lambda: _gaussian(16, 16),
+                  "mixture2": _mixture2d}[name]()
     x = target.sample(jax.random.PRNGKey(0), 16)
     sol = sample.log_likelihood(_field(target), x, adaptive=sample.Adaptive(1e-9, 1e-9))
     logp, nfe = sol.log_prob, sol.nfe
