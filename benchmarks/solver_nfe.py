@@ -142,6 +142,8 @@ def run_problem(problem, steps, tolerances, *, nll_everywhere=True, with_nll=Tru
         return sample.solve_ode(field, x0, solver=diffrax.Dopri8(),
                                 adaptive=sample.Adaptive(tol, tol, max_steps=400_000)).samples
 
+    tight = sample.Adaptive(ref_tol, ref_tol, max_steps=400_000)  # the reference likelihood
+
     ref = reference(ref_tol)
     ref_floor = _rmse(reference(100 * ref_tol), ref)
     target = problem["target"] if problem["target"] is not None else ref

@@ -61,7 +61,7 @@ from flowjax import _pytree as struct
 from flowjax._checks import (as_real_array, broadcast_time, check_array, check_instance,
                              check_number, check_same_shape, check_time,
                              check_unit_interval)
-from flowjax._types import Array, ArrayLike, Batch, Times
+from flowjax._types import Array, Batch, Times
 
 #: Distance from the end points at which singular derivatives are evaluated.
 EDGE = 1e-6
