@@ -35,7 +35,7 @@ def dataclass(cls: type[T]) -> type[T]:
     a copy with some fields changed.
     """
     cls = dataclasses.dataclass(frozen=True)(cls)
-    fields = [f for f in dataclasses.fields(cls)]
+    fields = dataclasses.fields(cls)
     data = tuple(f.name for f in fields if f.metadata.get("pytree_node", True))
     meta = tuple(f.name for f in fields if not f.metadata.get("pytree_node", True))
     keys = tuple(jax.tree_util.GetAttrKey(name) for name in data)
